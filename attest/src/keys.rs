@@ -1,0 +1,166 @@
+//! Key material behind the [`wire::KeySource`] / [`wire::Signer`] seam.
+//!
+//! [`RingKeySource`] is the production source: P-256 keys from the OS CSPRNG, signing with ring
+//! (the hot path; ~5× faster than RustCrypto's p256, research/deps.md §5). The private key lives
+//! only inside ring's key pair objects: nothing here can serialize or print it.
+
+use std::fmt;
+
+use ring::rand::SystemRandom;
+use ring::signature::{
+    EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P256_SHA256_FIXED_SIGNING,
+};
+use wire::{Error, KeyAlg, KeySource, SigFormat, Signer};
+
+/// DER prefix of a P-256 `SubjectPublicKeyInfo` (id-ecPublicKey, prime256v1, BIT STRING of 66
+/// bytes); the 65-byte uncompressed point follows.
+const P256_SPKI_PREFIX: [u8; 26] = [
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+];
+
+/// The DER `SubjectPublicKeyInfo` of an uncompressed P-256 point (`0x04 || x || y`).
+pub fn p256_spki_der(point: &[u8]) -> Result<Vec<u8>, Error> {
+    if point.len() != 65 || point[0] != 0x04 {
+        return Err(Error::Key("not an uncompressed P-256 point"));
+    }
+    let mut der = P256_SPKI_PREFIX.to_vec();
+    der.extend_from_slice(point);
+    Ok(der)
+}
+
+/// Production key source: OS entropy, ring signing.
+#[derive(Debug)]
+pub struct RingKeySource {
+    rng: SystemRandom,
+}
+
+impl Default for RingKeySource {
+    fn default() -> RingKeySource {
+        RingKeySource::new()
+    }
+}
+
+impl RingKeySource {
+    /// A source drawing on the OS CSPRNG.
+    pub fn new() -> RingKeySource {
+        RingKeySource {
+            rng: SystemRandom::new(),
+        }
+    }
+}
+
+impl KeySource for RingKeySource {
+    fn generate(&self, alg: KeyAlg) -> Result<Box<dyn Signer>, Error> {
+        match alg {
+            KeyAlg::EcP256 => {
+                let pkcs8 =
+                    EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &self.rng)
+                        .map_err(|_| Error::Key("P-256 key generation failed"))?;
+                Ok(Box::new(RingSigner::from_pkcs8(pkcs8.as_ref())?))
+            }
+            _ => Err(Error::Key("unsupported key algorithm")),
+        }
+    }
+}
+
+/// A P-256 private key held by ring.
+pub struct RingSigner {
+    der_pair: EcdsaKeyPair,
+    fixed_pair: EcdsaKeyPair,
+    spki_der: Vec<u8>,
+    rng: SystemRandom,
+}
+
+impl RingSigner {
+    /// Loads a PKCS#8 P-256 key (e.g. from the node's sealed key file).
+    pub fn from_pkcs8(pkcs8: &[u8]) -> Result<RingSigner, Error> {
+        let rng = SystemRandom::new();
+        let der_pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8, &rng)
+            .map_err(|_| Error::Key("not a PKCS#8 P-256 key"))?;
+        let fixed_pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8, &rng)
+            .map_err(|_| Error::Key("not a PKCS#8 P-256 key"))?;
+        let spki_der = p256_spki_der(der_pair.public_key().as_ref())?;
+        Ok(RingSigner {
+            der_pair,
+            fixed_pair,
+            spki_der,
+            rng,
+        })
+    }
+}
+
+impl fmt::Debug for RingSigner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let point = self.der_pair.public_key().as_ref();
+        let fp: String = point[1..7].iter().map(|b| format!("{b:02x}")).collect();
+        write!(f, "RingSigner(P-256, public {fp}…)")
+    }
+}
+
+impl Signer for RingSigner {
+    fn alg(&self) -> KeyAlg {
+        KeyAlg::EcP256
+    }
+
+    fn public_key_der(&self) -> &[u8] {
+        &self.spki_der
+    }
+
+    fn sign(&self, msg: &[u8], format: SigFormat) -> Result<Vec<u8>, Error> {
+        let pair = match format {
+            SigFormat::Der => &self.der_pair,
+            SigFormat::Fixed => &self.fixed_pair,
+        };
+        pair.sign(&self.rng, msg)
+            .map(|s| s.as_ref().to_vec())
+            .map_err(|_| Error::Key("signing failed"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_FIXED};
+
+    #[test]
+    fn generated_keys_sign_and_verify_in_both_formats() {
+        let source = RingKeySource::new();
+        let key = source.generate(KeyAlg::EcP256).expect("generate");
+        let spki = key.public_key_der();
+        assert_eq!(spki.len(), 91);
+        assert_eq!(&spki[..26], &P256_SPKI_PREFIX);
+        let point = &spki[26..];
+        let msg = b"to be signed";
+        let der = key.sign(msg, SigFormat::Der).expect("sign");
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, point)
+            .verify(msg, &der)
+            .expect("DER signature verifies");
+        let fixed = key.sign(msg, SigFormat::Fixed).expect("sign");
+        assert_eq!(fixed.len(), 64);
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point)
+            .verify(msg, &fixed)
+            .expect("fixed signature verifies");
+        assert!(UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point)
+            .verify(b"other", &fixed)
+            .is_err());
+        let other = source.generate(KeyAlg::EcP256).expect("generate");
+        assert_ne!(other.public_key_der(), spki, "fresh keys differ");
+    }
+
+    #[test]
+    fn debug_never_shows_the_private_key() {
+        let rng = SystemRandom::new();
+        let pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).expect("pkcs8");
+        let signer = RingSigner::from_pkcs8(pkcs8.as_ref()).expect("load");
+        let shown = format!("{signer:?}");
+        assert!(shown.starts_with("RingSigner(P-256"));
+        // The PKCS#8 document holds the 32-byte scalar; no 8-byte window of it may appear.
+        let hex: String = pkcs8.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        assert!(shown.len() < 60, "{shown}");
+        assert!(!hex.is_empty());
+        assert!(RingSigner::from_pkcs8(b"not a key").is_err());
+        assert!(p256_spki_der(&[4; 64]).is_err());
+    }
+}

@@ -1,0 +1,28 @@
+//! # node — sigil's server node and agent
+//!
+//! Owns the actors (issuer, CA rotation, registration, agent cache) as plain sans-IO structs, and
+//! composes them with the other crates. The production shell lives in [`rt`] (feature `rt`, on by
+//! default): tokio, quinn, tonic over Unix sockets, sled, `SO_PEERCRED`, the OS clock and
+//! entropy. The `sigil` binary is a thin CLI over it.
+//!
+//! Never puts logic in the shell: the shell only moves inputs into actors and executes their
+//! outputs, so the simulator (which builds this crate without `rt`) runs the same logic.
+
+#![forbid(unsafe_code)]
+
+#[cfg(feature = "rt")]
+pub mod rt;
+
+/// Errors of the node layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The operating system refused something (entropy, a socket, a file).
+    #[error("{what}: {detail}")]
+    Os {
+        /// What we were doing.
+        what: &'static str,
+        /// What the OS said.
+        detail: String,
+    },
+}

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# sigil's one test command (README "Quick start"; CI's .ci/run calls exactly this).
+# On a fresh Debian machine, as root, it installs what is missing, then checks formatting, lints,
+# the simulator's dependency boundary, and runs every test of the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+# Debian packages the tests need; installed only when missing.
+need=()
+command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+if ((${#need[@]})); then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "error: missing packages ${need[*]} and not root; install them with apt-get" >&2
+    exit 1
+  fi
+  step "installing ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (deny warnings; disallowed clocks/RNG/spawn outside the shell)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "simulator boundary: sim must not link quinn, sled, tonic or tokio's runtime"
+if cargo tree -p sim -e normal --prefix none --locked | grep -E '^(quinn|sled|tonic|tokio) ' ; then
+  echo "error: the sim crate's dependency graph reaches a production-only crate (above)" >&2
+  exit 1
+fi
+
+step "cargo test --workspace"
+cargo test --workspace --locked
+
+step "all checks passed"
