@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
+use serde::{Deserialize, Serialize};
 
 use crate::Error;
 
@@ -48,7 +49,9 @@ impl Mono {
 
 /// Wall-clock time: milliseconds since the Unix epoch. Used for certificate validity and expiry,
 /// never for timeouts (wall clocks step; see [`Mono`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct UnixTime(u64);
 
 impl UnixTime {

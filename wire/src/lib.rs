@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod authority;
 pub mod bundle;
 pub mod codec;
 pub mod entry;
@@ -23,6 +24,7 @@ pub mod transport;
 #[cfg(feature = "workload-api")]
 pub mod workload;
 
+pub use authority::{bundle_of, Authority, AuthorityKey};
 pub use bundle::{Bundle, BundleMap, JwtAuthority, PublicJwk, X509Authority};
 pub use entry::{EntryId, RegistrationEntry};
 pub use env::{Env, KeyAlg, KeySource, Mono, RngTree, Seed, SigFormat, Signer, UnixTime};
