@@ -9,8 +9,10 @@
 #![forbid(unsafe_code)]
 
 pub mod kv;
+pub mod state;
 
 pub use kv::{Kv, KvOp, MemKv};
+pub use state::{apply, State};
 
 /// Errors of the replicated-state layer.
 #[derive(Debug, thiserror::Error)]

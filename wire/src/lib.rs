@@ -16,6 +16,7 @@
 pub mod authority;
 pub mod bundle;
 pub mod codec;
+pub mod command;
 pub mod entry;
 pub mod env;
 pub mod id;
@@ -26,6 +27,10 @@ pub mod workload;
 
 pub use authority::{bundle_of, Authority, AuthorityKey};
 pub use bundle::{Bundle, BundleMap, JwtAuthority, PublicJwk, X509Authority};
+pub use command::{
+    AgentRecord, AttestationMethod, AuthorityState, Command, CommandError, JoinToken, Outcome,
+    Response,
+};
 pub use entry::{EntryId, RegistrationEntry};
 pub use env::{Env, KeyAlg, KeySource, Mono, RngTree, Seed, SigFormat, Signer, UnixTime};
 pub use id::{IdRule, SpiffeId, TrustDomain};

@@ -1,0 +1,868 @@
+//! The replicated state and its pure transition function [`apply`].
+//!
+//! `apply(&mut State, Command) -> Response` is deterministic (no clock, no RNG: wall time travels
+//! inside commands) and total: a bad command is a typed [`CommandError`] that leaves the state
+//! untouched, never a panic and never a half-applied change.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use wire::command::BATCH_ENTRIES_MAX;
+use wire::{
+    AgentRecord, Authority, AuthorityKey, AuthorityState, Bundle, Command, CommandError, EntryId,
+    JoinToken, Outcome, RegistrationEntry, Response, Selector, SpiffeId, TrustDomain, UnixTime,
+};
+
+/// Most registration entries the state holds.
+pub const ENTRIES_MAX: usize = 1_000_000;
+/// Most join tokens (used or not) the state holds.
+pub const JOIN_TOKENS_MAX: usize = 100_000;
+/// Most agents the state holds.
+pub const AGENTS_MAX: usize = 1_000_000;
+/// Most authorities in the bundle (N nodes × a few keys each).
+pub const AUTHORITIES_MAX: usize = 256;
+/// Most federated trust domains.
+pub const FEDERATED_MAX: usize = 1024;
+
+/// An authority and where it is in its life.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorityRecord {
+    /// The public half.
+    pub authority: Authority,
+    /// Published, active or retired.
+    pub state: AuthorityState,
+}
+
+/// Everything Raft replicates. The indexes are derived and rebuilt after a snapshot loads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    entries: BTreeMap<EntryId, RegistrationEntry>,
+    join_tokens: BTreeMap<String, JoinToken>,
+    agents: BTreeMap<SpiffeId, AgentRecord>,
+    authorities: BTreeMap<String, AuthorityRecord>,
+    bundle_sequence: u64,
+    federated: BTreeMap<TrustDomain, Bundle>,
+    #[serde(skip)]
+    by_parent: BTreeMap<SpiffeId, BTreeSet<EntryId>>,
+    #[serde(skip)]
+    by_selector: BTreeMap<Selector, BTreeSet<EntryId>>,
+}
+
+fn not_found(what: &str, id: impl std::fmt::Display) -> CommandError {
+    CommandError::NotFound(format!("{what} {id}"))
+}
+
+fn is_hex_sha256(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+impl State {
+    /// An empty state.
+    pub fn new() -> State {
+        State::default()
+    }
+
+    /// Rebuilds the derived indexes (after deserializing a snapshot).
+    pub fn rebuild_indexes(&mut self) {
+        self.by_parent.clear();
+        self.by_selector.clear();
+        let entries: Vec<RegistrationEntry> = self.entries.values().cloned().collect();
+        for e in &entries {
+            self.index(e);
+        }
+    }
+
+    fn index(&mut self, e: &RegistrationEntry) {
+        self.by_parent
+            .entry(e.parent_id.clone())
+            .or_default()
+            .insert(e.id.clone());
+        for s in &e.selectors {
+            self.by_selector
+                .entry(s.clone())
+                .or_default()
+                .insert(e.id.clone());
+        }
+    }
+
+    fn unindex(&mut self, e: &RegistrationEntry) {
+        if let Some(set) = self.by_parent.get_mut(&e.parent_id) {
+            set.remove(&e.id);
+            if set.is_empty() {
+                self.by_parent.remove(&e.parent_id);
+            }
+        }
+        for s in &e.selectors {
+            if let Some(set) = self.by_selector.get_mut(s) {
+                set.remove(&e.id);
+                if set.is_empty() {
+                    self.by_selector.remove(s);
+                }
+            }
+        }
+    }
+
+    /// One entry by ID.
+    pub fn entry(&self, id: &EntryId) -> Option<&RegistrationEntry> {
+        self.entries.get(id)
+    }
+
+    /// All entries, in ID order.
+    pub fn entries(&self) -> impl Iterator<Item = &RegistrationEntry> {
+        self.entries.values()
+    }
+
+    /// Entries whose parent is `parent`.
+    pub fn entries_by_parent(&self, parent: &SpiffeId) -> Vec<&RegistrationEntry> {
+        self.by_parent
+            .get(parent)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.entries.get(id))
+            .collect()
+    }
+
+    /// Entries that carry `selector`.
+    pub fn entries_by_selector(&self, selector: &Selector) -> Vec<&RegistrationEntry> {
+        self.by_selector
+            .get(selector)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.entries.get(id))
+            .collect()
+    }
+
+    /// A join token by hash.
+    pub fn join_token(&self, token_sha256: &str) -> Option<&JoinToken> {
+        self.join_tokens.get(token_sha256)
+    }
+
+    /// An agent by ID.
+    pub fn agent(&self, id: &SpiffeId) -> Option<&AgentRecord> {
+        self.agents.get(id)
+    }
+
+    /// Every authority, by ID.
+    pub fn authorities(&self) -> &BTreeMap<String, AuthorityRecord> {
+        &self.authorities
+    }
+
+    /// The bundle's `spiffe_sequence`.
+    pub fn bundle_sequence(&self) -> u64 {
+        self.bundle_sequence
+    }
+
+    /// The trust bundle: every published, active or retired authority.
+    pub fn bundle(&self, refresh_hint_secs: u64) -> Bundle {
+        wire::bundle_of(
+            self.authorities.values().map(|r| &r.authority),
+            self.bundle_sequence,
+            refresh_hint_secs,
+        )
+    }
+
+    /// Federated bundles by trust domain.
+    pub fn federated(&self) -> &BTreeMap<TrustDomain, Bundle> {
+        &self.federated
+    }
+
+    fn create_entry(
+        &mut self,
+        mut e: RegistrationEntry,
+    ) -> Result<RegistrationEntry, CommandError> {
+        e.validate()
+            .map_err(|err| CommandError::Invalid(err.to_string()))?;
+        if self.entries.contains_key(&e.id) {
+            return Err(CommandError::AlreadyExists(format!("entry {}", e.id)));
+        }
+        // SPIRE refuses exact duplicates (same ID, parent and selectors).
+        let duplicate = self
+            .entries_by_parent(&e.parent_id)
+            .into_iter()
+            .any(|o| o.spiffe_id == e.spiffe_id && o.selectors == e.selectors);
+        if duplicate {
+            return Err(CommandError::AlreadyExists(format!(
+                "an entry for {} with the same parent and selectors",
+                e.spiffe_id
+            )));
+        }
+        if self.entries.len() >= ENTRIES_MAX {
+            return Err(CommandError::Limit(format!(
+                "at most {ENTRIES_MAX} entries"
+            )));
+        }
+        e.revision = 0;
+        self.index(&e);
+        self.entries.insert(e.id.clone(), e.clone());
+        Ok(e)
+    }
+
+    fn apply_authority(&mut self, cmd: Command) -> Response {
+        match cmd {
+            Command::PublishAuthority { authority } => {
+                authority
+                    .validate()
+                    .map_err(|e| CommandError::Invalid(e.to_string()))?;
+                if self.authorities.contains_key(&authority.id) {
+                    return Err(CommandError::AlreadyExists(format!(
+                        "authority {}",
+                        authority.id
+                    )));
+                }
+                if self.authorities.len() >= AUTHORITIES_MAX {
+                    return Err(CommandError::Limit(format!(
+                        "at most {AUTHORITIES_MAX} authorities"
+                    )));
+                }
+                self.authorities.insert(
+                    authority.id.clone(),
+                    AuthorityRecord {
+                        authority,
+                        state: AuthorityState::Published,
+                    },
+                );
+                self.bundle_sequence += 1;
+                Ok(Outcome::BundleSequence(self.bundle_sequence))
+            }
+            Command::ActivateAuthority { id } => {
+                let rec = self
+                    .authorities
+                    .get(&id)
+                    .ok_or_else(|| not_found("authority", &id))?;
+                if rec.state == AuthorityState::Retired {
+                    return Err(CommandError::Invalid(format!(
+                        "authority {id} is retired and cannot be activated again"
+                    )));
+                }
+                let node = rec.authority.node_id;
+                let is_jwt = matches!(rec.authority.key, AuthorityKey::Jwt(_));
+                for (other_id, other) in self.authorities.iter_mut() {
+                    let same_kind = matches!(other.authority.key, AuthorityKey::Jwt(_)) == is_jwt;
+                    if *other_id != id
+                        && other.authority.node_id == node
+                        && same_kind
+                        && other.state == AuthorityState::Active
+                    {
+                        other.state = AuthorityState::Retired;
+                    }
+                }
+                if let Some(rec) = self.authorities.get_mut(&id) {
+                    rec.state = AuthorityState::Active;
+                }
+                Ok(Outcome::BundleSequence(self.bundle_sequence))
+            }
+            Command::PruneAuthority { id, at } => {
+                let rec = self
+                    .authorities
+                    .get(&id)
+                    .ok_or_else(|| not_found("authority", &id))?;
+                // Every SVID it signed has NotAfter ≤ the authority's NotAfter.
+                if rec.authority.not_after > at {
+                    return Err(CommandError::AuthorityLive(id));
+                }
+                self.authorities.remove(&id);
+                self.bundle_sequence += 1;
+                Ok(Outcome::BundleSequence(self.bundle_sequence))
+            }
+            other => Err(CommandError::Invalid(format!(
+                "not an authority command: {other:?}"
+            ))),
+        }
+    }
+}
+
+fn check_agent(agent: &AgentRecord) -> Result<(), CommandError> {
+    if !agent.spiffe_id.path().starts_with("/sigil/agent/") {
+        return Err(CommandError::Invalid(format!(
+            "agent IDs live under /sigil/agent/, got {}",
+            agent.spiffe_id
+        )));
+    }
+    if agent.selectors.len() > wire::entry::SELECTORS_PER_ENTRY_MAX {
+        return Err(CommandError::Limit("too many agent selectors".into()));
+    }
+    Ok(())
+}
+
+/// Applies `cmd` to `state`. Refused commands change nothing.
+pub fn apply(state: &mut State, cmd: Command) -> Response {
+    match cmd {
+        Command::CreateEntries { entries } => {
+            if entries.len() > BATCH_ENTRIES_MAX {
+                return Err(CommandError::Limit(format!(
+                    "at most {BATCH_ENTRIES_MAX} entries per batch"
+                )));
+            }
+            let results = entries.into_iter().map(|e| state.create_entry(e)).collect();
+            Ok(Outcome::Created(results))
+        }
+        Command::UpdateEntry {
+            mut entry,
+            expected_revision,
+        } => {
+            entry
+                .validate()
+                .map_err(|e| CommandError::Invalid(e.to_string()))?;
+            let old = state
+                .entries
+                .get(&entry.id)
+                .ok_or_else(|| not_found("entry", &entry.id))?
+                .clone();
+            if let Some(expected) = expected_revision {
+                if expected != old.revision {
+                    return Err(CommandError::RevisionMismatch {
+                        expected,
+                        actual: old.revision,
+                    });
+                }
+            }
+            entry.revision = old.revision + 1;
+            entry.created_at_secs = old.created_at_secs;
+            state.unindex(&old);
+            state.index(&entry);
+            state.entries.insert(entry.id.clone(), entry.clone());
+            Ok(Outcome::Updated(entry))
+        }
+        Command::DeleteEntries { ids } => {
+            if ids.len() > BATCH_ENTRIES_MAX {
+                return Err(CommandError::Limit(format!(
+                    "at most {BATCH_ENTRIES_MAX} IDs per batch"
+                )));
+            }
+            let mut deleted = 0;
+            let mut missing = Vec::new();
+            for id in ids {
+                match state.entries.remove(&id) {
+                    Some(old) => {
+                        state.unindex(&old);
+                        deleted += 1;
+                    }
+                    None => missing.push(id),
+                }
+            }
+            Ok(Outcome::Deleted { deleted, missing })
+        }
+        Command::CreateJoinToken { token } => {
+            if !is_hex_sha256(&token.token_sha256) {
+                return Err(CommandError::Invalid(
+                    "join token hash must be 64 lowercase hex characters".into(),
+                ));
+            }
+            if token.consumed_by.is_some() {
+                return Err(CommandError::Invalid(
+                    "a new join token cannot be consumed".into(),
+                ));
+            }
+            if state.join_tokens.contains_key(&token.token_sha256) {
+                return Err(CommandError::AlreadyExists("join token".into()));
+            }
+            if state.join_tokens.len() >= JOIN_TOKENS_MAX {
+                return Err(CommandError::Limit(format!(
+                    "at most {JOIN_TOKENS_MAX} join tokens"
+                )));
+            }
+            state.join_tokens.insert(token.token_sha256.clone(), token);
+            Ok(Outcome::Done)
+        }
+        Command::ConsumeJoinToken {
+            token_sha256,
+            agent,
+            at,
+        } => {
+            check_agent(&agent)?;
+            let token = state
+                .join_tokens
+                .get(&token_sha256)
+                .ok_or_else(|| not_found("join token", "(hash)"))?;
+            if token.consumed_by.is_some() {
+                return Err(CommandError::TokenUsed);
+            }
+            if token.expires_at <= at {
+                return Err(CommandError::TokenExpired);
+            }
+            if let Some(existing) = state.agents.get(&agent.spiffe_id) {
+                if existing.banned {
+                    return Err(CommandError::AgentBanned(agent.spiffe_id.to_string()));
+                }
+            } else if state.agents.len() >= AGENTS_MAX {
+                return Err(CommandError::Limit(format!("at most {AGENTS_MAX} agents")));
+            }
+            if let Some(token) = state.join_tokens.get_mut(&token_sha256) {
+                token.consumed_by = Some(agent.spiffe_id.clone());
+            }
+            state.agents.insert(agent.spiffe_id.clone(), agent.clone());
+            Ok(Outcome::Agent(agent))
+        }
+        Command::RegisterAgent { agent } => {
+            check_agent(&agent)?;
+            match state.agents.get(&agent.spiffe_id) {
+                Some(existing) if existing.banned => {
+                    return Err(CommandError::AgentBanned(agent.spiffe_id.to_string()))
+                }
+                None if state.agents.len() >= AGENTS_MAX => {
+                    return Err(CommandError::Limit(format!("at most {AGENTS_MAX} agents")))
+                }
+                _ => {}
+            }
+            let mut agent = agent;
+            agent.banned = false;
+            state.agents.insert(agent.spiffe_id.clone(), agent.clone());
+            Ok(Outcome::Agent(agent))
+        }
+        Command::SetAgentBanned { spiffe_id, banned } => {
+            let agent = state
+                .agents
+                .get_mut(&spiffe_id)
+                .ok_or_else(|| not_found("agent", &spiffe_id))?;
+            agent.banned = banned;
+            Ok(Outcome::Agent(agent.clone()))
+        }
+        Command::RecordAgentRenewal {
+            spiffe_id,
+            svid_serial,
+            svid_not_after,
+        } => {
+            let agent = state
+                .agents
+                .get_mut(&spiffe_id)
+                .ok_or_else(|| not_found("agent", &spiffe_id))?;
+            if agent.banned {
+                return Err(CommandError::AgentBanned(spiffe_id.to_string()));
+            }
+            // Renewals are replicated after the fact and may arrive out of order: keep the newest.
+            if svid_not_after >= agent.svid_not_after {
+                agent.svid_serial = svid_serial;
+                agent.svid_not_after = svid_not_after;
+            }
+            Ok(Outcome::Agent(agent.clone()))
+        }
+        cmd @ (Command::PublishAuthority { .. }
+        | Command::ActivateAuthority { .. }
+        | Command::PruneAuthority { .. }) => state.apply_authority(cmd),
+        Command::SetFederatedBundle {
+            trust_domain,
+            bundle,
+        } => {
+            if !state.federated.contains_key(&trust_domain)
+                && state.federated.len() >= FEDERATED_MAX
+            {
+                return Err(CommandError::Limit(format!(
+                    "at most {FEDERATED_MAX} federated trust domains"
+                )));
+            }
+            if let Some(old) = state.federated.get(&trust_domain) {
+                // Freshness by spiffe_sequence when both have one (SPIFFE_Federation.md §4.2).
+                if let (Some(old_seq), Some(new_seq)) = (old.sequence, bundle.sequence) {
+                    if new_seq < old_seq {
+                        return Err(CommandError::Invalid(format!(
+                            "bundle sequence {new_seq} is older than the stored {old_seq}"
+                        )));
+                    }
+                }
+            }
+            state.federated.insert(trust_domain, bundle);
+            Ok(Outcome::Done)
+        }
+        Command::RemoveFederatedBundle { trust_domain } => {
+            state
+                .federated
+                .remove(&trust_domain)
+                .ok_or_else(|| not_found("federated trust domain", &trust_domain))?;
+            Ok(Outcome::Done)
+        }
+    }
+}
+
+/// The wall time a command carries, if any (used by tests and the simulator's checkers).
+pub fn command_time(cmd: &Command) -> Option<UnixTime> {
+    match cmd {
+        Command::ConsumeJoinToken { at, .. } | Command::PruneAuthority { at, .. } => Some(*at),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wire::{AttestationMethod, JwtAuthority, PublicJwk, X509Authority};
+
+    fn entry(n: u8, parent: &str, selectors: &[&str]) -> RegistrationEntry {
+        RegistrationEntry {
+            id: EntryId::from_random([n; 16]),
+            spiffe_id: format!("spiffe://example.org/w{n}").parse().expect("id"),
+            parent_id: parent.parse().expect("id"),
+            selectors: selectors.iter().map(|s| s.parse().expect("sel")).collect(),
+            x509_svid_ttl_secs: 0,
+            jwt_svid_ttl_secs: 0,
+            dns_names: vec![],
+            federates_with: BTreeSet::new(),
+            admin: false,
+            downstream: false,
+            hint: String::new(),
+            revision: 9,
+            created_at_secs: 100,
+            expires_at_secs: None,
+        }
+    }
+
+    const AGENT: &str = "spiffe://example.org/sigil/agent/join_token/t1";
+
+    fn agent(id: &str) -> AgentRecord {
+        AgentRecord {
+            spiffe_id: id.parse().expect("id"),
+            method: AttestationMethod::JoinToken,
+            selectors: vec![],
+            banned: false,
+            svid_serial: "01".into(),
+            svid_not_after: UnixTime::from_secs(10),
+        }
+    }
+
+    fn hash(c: char) -> String {
+        std::iter::repeat_n(c, 64).collect()
+    }
+
+    #[test]
+    fn entries_create_update_delete_with_indexes() {
+        let mut s = State::new();
+        let a = entry(1, AGENT, &["unix:uid:1"]);
+        let b = entry(2, AGENT, &["unix:uid:1", "unix:gid:2"]);
+        let out = apply(
+            &mut s,
+            Command::CreateEntries {
+                entries: vec![a.clone(), b.clone(), a.clone()],
+            },
+        )
+        .expect("batch");
+        let Outcome::Created(results) = out else {
+            panic!("{out:?}")
+        };
+        assert!(results[0].is_ok() && results[1].is_ok());
+        assert!(matches!(results[2], Err(CommandError::AlreadyExists(_))));
+        assert_eq!(s.entry(&a.id).expect("stored").revision, 0);
+        let parent: SpiffeId = AGENT.parse().expect("id");
+        assert_eq!(s.entries_by_parent(&parent).len(), 2);
+        let uid1: Selector = "unix:uid:1".parse().expect("sel");
+        assert_eq!(s.entries_by_selector(&uid1).len(), 2);
+
+        let mut b2 = b.clone();
+        b2.selectors = ["unix:uid:7".parse().expect("sel")].into_iter().collect();
+        let wrong = apply(
+            &mut s,
+            Command::UpdateEntry {
+                entry: b2.clone(),
+                expected_revision: Some(5),
+            },
+        );
+        assert_eq!(
+            wrong,
+            Err(CommandError::RevisionMismatch {
+                expected: 5,
+                actual: 0
+            })
+        );
+        let updated = apply(
+            &mut s,
+            Command::UpdateEntry {
+                entry: b2,
+                expected_revision: Some(0),
+            },
+        )
+        .expect("update");
+        assert!(matches!(updated, Outcome::Updated(ref e) if e.revision == 1));
+        assert_eq!(
+            s.entries_by_selector(&uid1).len(),
+            1,
+            "old selector unindexed"
+        );
+
+        let del = apply(
+            &mut s,
+            Command::DeleteEntries {
+                ids: vec![a.id.clone(), EntryId::from_random([9; 16])],
+            },
+        )
+        .expect("delete");
+        assert!(matches!(del, Outcome::Deleted { deleted: 1, ref missing } if missing.len() == 1));
+        assert!(s.entries_by_selector(&uid1).is_empty());
+        assert_eq!(s.entries().count(), 1);
+    }
+
+    #[test]
+    fn refused_commands_change_nothing() {
+        let mut s = State::new();
+        apply(
+            &mut s,
+            Command::CreateEntries {
+                entries: vec![entry(1, AGENT, &["unix:uid:1"])],
+            },
+        )
+        .expect("create");
+        let before = s.clone();
+        let mut bad = entry(1, AGENT, &["unix:uid:1"]);
+        bad.selectors.clear();
+        let refusals = vec![
+            Command::UpdateEntry {
+                entry: bad,
+                expected_revision: None,
+            },
+            Command::UpdateEntry {
+                entry: entry(3, AGENT, &["unix:uid:1"]),
+                expected_revision: None,
+            },
+            Command::CreateEntries {
+                entries: (0..=BATCH_ENTRIES_MAX)
+                    .map(|i| entry((i % 250) as u8, AGENT, &["unix:uid:1"]))
+                    .collect(),
+            },
+            Command::CreateJoinToken {
+                token: JoinToken {
+                    token_sha256: "short".into(),
+                    expires_at: UnixTime::from_secs(1),
+                    consumed_by: None,
+                },
+            },
+            Command::ConsumeJoinToken {
+                token_sha256: hash('a'),
+                agent: agent(AGENT),
+                at: UnixTime::EPOCH,
+            },
+            Command::SetAgentBanned {
+                spiffe_id: AGENT.parse().expect("id"),
+                banned: true,
+            },
+            Command::ActivateAuthority { id: "nope".into() },
+            Command::RemoveFederatedBundle {
+                trust_domain: "other.org".parse().expect("td"),
+            },
+        ];
+        for cmd in refusals {
+            assert!(apply(&mut s, cmd.clone()).is_err(), "{cmd:?}");
+            assert_eq!(s, before, "{cmd:?} changed the state");
+        }
+    }
+
+    #[test]
+    fn join_token_is_consumed_exactly_once() {
+        let mut s = State::new();
+        let token = JoinToken {
+            token_sha256: hash('b'),
+            expires_at: UnixTime::from_secs(100),
+            consumed_by: None,
+        };
+        apply(&mut s, Command::CreateJoinToken { token }).expect("create");
+        let consume = |agent_id: &str, at: u64| Command::ConsumeJoinToken {
+            token_sha256: hash('b'),
+            agent: agent(agent_id),
+            at: UnixTime::from_secs(at),
+        };
+        // Two nodes race: both proposals reach the log; the first applied wins.
+        let first = apply(&mut s, consume(AGENT, 50));
+        let second = apply(
+            &mut s,
+            consume("spiffe://example.org/sigil/agent/join_token/t2", 51),
+        );
+        assert!(matches!(first, Ok(Outcome::Agent(_))));
+        assert_eq!(second, Err(CommandError::TokenUsed));
+        assert!(s
+            .agent(
+                &"spiffe://example.org/sigil/agent/join_token/t2"
+                    .parse()
+                    .expect("id")
+            )
+            .is_none());
+
+        let late = JoinToken {
+            token_sha256: hash('c'),
+            expires_at: UnixTime::from_secs(10),
+            consumed_by: None,
+        };
+        apply(&mut s, Command::CreateJoinToken { token: late }).expect("create");
+        let expired = apply(
+            &mut s,
+            Command::ConsumeJoinToken {
+                token_sha256: hash('c'),
+                agent: agent("spiffe://example.org/sigil/agent/join_token/t3"),
+                at: UnixTime::from_secs(10),
+            },
+        );
+        assert_eq!(expired, Err(CommandError::TokenExpired));
+        let bad_id = apply(
+            &mut s,
+            Command::ConsumeJoinToken {
+                token_sha256: hash('c'),
+                agent: agent("spiffe://example.org/not-an-agent"),
+                at: UnixTime::from_secs(1),
+            },
+        );
+        assert!(matches!(bad_id, Err(CommandError::Invalid(_))));
+    }
+
+    #[test]
+    fn agents_ban_and_renewals() {
+        let mut s = State::new();
+        apply(
+            &mut s,
+            Command::RegisterAgent {
+                agent: agent(AGENT),
+            },
+        )
+        .expect("register");
+        let id: SpiffeId = AGENT.parse().expect("id");
+        let renew = |serial: &str, na: u64| Command::RecordAgentRenewal {
+            spiffe_id: id.clone(),
+            svid_serial: serial.into(),
+            svid_not_after: UnixTime::from_secs(na),
+        };
+        apply(&mut s, renew("02", 20)).expect("renew");
+        apply(&mut s, renew("old", 15)).expect("out of order");
+        assert_eq!(s.agent(&id).expect("agent").svid_serial, "02");
+        apply(
+            &mut s,
+            Command::SetAgentBanned {
+                spiffe_id: id.clone(),
+                banned: true,
+            },
+        )
+        .expect("ban");
+        assert!(matches!(
+            apply(&mut s, renew("03", 30)),
+            Err(CommandError::AgentBanned(_))
+        ));
+        assert!(matches!(
+            apply(
+                &mut s,
+                Command::RegisterAgent {
+                    agent: agent(AGENT)
+                }
+            ),
+            Err(CommandError::AgentBanned(_))
+        ));
+    }
+
+    fn x509_authority(id: &str, node: u64, not_after: u64) -> Authority {
+        Authority {
+            id: id.into(),
+            node_id: node,
+            key: AuthorityKey::X509(X509Authority {
+                cert_der: vec![0x30, node as u8],
+                key: PublicJwk::Okp {
+                    crv: "Ed25519".into(),
+                    x: vec![1],
+                },
+            }),
+            not_after: UnixTime::from_secs(not_after),
+        }
+    }
+
+    #[test]
+    fn authorities_publish_activate_retire_prune() {
+        let mut s = State::new();
+        let publish = |a: Authority| Command::PublishAuthority { authority: a };
+        assert_eq!(
+            apply(&mut s, publish(x509_authority("n1-a", 1, 100))),
+            Ok(Outcome::BundleSequence(1))
+        );
+        apply(&mut s, publish(x509_authority("n1-b", 1, 200))).expect("publish");
+        apply(&mut s, publish(x509_authority("n2-a", 2, 100))).expect("publish");
+        let jwt = Authority {
+            id: "n1-jwt".into(),
+            node_id: 1,
+            key: AuthorityKey::Jwt(JwtAuthority {
+                kid: "n1-jwt".into(),
+                key: PublicJwk::Okp {
+                    crv: "Ed25519".into(),
+                    x: vec![2],
+                },
+            }),
+            not_after: UnixTime::from_secs(50),
+        };
+        apply(&mut s, publish(jwt)).expect("publish jwt");
+        assert!(apply(&mut s, publish(x509_authority("n1-a", 1, 100))).is_err());
+        assert_eq!(s.bundle_sequence(), 4);
+
+        for id in ["n1-a", "n2-a", "n1-jwt"] {
+            apply(&mut s, Command::ActivateAuthority { id: id.into() }).expect("activate");
+        }
+        apply(&mut s, Command::ActivateAuthority { id: "n1-b".into() }).expect("activate");
+        let st = |id: &str| s.authorities()[id].state;
+        assert_eq!(st("n1-a"), AuthorityState::Retired, "same node, same kind");
+        assert_eq!(st("n1-b"), AuthorityState::Active);
+        assert_eq!(st("n2-a"), AuthorityState::Active, "other node untouched");
+        assert_eq!(st("n1-jwt"), AuthorityState::Active, "other kind untouched");
+        assert!(apply(&mut s, Command::ActivateAuthority { id: "n1-a".into() }).is_err());
+        assert_eq!(
+            s.bundle_sequence(),
+            4,
+            "activation does not change the bundle"
+        );
+
+        let prune = |id: &str, at: u64| Command::PruneAuthority {
+            id: id.into(),
+            at: UnixTime::from_secs(at),
+        };
+        assert_eq!(
+            apply(&mut s, prune("n1-a", 99)),
+            Err(CommandError::AuthorityLive("n1-a".into()))
+        );
+        assert_eq!(
+            apply(&mut s, prune("n1-a", 100)),
+            Ok(Outcome::BundleSequence(5))
+        );
+        let b = s.bundle(300);
+        assert_eq!(b.sequence, Some(5));
+        assert_eq!(b.x509_authorities.len(), 2);
+        assert_eq!(b.jwt_authorities.len(), 1);
+    }
+
+    #[test]
+    fn federated_bundles_keep_the_freshest() {
+        let mut s = State::new();
+        let td: TrustDomain = "partner.org".parse().expect("td");
+        let with_seq = |n| Bundle {
+            sequence: Some(n),
+            ..Bundle::default()
+        };
+        let set = |b| Command::SetFederatedBundle {
+            trust_domain: td.clone(),
+            bundle: b,
+        };
+        apply(&mut s, set(with_seq(5))).expect("set");
+        assert!(apply(&mut s, set(with_seq(4))).is_err());
+        apply(&mut s, set(with_seq(6))).expect("newer");
+        assert_eq!(s.federated()[&td].sequence, Some(6));
+        apply(
+            &mut s,
+            Command::RemoveFederatedBundle {
+                trust_domain: td.clone(),
+            },
+        )
+        .expect("remove");
+        assert!(s.federated().is_empty());
+    }
+
+    #[test]
+    fn snapshot_round_trip_rebuilds_indexes() {
+        let mut s = State::new();
+        apply(
+            &mut s,
+            Command::CreateEntries {
+                entries: vec![
+                    entry(1, AGENT, &["unix:uid:1"]),
+                    entry(2, AGENT, &["unix:uid:2"]),
+                ],
+            },
+        )
+        .expect("create");
+        let bytes = wire::codec::encode(&s).expect("encode");
+        let mut back: State = wire::codec::decode(&bytes).expect("decode");
+        assert!(back
+            .entries_by_parent(&AGENT.parse().expect("id"))
+            .is_empty());
+        back.rebuild_indexes();
+        assert_eq!(back, s);
+        assert_eq!(back.entries_by_parent(&AGENT.parse().expect("id")).len(), 2);
+    }
+}

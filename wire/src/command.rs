@@ -1,0 +1,214 @@
+//! Raft commands and their responses: every change to the replicated state (DESIGN.md §3).
+//!
+//! Wall time used by a command travels inside it (`at`), chosen by the proposing node, so that
+//! applying a command is a pure function on every replica. Secrets never travel: a join token is
+//! replicated as its SHA-256 (hex), never as the token itself.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Authority, Bundle, EntryId, RegistrationEntry, Selector, SpiffeId, TrustDomain, UnixTime,
+};
+
+/// Most entries one batch command may carry.
+pub const BATCH_ENTRIES_MAX: usize = 500;
+
+/// How an agent proved who it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttestationMethod {
+    /// A single-use join token (its hash).
+    JoinToken,
+    /// Proof of possession of an x509 key.
+    X509Pop,
+    /// A TPM 2.0 quote.
+    Tpm,
+}
+
+/// A single-use join token, as replicated (only its hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinToken {
+    /// Lowercase hex SHA-256 of the token.
+    pub token_sha256: String,
+    /// Expiry.
+    pub expires_at: UnixTime,
+    /// Set once consumed: the agent that used it.
+    pub consumed_by: Option<SpiffeId>,
+}
+
+/// An attested agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    /// The agent's SPIFFE ID (`spiffe://<td>/sigil/agent/<method>/<id>`).
+    pub spiffe_id: SpiffeId,
+    /// How it attested.
+    pub method: AttestationMethod,
+    /// Selectors produced by node attestation.
+    pub selectors: Vec<Selector>,
+    /// Banned agents get nothing until unbanned.
+    pub banned: bool,
+    /// Serial (hex) of the agent's latest SVID, best-effort (renewals are recorded after the fact).
+    pub svid_serial: String,
+    /// `NotAfter` of the agent's latest SVID.
+    pub svid_not_after: UnixTime,
+}
+
+/// Lifecycle of a published authority.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum AuthorityState {
+    /// In the bundle, not yet signing.
+    Published,
+    /// Its node signs with it.
+    Active,
+    /// Replaced; still in the bundle until its SVIDs expire.
+    Retired,
+}
+
+/// A change to the replicated state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Create entries (each independently: one bad entry does not fail the others).
+    CreateEntries {
+        /// The new entries (IDs assigned by the proposer; revision is set to 0 on create).
+        entries: Vec<RegistrationEntry>,
+    },
+    /// Replace an entry; fails unless `expected_revision` matches when given.
+    UpdateEntry {
+        /// The new content (same ID).
+        entry: RegistrationEntry,
+        /// Optimistic concurrency check.
+        expected_revision: Option<u64>,
+    },
+    /// Delete entries by ID.
+    DeleteEntries {
+        /// The IDs.
+        ids: Vec<EntryId>,
+    },
+    /// Register a join token.
+    CreateJoinToken {
+        /// The token (hash only).
+        token: JoinToken,
+    },
+    /// Consume a join token and register the agent it attests, exactly once.
+    ConsumeJoinToken {
+        /// Hex SHA-256 of the presented token.
+        token_sha256: String,
+        /// The agent to register.
+        agent: AgentRecord,
+        /// The proposer's wall time (expiry check).
+        at: UnixTime,
+    },
+    /// Register (or re-attest) an agent by another method.
+    RegisterAgent {
+        /// The agent.
+        agent: AgentRecord,
+    },
+    /// Ban or unban an agent.
+    SetAgentBanned {
+        /// The agent.
+        spiffe_id: SpiffeId,
+        /// New state.
+        banned: bool,
+    },
+    /// Record an agent SVID renewal (best-effort, after the fact).
+    RecordAgentRenewal {
+        /// The agent.
+        spiffe_id: SpiffeId,
+        /// The new SVID's serial (hex).
+        svid_serial: String,
+        /// The new SVID's `NotAfter`.
+        svid_not_after: UnixTime,
+    },
+    /// Add a node's new key to the bundle (before it may sign).
+    PublishAuthority {
+        /// The public half.
+        authority: Authority,
+    },
+    /// Mark a published key as the one its node signs with (retires that node's previous key of
+    /// the same kind).
+    ActivateAuthority {
+        /// Authority ID.
+        id: String,
+    },
+    /// Remove an expired key from the bundle; refused while it may still back a valid SVID.
+    PruneAuthority {
+        /// Authority ID.
+        id: String,
+        /// The proposer's wall time.
+        at: UnixTime,
+    },
+    /// Store or replace a federated trust domain's bundle.
+    SetFederatedBundle {
+        /// The trust domain.
+        trust_domain: TrustDomain,
+        /// Its bundle.
+        bundle: Bundle,
+    },
+    /// Forget a federated trust domain.
+    RemoveFederatedBundle {
+        /// The trust domain.
+        trust_domain: TrustDomain,
+    },
+}
+
+/// Why a command was refused. A refused command changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError {
+    /// The command's content is invalid.
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// The thing named does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The thing already exists.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// Optimistic concurrency failed.
+    #[error("revision mismatch: expected {expected}, found {actual}")]
+    RevisionMismatch {
+        /// What the caller expected.
+        expected: u64,
+        /// What is stored.
+        actual: u64,
+    },
+    /// The join token was already consumed.
+    #[error("join token already used")]
+    TokenUsed,
+    /// The join token expired.
+    #[error("join token expired")]
+    TokenExpired,
+    /// The agent is banned.
+    #[error("agent {0} is banned")]
+    AgentBanned(String),
+    /// A limit would be exceeded.
+    #[error("limit exceeded: {0}")]
+    Limit(String),
+    /// The authority may still back valid SVIDs.
+    #[error("authority {0} has not expired yet")]
+    AuthorityLive(String),
+}
+
+/// What an applied command produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Nothing to report.
+    Done,
+    /// Per-entry results of a batch create.
+    Created(Vec<Result<RegistrationEntry, CommandError>>),
+    /// The stored entry after an update.
+    Updated(RegistrationEntry),
+    /// How many entries were deleted, and which IDs were missing.
+    Deleted {
+        /// Deleted count.
+        deleted: usize,
+        /// IDs that did not exist.
+        missing: Vec<EntryId>,
+    },
+    /// The agent as registered.
+    Agent(AgentRecord),
+    /// The bundle's sequence after the change.
+    BundleSequence(u64),
+}
+
+/// The response to a command: what it produced, or why it was refused.
+pub type Response = Result<Outcome, CommandError>;
