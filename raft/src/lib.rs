@@ -9,9 +9,16 @@
 #![forbid(unsafe_code)]
 
 pub mod kv;
+pub mod runtime;
+#[cfg(feature = "sled")]
+pub mod sled_kv;
 pub mod state;
+pub mod store;
+pub mod types;
 
 pub use kv::{Kv, KvOp, MemKv};
+#[cfg(feature = "sled")]
+pub use sled_kv::SledKv;
 pub use state::{apply, State};
 
 /// Errors of the replicated-state layer.

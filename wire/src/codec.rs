@@ -14,31 +14,51 @@ use crate::Error;
 pub const CODEC_VERSION: u8 = 1;
 /// Largest frame, in bytes, including the version byte.
 pub const MESSAGE_BYTES_MAX: usize = 4 << 20;
+/// Largest state-machine snapshot, in bytes (snapshots travel in chunks, never as one message).
+pub const SNAPSHOT_BYTES_MAX: usize = 1 << 30;
 
-fn config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<MESSAGE_BYTES_MAX>()
+fn config<const LIMIT: usize>() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<LIMIT>()
 }
 
-/// Encodes `value` as one frame.
+/// Encodes `value` as one frame of at most [`MESSAGE_BYTES_MAX`] bytes.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
+    encode_limited::<T, MESSAGE_BYTES_MAX>(value)
+}
+
+/// Decodes one frame produced by [`encode`].
+pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<T, Error> {
+    decode_limited::<T, MESSAGE_BYTES_MAX>(frame)
+}
+
+/// Encodes a snapshot (same format as [`encode`], limit [`SNAPSHOT_BYTES_MAX`]).
+pub fn encode_snapshot<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
+    encode_limited::<T, SNAPSHOT_BYTES_MAX>(value)
+}
+
+/// Decodes a snapshot produced by [`encode_snapshot`].
+pub fn decode_snapshot<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    decode_limited::<T, SNAPSHOT_BYTES_MAX>(bytes)
+}
+
+fn encode_limited<T: Serialize, const LIMIT: usize>(value: &T) -> Result<Vec<u8>, Error> {
     let mut out = vec![CODEC_VERSION];
-    bincode::serde::encode_into_std_write(value, &mut out, config())
+    bincode::serde::encode_into_std_write(value, &mut out, config::<LIMIT>())
         .map_err(|e| Error::Encode(e.to_string()))?;
-    if out.len() > MESSAGE_BYTES_MAX {
+    if out.len() > LIMIT {
         return Err(Error::MessageTooLarge {
             bytes: out.len(),
-            bytes_max: MESSAGE_BYTES_MAX,
+            bytes_max: LIMIT,
         });
     }
     Ok(out)
 }
 
-/// Decodes one frame produced by [`encode`].
-pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<T, Error> {
-    if frame.len() > MESSAGE_BYTES_MAX {
+fn decode_limited<T: DeserializeOwned, const LIMIT: usize>(frame: &[u8]) -> Result<T, Error> {
+    if frame.len() > LIMIT {
         return Err(Error::MessageTooLarge {
             bytes: frame.len(),
-            bytes_max: MESSAGE_BYTES_MAX,
+            bytes_max: LIMIT,
         });
     }
     let (&version, body) = frame.split_first().ok_or(Error::Truncated)?;
@@ -48,8 +68,8 @@ pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<T, Error> {
             supported: CODEC_VERSION,
         });
     }
-    let (value, used): (T, usize) =
-        bincode::serde::decode_from_slice(body, config()).map_err(|e| match e {
+    let (value, used): (T, usize) = bincode::serde::decode_from_slice(body, config::<LIMIT>())
+        .map_err(|e| match e {
             bincode::error::DecodeError::UnexpectedEnd { .. } => Error::Truncated,
             other => Error::Decode(other.to_string()),
         })?;
