@@ -3,8 +3,18 @@
 //! [`RingKeySource`] is the production source: P-256 keys from the OS CSPRNG, signing with ring
 //! (the hot path; ~5× faster than RustCrypto's p256, research/deps.md §5). The private key lives
 //! only inside ring's key pair objects: nothing here can serialize or print it.
+//!
+//! [`SeededKeySource`] is the simulator's source: P-256 keys drawn from a seeded ChaCha20 stream,
+//! signing with the p256 crate's deterministic RFC 6979 nonces, so the same seed gives
+//! byte-identical certificates and tokens.
 
 use std::fmt;
+use std::sync::Mutex;
+
+use p256::ecdsa::signature::Signer as _;
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+use wire::{PublicJwk, Seed};
 
 use ring::rand::SystemRandom;
 use ring::signature::{
@@ -27,6 +37,28 @@ pub fn p256_spki_der(point: &[u8]) -> Result<Vec<u8>, Error> {
     let mut der = P256_SPKI_PREFIX.to_vec();
     der.extend_from_slice(point);
     Ok(der)
+}
+
+/// The uncompressed point (`0x04 || x || y`) of a P-256 `SubjectPublicKeyInfo`, if `spki` is one.
+pub fn p256_point(spki: &[u8]) -> Option<&[u8]> {
+    match spki.split_at_checked(P256_SPKI_PREFIX.len()) {
+        Some((prefix, point))
+            if prefix == P256_SPKI_PREFIX && point.len() == 65 && point[0] == 0x04 =>
+        {
+            Some(point)
+        }
+        _ => None,
+    }
+}
+
+/// The JWK of a P-256 `SubjectPublicKeyInfo` (the only key type sigil's authorities use).
+pub fn jwk_of_spki(spki: &[u8]) -> Result<PublicJwk, Error> {
+    let point = p256_point(spki).ok_or(Error::Key("not a P-256 public key"))?;
+    Ok(PublicJwk::Ec {
+        crv: "P-256".into(),
+        x: point[1..33].to_vec(),
+        y: point[33..].to_vec(),
+    })
 }
 
 /// Production key source: OS entropy, ring signing.
@@ -118,6 +150,93 @@ impl Signer for RingSigner {
     }
 }
 
+/// Deterministic key source for the simulator: keys come from a ChaCha20 stream seeded with a
+/// [`Seed`]; the n-th generated key depends only on the seed and n.
+pub struct SeededKeySource {
+    rng: Mutex<ChaCha20Rng>,
+}
+
+impl fmt::Debug for SeededKeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SeededKeySource")
+    }
+}
+
+impl SeededKeySource {
+    /// A source whose keys derive from `seed`.
+    pub fn new(seed: Seed) -> SeededKeySource {
+        SeededKeySource {
+            rng: Mutex::new(ChaCha20Rng::from_seed(seed.0)),
+        }
+    }
+}
+
+impl KeySource for SeededKeySource {
+    fn generate(&self, alg: KeyAlg) -> Result<Box<dyn Signer>, Error> {
+        match alg {
+            KeyAlg::EcP256 => {
+                let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+                // A uniformly random 32-byte string is a valid scalar except with probability
+                // about 2^-32; draw again in that case.
+                for _ in 0..64 {
+                    let mut scalar = [0u8; 32];
+                    rng.fill_bytes(&mut scalar);
+                    if let Ok(key) = p256::ecdsa::SigningKey::from_slice(&scalar) {
+                        return Ok(Box::new(SeededSigner::new(key)?));
+                    }
+                }
+                Err(Error::Key("P-256 key generation failed"))
+            }
+            _ => Err(Error::Key("unsupported key algorithm")),
+        }
+    }
+}
+
+/// A P-256 key signing with RFC 6979 deterministic nonces (p256 crate).
+pub struct SeededSigner {
+    key: p256::ecdsa::SigningKey,
+    spki_der: Vec<u8>,
+}
+
+impl SeededSigner {
+    fn new(key: p256::ecdsa::SigningKey) -> Result<SeededSigner, Error> {
+        let point = key.verifying_key().to_sec1_point(false);
+        let spki_der = p256_spki_der(point.as_bytes())?;
+        Ok(SeededSigner { key, spki_der })
+    }
+}
+
+impl fmt::Debug for SeededSigner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let fp: String = self.spki_der[27..33]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        write!(f, "SeededSigner(P-256, public {fp}…)")
+    }
+}
+
+impl Signer for SeededSigner {
+    fn alg(&self) -> KeyAlg {
+        KeyAlg::EcP256
+    }
+
+    fn public_key_der(&self) -> &[u8] {
+        &self.spki_der
+    }
+
+    fn sign(&self, msg: &[u8], format: SigFormat) -> Result<Vec<u8>, Error> {
+        let sig: p256::ecdsa::Signature = self
+            .key
+            .try_sign(msg)
+            .map_err(|_| Error::Key("signing failed"))?;
+        Ok(match format {
+            SigFormat::Der => sig.to_der().as_bytes().to_vec(),
+            SigFormat::Fixed => sig.to_bytes().to_vec(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,6 +265,40 @@ mod tests {
             .is_err());
         let other = source.generate(KeyAlg::EcP256).expect("generate");
         assert_ne!(other.public_key_der(), spki, "fresh keys differ");
+    }
+
+    #[test]
+    fn seeded_keys_are_deterministic_and_verify_with_ring() {
+        let a = SeededKeySource::new(Seed::from_u64(9));
+        let b = SeededKeySource::new(Seed::from_u64(9));
+        let ka = a.generate(KeyAlg::EcP256).expect("key");
+        let kb = b.generate(KeyAlg::EcP256).expect("key");
+        assert_eq!(ka.public_key_der(), kb.public_key_der());
+        let second = a.generate(KeyAlg::EcP256).expect("key");
+        assert_ne!(second.public_key_der(), ka.public_key_der());
+        let other_seed = SeededKeySource::new(Seed::from_u64(10))
+            .generate(KeyAlg::EcP256)
+            .expect("key");
+        assert_ne!(other_seed.public_key_der(), ka.public_key_der());
+
+        let msg = b"deterministic";
+        let point = p256_point(ka.public_key_der()).expect("p256");
+        for (format, alg) in [
+            (SigFormat::Der, &ECDSA_P256_SHA256_ASN1),
+            (SigFormat::Fixed, &ECDSA_P256_SHA256_FIXED),
+        ] {
+            let s1 = ka.sign(msg, format).expect("sign");
+            assert_eq!(s1, kb.sign(msg, format).expect("sign"), "RFC 6979");
+            UnparsedPublicKey::new(alg, point)
+                .verify(msg, &s1)
+                .expect("ring verifies p256's signature");
+        }
+        assert!(format!("{ka:?}").starts_with("SeededSigner(P-256"));
+        let jwk = jwk_of_spki(ka.public_key_der()).expect("jwk");
+        assert!(
+            matches!(jwk, PublicJwk::Ec { ref x, ref y, .. } if x.len() == 32 && y.len() == 32)
+        );
+        assert!(jwk_of_spki(&[0x30, 0]).is_err());
     }
 
     #[test]
