@@ -12,8 +12,8 @@
 //!   [`Authority`]; the driver proposes it to the replicated bundle and reports the commit with
 //!   [`Keyring::handle_published`] (or a failure with [`Keyring::handle_publish_failed`]).
 //!   Until confirmed, `Prepare` is emitted again every `publish_retry`. An unconfirmed next key
-//!   that reaches its own prepare time is discarded (and pruned, in case the commit did land)
-//!   and a fresh one prepared.
+//!   that reaches 5/6 of its own life (it would need replacing as soon as it activated) is
+//!   discarded (and pruned, in case the commit did land) and a fresh one prepared.
 //! - **activate**: once the next key's publication is confirmed *and* `now ≥ NotAfter −
 //!   min(life/6, 7 d)` of the current key (or at once when there is no usable current key, e.g.
 //!   at bootstrap), the next key becomes current: [`Action::Activate`]. A key whose publication
@@ -236,7 +236,7 @@ impl<K: KeyMaterial> Keyring<K> {
                     times.push(cur.as_ref().map_or(UnixTime::EPOCH, activate_at));
                 } else {
                     times.push(next.republish_at);
-                    times.push(prepare_at(&next.key));
+                    times.push(activate_at(&next.key));
                 }
                 times.push(next.key.not_after());
             }
@@ -321,7 +321,7 @@ impl<K: KeyMaterial> Keyring<K> {
             }
         }
         if let Some(next) = self.next.take() {
-            let stale = !next.confirmed && wall >= prepare_at(&next.key);
+            let stale = !next.confirmed && wall >= activate_at(&next.key);
             if stale || wall >= next.key.not_after() {
                 // It never signed; its publication may have landed, so remove it.
                 out.push(Action::Prune {
