@@ -30,8 +30,8 @@ cargo fmt --all -- --check
 step "cargo clippy (deny warnings; disallowed clocks/RNG/spawn outside the shell)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "simulator boundary: sim must not link quinn, sled, tonic or tokio's runtime"
-if cargo tree -p sim -e normal --prefix none --locked | grep -E '^(quinn|sled|tonic|tokio) ' ; then
+step "simulator boundary: sim must not link quinn, sled, tonic or hyper"
+if cargo tree -p sim -e normal --prefix none --locked | grep -E '^(quinn|quinn-proto|sled|tonic|hyper) ' ; then
   echo "error: the sim crate's dependency graph reaches a production-only crate (above)" >&2
   exit 1
 fi

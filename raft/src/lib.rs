@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod kv;
+pub mod replica;
 pub mod runtime;
 #[cfg(feature = "sled")]
 pub mod sled_kv;

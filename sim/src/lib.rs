@@ -1,11 +1,17 @@
 //! # sim — sigil's deterministic simulator
 //!
-//! Owns the fakes behind the seams — a virtual clock with per-node wall skew and a seeded RNG tree
-//! for [`wire::Env`], `SimNet` for [`wire::Transport`] (delay, loss, duplication, reordering,
-//! partitions), `SimDisk` for `raft::Kv` (crash loses unflushed writes) — plus the seeded world
-//! runner, the oracle and the invariant checkers. It builds `node` without its production shell.
+//! Owns the fakes behind the seams — [`net::SimNet`] for [`wire::Transport`] (delay, loss,
+//! duplication, reordering, partitions incl. asymmetric), `raft::MemKv` as the disk (a crash loses
+//! unflushed writes) — and the seeded world runner with its oracle and checks ([`world`]). The
+//! whole cluster runs on one current-thread tokio runtime with paused time, and openraft's
+//! election RNG is seeded, so one seed gives one run.
 //!
-//! Never starts threads, reads an OS clock or RNG, or links quinn, sled or tonic: the same seed
-//! must give the same run. (The fakes arrive with the replicated-state issue.)
+//! Never starts threads, reads an OS clock or RNG, or links quinn, sled or tonic (scripts/test.sh
+//! checks the dependency graph). It builds `node` without its production shell.
 
 #![forbid(unsafe_code)]
+
+pub mod net;
+pub mod world;
+
+pub use world::{run_seed, Report, RunOptions};

@@ -1,0 +1,488 @@
+//! [`Replica`]: one server node's Raft member, wired to the [`Transport`] seam.
+//!
+//! Raft RPCs (append-entries, vote, install-snapshot) and forwarded client writes travel as
+//! [`RaftMsg`] frames (versioned codec) over any [`Transport`]: QUIC in production, `SimNet` in
+//! the simulator. Requests carry an ID; a dispatcher task matches responses to waiting callers.
+//! Every call is bounded by a timeout, so a partition can delay Raft but never wedge it.
+//!
+//! Writes: [`Replica::write`] proposes locally when this node leads, forwards to the leader
+//! otherwise, and answers [`WriteError::NoQuorum`] once `write_timeout` passes without a commit
+//! (a minority side never hangs). A forwarded write whose reply is lost may be applied once and
+//! retried once; commands are written to make that visible (e.g. `AlreadyExists`), not harmful.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{
+    ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError,
+    Unreachable,
+};
+use openraft::network::RPCOption;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{AsyncRuntime, BasicNode, Config, RaftNetwork, RaftNetworkFactory};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+use wire::{codec, Command, PeerId, Response, Transport};
+
+use crate::kv::Kv;
+use crate::runtime::SeededRuntime;
+use crate::store::{self, Applied};
+use crate::types::{NodeId, Raft, TypeConfig};
+
+/// A Raft RPC or forwarded write.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RpcRequest {
+    /// Log replication / heartbeat.
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    /// Election.
+    Vote(VoteRequest<NodeId>),
+    /// One snapshot chunk.
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A client write forwarded to the leader.
+    Write(Command),
+}
+
+/// The answer to an [`RpcRequest`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RpcResponse {
+    /// Answer to `AppendEntries`.
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    /// Answer to `Vote`.
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    /// Answer to `InstallSnapshot`.
+    InstallSnapshot(
+        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+    ),
+    /// Answer to `Write`: the command's response, or why the receiver could not commit it.
+    Write(Result<Response, WriteError>),
+}
+
+/// A frame on the node↔node transport.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftMsg {
+    /// A request; the reply carries the same ID.
+    Request {
+        /// Correlation ID, unique per sender.
+        id: u64,
+        /// The request.
+        body: RpcRequest,
+    },
+    /// A reply.
+    Response {
+        /// The request's ID.
+        id: u64,
+        /// The reply.
+        body: RpcResponse,
+    },
+}
+
+/// Why a write did not commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// No leader with a quorum committed the write in time. It may still commit later.
+    #[error("no quorum: the write did not commit within {waited_ms} ms (is a majority of server nodes reachable?)")]
+    NoQuorum {
+        /// How long we waited.
+        waited_ms: u64,
+    },
+    /// The node asked is not the leader (internal; callers see `NoQuorum` after retries).
+    #[error("not the leader")]
+    NotLeader,
+    /// The Raft node has stopped.
+    #[error("raft stopped: {0}")]
+    Stopped(String),
+}
+
+/// Timing and limits of a replica.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    /// openraft heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// Election timeout lower bound.
+    pub election_timeout_min_ms: u64,
+    /// Election timeout upper bound.
+    pub election_timeout_max_ms: u64,
+    /// How long a write may take before `NoQuorum`.
+    pub write_timeout_ms: u64,
+    /// Build a snapshot (and compact the log) after this many applied entries.
+    pub snapshot_after_entries: u64,
+    /// Log entries kept behind a snapshot (for slow followers).
+    pub keep_entries_after_snapshot: u64,
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> ReplicaConfig {
+        ReplicaConfig {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            write_timeout_ms: 5_000,
+            snapshot_after_entries: 5_000,
+            keep_entries_after_snapshot: 1_000,
+        }
+    }
+}
+
+/// Pending calls awaiting a response, by request ID.
+type Pending = Mutex<BTreeMap<u64, (PeerId, oneshot::Sender<RpcResponse>)>>;
+
+struct Shared<T: Transport> {
+    transport: T,
+    pending: Pending,
+    next_id: AtomicU64,
+}
+
+impl<T: Transport> Shared<T> {
+    /// Sends `body` to `to` and waits up to `timeout` for the reply.
+    async fn call(
+        &self,
+        to: PeerId,
+        body: RpcRequest,
+        timeout: Duration,
+    ) -> Result<RpcResponse, String> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = codec::encode(&RaftMsg::Request { id, body }).map_err(|e| e.to_string())?;
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, (to, tx));
+        let result = match self.transport.send(to, frame) {
+            Err(e) => Err(e.to_string()),
+            Ok(()) => match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(reply)) => Ok(reply),
+                Ok(Err(_)) => Err("reply channel closed".to_owned()),
+                Err(_) => Err(format!(
+                    "no reply from node {to} within {} ms",
+                    timeout.as_millis()
+                )),
+            },
+        };
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        result
+    }
+}
+
+/// openraft's view of the network: clients over the shared transport.
+struct NetworkFactory<T: Transport> {
+    shared: Arc<Shared<T>>,
+}
+
+struct NetworkClient<T: Transport> {
+    target: NodeId,
+    shared: Arc<Shared<T>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct CallFailed(String);
+
+impl<T: Transport> RaftNetworkFactory<TypeConfig> for NetworkFactory<T> {
+    type Network = NetworkClient<T>;
+
+    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> Self::Network {
+        NetworkClient {
+            target,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+fn unexpected<E: std::error::Error>() -> RPCError<NodeId, BasicNode, E> {
+    RPCError::Network(NetworkError::new(&CallFailed("mismatched response".into())))
+}
+
+impl<T: Transport> NetworkClient<T> {
+    async fn call(&self, body: RpcRequest, option: &RPCOption) -> Result<RpcResponse, Unreachable> {
+        self.shared
+            .call(self.target, body, option.hard_ttl())
+            .await
+            .map_err(|e| Unreachable::new(&CallFailed(e)))
+    }
+}
+
+impl<T: Transport> RaftNetwork<TypeConfig> for NetworkClient<T> {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        match self.call(RpcRequest::AppendEntries(rpc), &option).await? {
+            RpcResponse::AppendEntries(r) => r.map_err(|e| RemoteError::new(self.target, e).into()),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        match self.call(RpcRequest::InstallSnapshot(rpc), &option).await? {
+            RpcResponse::InstallSnapshot(r) => {
+                r.map_err(|e| RemoteError::new(self.target, e).into())
+            }
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        match self.call(RpcRequest::Vote(rpc), &option).await? {
+            RpcResponse::Vote(r) => r.map_err(|e| RemoteError::new(self.target, e).into()),
+            _ => Err(unexpected()),
+        }
+    }
+}
+
+/// A running Raft member.
+pub struct Replica<T: Transport> {
+    id: NodeId,
+    raft: Raft,
+    shared: Arc<Shared<T>>,
+    applied: Arc<std::sync::RwLock<Applied>>,
+    progress: tokio::sync::watch::Receiver<u64>,
+    write_timeout: Duration,
+    dispatcher: tokio::task::JoinHandle<()>,
+}
+
+impl<T: Transport> std::fmt::Debug for Replica<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica").field("id", &self.id).finish()
+    }
+}
+
+/// Errors starting a replica.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// openraft rejected the configuration.
+    #[error("raft configuration: {0}")]
+    Config(String),
+    /// Storage could not be opened.
+    #[error("storage: {0}")]
+    Storage(String),
+    /// openraft failed to start.
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+impl<T: Transport> Replica<T> {
+    /// Starts node `id` on `kv` (fresh or holding an earlier run's state) and `transport`.
+    pub async fn start<K: Kv>(
+        id: NodeId,
+        config: &ReplicaConfig,
+        kv: K,
+        transport: T,
+    ) -> Result<Replica<T>, StartError> {
+        let raft_config = Config {
+            cluster_name: "sigil".into(),
+            heartbeat_interval: config.heartbeat_ms,
+            election_timeout_min: config.election_timeout_min_ms,
+            election_timeout_max: config.election_timeout_max_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_after_entries),
+            max_in_snapshot_log_to_keep: config.keep_entries_after_snapshot,
+            // Chunks stay well under the transport's message limit.
+            snapshot_max_chunk_size: 1 << 20,
+            ..Config::default()
+        }
+        .validate()
+        .map_err(|e| StartError::Config(e.to_string()))?;
+        let (log, sm) = store::open(kv).map_err(|e| StartError::Storage(e.to_string()))?;
+        let applied = sm.applied();
+        let progress = sm.subscribe();
+        let shared = Arc::new(Shared {
+            transport,
+            pending: Mutex::new(BTreeMap::new()),
+            next_id: AtomicU64::new(1),
+        });
+        let network = NetworkFactory {
+            shared: shared.clone(),
+        };
+        let raft = Raft::new(id, Arc::new(raft_config), network, log, sm.clone())
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let dispatcher = SeededRuntime::spawn(dispatch(
+            raft.clone(),
+            shared.clone(),
+            Duration::from_millis(config.write_timeout_ms),
+        ));
+        Ok(Replica {
+            id,
+            raft,
+            shared,
+            applied,
+            progress,
+            write_timeout: Duration::from_millis(config.write_timeout_ms),
+            dispatcher,
+        })
+    }
+}
+
+impl<T: Transport> Replica<T> {
+    /// This node's ID.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The underlying openraft handle (metrics, membership changes).
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The applied state, shared with the state machine.
+    pub fn applied(&self) -> Arc<std::sync::RwLock<Applied>> {
+        self.applied.clone()
+    }
+
+    /// Reads the applied state.
+    pub fn read<R>(&self, f: impl FnOnce(&Applied) -> R) -> R {
+        f(&self.applied.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Changes whenever a command is applied (value: last applied index).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.progress.clone()
+    }
+
+    /// Makes this node the first member of a new cluster of `members` (node ID → address).
+    pub async fn initialize(&self, members: BTreeMap<NodeId, BasicNode>) -> Result<(), String> {
+        self.raft
+            .initialize(members)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Commits `cmd` through the leader (local or forwarded) and returns its response, or
+    /// [`WriteError::NoQuorum`] after the write timeout.
+    pub async fn write(&self, cmd: Command) -> Result<Response, WriteError> {
+        let attempt =
+            write_with_retries(self.id, &self.raft, &self.shared, cmd, self.write_timeout);
+        match tokio::time::timeout(self.write_timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(WriteError::NoQuorum {
+                waited_ms: u64::try_from(self.write_timeout.as_millis()).unwrap_or(u64::MAX),
+            }),
+        }
+    }
+
+    /// Stops Raft and the dispatcher.
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+        self.dispatcher.abort();
+    }
+}
+
+/// Pause between write attempts while no leader is known or the leader moved.
+const WRITE_RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// Proposes `cmd` locally or at the leader until one commits it (the caller bounds the time).
+async fn write_with_retries<T: Transport>(
+    self_id: NodeId,
+    raft: &Raft,
+    shared: &Shared<T>,
+    cmd: Command,
+    per_try: Duration,
+) -> Result<Response, WriteError> {
+    loop {
+        match raft.client_write(cmd.clone()).await {
+            Ok(resp) => return Ok(resp.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                if let Some(leader) = f.leader_id.filter(|l| *l != self_id) {
+                    let forwarded = shared
+                        .call(leader, RpcRequest::Write(cmd.clone()), per_try)
+                        .await;
+                    // Anything but a committed answer (not leader any more, no quorum there,
+                    // no reply) means: pause and try again until the caller's deadline.
+                    if let Ok(RpcResponse::Write(Ok(response))) = forwarded {
+                        return Ok(response);
+                    }
+                }
+            }
+            Err(RaftError::APIError(e)) => return Err(WriteError::Stopped(e.to_string())),
+            Err(RaftError::Fatal(e)) => return Err(WriteError::Stopped(e.to_string())),
+        }
+        tokio::time::sleep(WRITE_RETRY_PAUSE).await;
+    }
+}
+
+/// Answers one request from a peer.
+async fn handle_request(raft: &Raft, body: RpcRequest, write_timeout: Duration) -> RpcResponse {
+    match body {
+        RpcRequest::AppendEntries(rpc) => {
+            RpcResponse::AppendEntries(raft.append_entries(rpc).await)
+        }
+        RpcRequest::Vote(rpc) => RpcResponse::Vote(raft.vote(rpc).await),
+        RpcRequest::InstallSnapshot(rpc) => {
+            RpcResponse::InstallSnapshot(raft.install_snapshot(rpc).await)
+        }
+        RpcRequest::Write(cmd) => {
+            let result = match tokio::time::timeout(write_timeout, raft.client_write(cmd)).await {
+                Ok(Ok(resp)) => Ok(resp.data),
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                    Err(WriteError::NotLeader)
+                }
+                Ok(Err(e)) => Err(WriteError::Stopped(e.to_string())),
+                Err(_) => Err(WriteError::NoQuorum {
+                    waited_ms: u64::try_from(write_timeout.as_millis()).unwrap_or(u64::MAX),
+                }),
+            };
+            RpcResponse::Write(result)
+        }
+    }
+}
+
+/// Reads frames from the transport: replies complete pending calls, requests are answered by
+/// their own task (a slow write must not hold up heartbeats).
+async fn dispatch<T: Transport>(raft: Raft, shared: Arc<Shared<T>>, write_timeout: Duration) {
+    while let Some((from, frame)) = shared.transport.recv().await {
+        let msg: RaftMsg = match codec::decode(&frame) {
+            Ok(msg) => msg,
+            Err(e) => {
+                tracing::warn!(peer = from, error = %e, "dropping undecodable raft frame; check that all nodes run compatible sigil versions");
+                continue;
+            }
+        };
+        match msg {
+            RaftMsg::Response { id, body } => {
+                let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
+                // Only the peer we asked may answer.
+                if pending.get(&id).is_some_and(|(to, _)| *to == from) {
+                    if let Some((_, tx)) = pending.remove(&id) {
+                        let _ = tx.send(body);
+                    }
+                }
+            }
+            RaftMsg::Request { id, body } => {
+                let raft = raft.clone();
+                let shared = shared.clone();
+                SeededRuntime::spawn(async move {
+                    let body = handle_request(&raft, body, write_timeout).await;
+                    match codec::encode(&RaftMsg::Response { id, body }) {
+                        Ok(frame) => {
+                            let _ = shared.transport.send(from, frame);
+                        }
+                        Err(e) => {
+                            tracing::warn!(peer = from, error = %e, "cannot encode raft reply")
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
