@@ -158,18 +158,6 @@ pub struct JwtSvidClaims {
 }
 
 #[derive(Serialize)]
-struct ClaimsOut<'a> {
-    aud: &'a [String],
-    exp: u64,
-    iat: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    iss: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    jti: Option<String>,
-    sub: &'a str,
-}
-
-#[derive(Serialize)]
 struct HeaderOut<'a> {
     alg: &'static str,
     kid: &'a str,
@@ -285,20 +273,34 @@ impl JwtKey {
         if wall >= self.not_after || exp <= iat {
             return Err(Error::AuthorityExpired);
         }
-        let jti = req.with_jti.then(|| {
+        // Claims in a fixed member order: aud, exp, iat, iss?, jti?, sub. Strings that may
+        // need escaping go through serde_json; the SPIFFE ID's alphabet needs none.
+        let mut claims = Vec::with_capacity(96 + id.as_str().len() + 64 * req.audience.len());
+        claims.extend_from_slice(b"{\"aud\":[");
+        for (i, a) in req.audience.iter().enumerate() {
+            if i > 0 {
+                claims.push(b',');
+            }
+            json_string(&mut claims, a)?;
+        }
+        claims.extend_from_slice(format!("],\"exp\":{exp},\"iat\":{iat}").as_bytes());
+        if let Some(iss) = req.issuer {
+            claims.extend_from_slice(b",\"iss\":");
+            json_string(&mut claims, iss)?;
+        }
+        if req.with_jti {
             let mut bits = [0u8; 16];
             rng.fill_bytes(&mut bits);
-            bits.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        });
-        let claims = serde_json::to_vec(&ClaimsOut {
-            aud: req.audience,
-            exp,
-            iat,
-            iss: req.issuer,
-            jti,
-            sub: id.as_str(),
-        })
-        .map_err(|_| Error::InvalidRequest("claims do not encode"))?;
+            claims.extend_from_slice(b",\"jti\":\"");
+            for b in bits {
+                claims.push(HEX_DIGITS[usize::from(b >> 4)]);
+                claims.push(HEX_DIGITS[usize::from(b & 0xf)]);
+            }
+            claims.push(b'"');
+        }
+        claims.extend_from_slice(b",\"sub\":\"");
+        claims.extend_from_slice(id.as_str().as_bytes());
+        claims.extend_from_slice(b"\"}");
         let claims_len = claims.len().div_ceil(3) * 4;
         let mut token = String::with_capacity(self.header_prefix.len() + claims_len + 90);
         token.push_str(&self.header_prefix);
@@ -308,6 +310,13 @@ impl JwtKey {
         URL_SAFE_NO_PAD.encode_string(&signature, &mut token);
         Ok(token)
     }
+}
+
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// Appends `text` as a JSON string.
+fn json_string(out: &mut Vec<u8>, text: &str) -> Result<(), Error> {
+    serde_json::to_writer(out, text).map_err(|_| Error::InvalidRequest("claims do not encode"))
 }
 
 impl sealed::Sealed for JwtKey {}

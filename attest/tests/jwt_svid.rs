@@ -738,3 +738,28 @@ fn minted_jwt_svid_verifies_with_the_spiffe_crate() {
     assert!(validate_jwt_svid(&token, &node.bundle_map(), "db", wall).is_ok());
     assert!(validate_jwt_svid(&foreign, &node.bundle_map(), "db", wall).is_err());
 }
+
+#[test]
+fn jwt_claims_escape_audiences_and_issuer() {
+    let mut node = Node::bootstrapped(TD, 1, 1, t0());
+    let key = node.keyring.active_jwt(t0()).expect("key");
+    let sub = id("spiffe://example.org/web");
+    let aud = vec!["a\"b\\c".to_owned(), "ünï\u{1}code".to_owned()];
+    let token = key
+        .mint(
+            &JwtSvidRequest {
+                spiffe_id: &sub,
+                audience: &aud,
+                ttl: secs(60),
+                issuer: Some("iss\"uer"),
+                with_jti: true,
+            },
+            t0(),
+            &mut node.rng,
+        )
+        .expect("mint");
+    let c = validate_jwt_svid(&token, &node.bundle_map(), "ünï\u{1}code", t0()).expect("valid");
+    assert_eq!(c.audience, aud);
+    assert_eq!(c.claims["iss"], "iss\"uer");
+    assert_eq!(c.claims["sub"], "spiffe://example.org/web");
+}
