@@ -953,3 +953,72 @@ fn minted_svid_parses_with_the_spiffe_crate() {
     .expect("spiffe crate accepts the CA as a bundle");
     assert_eq!(bundle.authorities().len(), 1);
 }
+
+#[test]
+fn long_san_lists_encode_with_multi_byte_lengths() {
+    // 32 DNS names of ~60 bytes push the SAN extension, the extensions block and the TBS past
+    // the one- and two-byte length forms.
+    let mut node = Node::bootstrapped(TD, 1, 1, t0());
+    let (_, spki) = workload_key();
+    let names: Vec<String> = (0..32)
+        .map(|i| format!("host-{i:02}.{}.example.org", "a".repeat(40)))
+        .collect();
+    let long_id = format!("spiffe://example.org/{}", ["seg"; 300].join("/"));
+    let spiffe_id = id(&long_id);
+    let ca = node.keyring.active_x509(t0()).expect("ca");
+    let svid = ca
+        .mint(
+            &X509SvidRequest {
+                spiffe_id: &spiffe_id,
+                dns_names: &names,
+                public_key_der: &spki,
+                ttl: secs(60),
+                not_before_cushion: secs(10),
+            },
+            t0(),
+            &mut node.rng,
+        )
+        .expect("mint");
+    assert!(svid.cert_der.len() > 3000);
+    let cert = parse(&svid.cert_der);
+    assert_eq!(uri_sans(&cert), vec![long_id]);
+    let dns = cert
+        .subject_alternative_name()
+        .expect("san")
+        .expect("present")
+        .value
+        .general_names
+        .iter()
+        .filter(|n| matches!(n, GeneralName::DNSName(_)))
+        .count();
+    assert_eq!(dns, 32);
+    assert_eq!(
+        validate_x509_svid(&[&svid.cert_der], &node.bundle_map(), t0()).expect("valid"),
+        spiffe_id
+    );
+}
+
+#[test]
+fn validation_bounds_chain_length_and_certificate_size() {
+    let mut node = Node::bootstrapped(TD, 1, 1, t0());
+    let (_, spki) = workload_key();
+    let svid = mint(&mut node, "spiffe://example.org/web", &[], &spki, t0());
+    let bundles = node.bundle_map();
+    let long_chain = vec![svid.cert_der.clone(); attest::x509::CHAIN_CERTS_MAX + 1];
+    assert_eq!(
+        reject(validate_x509_svid(&long_chain, &bundles, t0())),
+        X509Reject::ChainTooLong
+    );
+    let huge = vec![0x30; attest::x509::CERT_BYTES_MAX + 1];
+    assert_eq!(
+        reject(validate_x509_svid(&[&huge], &bundles, t0())),
+        X509Reject::TooLarge
+    );
+    // Trailing bytes after the certificate.
+    let mut trailing = svid.cert_der.clone();
+    trailing.push(0);
+    assert_eq!(
+        reject(validate_x509_svid(&[&trailing], &bundles, t0())),
+        X509Reject::Malformed
+    );
+}
