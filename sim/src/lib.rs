@@ -1,6 +1,7 @@
 //! # sim — sigil's deterministic simulator
 //!
-//! Owns the fakes behind the seams — [`net::SimNet`] for [`wire::Transport`] (delay, loss,
+//! Owns the fakes behind the seams — [`env::SimEnv`] for [`wire::Env`] (virtual clock, per-node
+//! wall skew and steps, seeded RNG tree, deterministic keys), [`net::SimNet`] for [`wire::Transport`] (delay, loss,
 //! duplication, reordering, partitions incl. asymmetric), `raft::MemKv` as the disk (a crash loses
 //! unflushed writes) — and the seeded world runner with its oracle and checks ([`world`]). The
 //! whole cluster runs on one current-thread tokio runtime with paused time, and openraft's
@@ -11,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod env;
 pub mod net;
 pub mod world;
 
