@@ -306,10 +306,13 @@ impl<T: Transport> Replica<T> {
         let (log, sm) = store::open(kv).map_err(|e| StartError::Storage(e.to_string()))?;
         let applied = sm.applied();
         let progress = sm.subscribe();
+        // Request IDs start at a random point: replies addressed to an earlier incarnation of
+        // this node (still in flight when it restarted) must not match this one's requests.
+        let first_id = rand::RngCore::next_u64(&mut SeededRuntime::thread_rng()) >> 1;
         let shared = Arc::new(Shared {
             transport,
             pending: Mutex::new(BTreeMap::new()),
-            next_id: AtomicU64::new(1),
+            next_id: AtomicU64::new(first_id),
         });
         let network = NetworkFactory {
             shared: shared.clone(),

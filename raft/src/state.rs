@@ -201,10 +201,16 @@ impl State {
 
     fn apply_authority(&mut self, cmd: Command) -> Response {
         match cmd {
-            Command::PublishAuthority { authority } => {
+            Command::PublishAuthority { authority, at } => {
                 authority
                     .validate()
                     .map_err(|e| CommandError::Invalid(e.to_string()))?;
+                if authority.not_after <= at {
+                    return Err(CommandError::Invalid(format!(
+                        "authority {} has already expired",
+                        authority.id
+                    )));
+                }
                 if self.authorities.contains_key(&authority.id) {
                     return Err(CommandError::AlreadyExists(format!(
                         "authority {}",
@@ -478,7 +484,9 @@ pub fn apply(state: &mut State, cmd: Command) -> Response {
 /// The wall time a command carries, if any (used by tests and the simulator's checkers).
 pub fn command_time(cmd: &Command) -> Option<UnixTime> {
     match cmd {
-        Command::ConsumeJoinToken { at, .. } | Command::PruneAuthority { at, .. } => Some(*at),
+        Command::ConsumeJoinToken { at, .. }
+        | Command::PruneAuthority { at, .. }
+        | Command::PublishAuthority { at, .. } => Some(*at),
         _ => None,
     }
 }
@@ -760,7 +768,10 @@ mod tests {
     #[test]
     fn authorities_publish_activate_retire_prune() {
         let mut s = State::new();
-        let publish = |a: Authority| Command::PublishAuthority { authority: a };
+        let publish = |a: Authority| Command::PublishAuthority {
+            authority: a,
+            at: UnixTime::from_secs(1),
+        };
         assert_eq!(
             apply(&mut s, publish(x509_authority("n1-a", 1, 100))),
             Ok(Outcome::BundleSequence(1))
@@ -781,6 +792,14 @@ mod tests {
         };
         apply(&mut s, publish(jwt)).expect("publish jwt");
         assert!(apply(&mut s, publish(x509_authority("n1-a", 1, 100))).is_err());
+        let late = Command::PublishAuthority {
+            authority: x509_authority("n3-old", 3, 100),
+            at: UnixTime::from_secs(100),
+        };
+        assert!(
+            matches!(apply(&mut s, late), Err(CommandError::Invalid(_))),
+            "expired"
+        );
         assert_eq!(s.bundle_sequence(), 4);
 
         for id in ["n1-a", "n2-a", "n1-jwt"] {

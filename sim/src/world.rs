@@ -91,6 +91,8 @@ pub struct World {
     nodes: BTreeMap<u64, SimNode>,
     oracle: Arc<Mutex<Oracle>>,
     leaders_by_term: BTreeMap<u64, BTreeSet<u64>>,
+    /// Per node: the highest (term, applied index) seen, across restarts.
+    high_water: BTreeMap<u64, (u64, u64)>,
     violations: Vec<String>,
     writes: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -99,6 +101,27 @@ impl std::fmt::Debug for World {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("World").field("seed", &self.seed).finish()
     }
+}
+
+/// Prints a simulator event when `SIM_TRACE` is set (for reproducing a failing seed).
+fn event(msg: impl FnOnce() -> String) {
+    if std::env::var_os("SIM_TRACE").is_some() {
+        eprintln!("[{:>8} ms] {}", now().elapsed_ms_since_start(), msg());
+    }
+}
+
+trait SinceStart {
+    fn elapsed_ms_since_start(&self) -> u128;
+}
+
+impl SinceStart for tokio::time::Instant {
+    fn elapsed_ms_since_start(&self) -> u128 {
+        START.with(|s| self.duration_since(*s.get_or_init(now)).as_millis())
+    }
+}
+
+thread_local! {
+    static START: std::cell::OnceCell<tokio::time::Instant> = const { std::cell::OnceCell::new() };
 }
 
 /// The virtual clock (the simulator owns it).
@@ -136,6 +159,7 @@ impl World {
             nodes: BTreeMap::new(),
             oracle: Arc::default(),
             leaders_by_term: BTreeMap::new(),
+            high_water: BTreeMap::new(),
             violations: Vec::new(),
             writes: Vec::new(),
         };
@@ -204,11 +228,26 @@ impl World {
         self.oracle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records who leads in which term; two leaders in one term is a violation.
+    /// Records who leads in which term (two leaders in one term is a violation) and checks that
+    /// no node's term or applied index ever goes backwards, restarts included.
     pub fn observe_leaders(&mut self) {
         for id in self.live() {
             let Some(r) = self.replica(id) else { continue };
             let m = r.raft().metrics().borrow().clone();
+            if m.current_term == 0 && m.last_log_index.is_none() {
+                // The core has not reported its restored state yet (metrics start empty).
+                continue;
+            }
+            let applied = m.last_applied.map_or(0, |l| l.index);
+            let (term_max, applied_max) = self.high_water.get(&id).copied().unwrap_or((0, 0));
+            if m.current_term < term_max || applied < applied_max {
+                self.violations.push(format!(
+                    "node {id} went backwards: term {term_max} -> {}, applied {applied_max} -> {applied}",
+                    m.current_term
+                ));
+            }
+            self.high_water
+                .insert(id, (term_max.max(m.current_term), applied_max.max(applied)));
             if m.state == ServerState::Leader {
                 let leaders = self.leaders_by_term.entry(m.current_term).or_default();
                 leaders.insert(id);
@@ -301,6 +340,7 @@ impl World {
                     entries: vec![entry],
                 })
                 .await;
+            event(|| format!("create {eid} at node {id}: {result:?}"));
             let mut o = oracle.lock().unwrap_or_else(|p| p.into_inner());
             match result {
                 Ok(Ok(Outcome::Created(rs))) if rs.iter().all(Result::is_ok) => {
@@ -344,6 +384,8 @@ impl World {
 
     /// Crashes node `id`: Raft stops, unflushed writes are lost, the network drops its frames.
     pub async fn crash(&mut self, id: u64) {
+        self.observe_leaders();
+        event(|| format!("crash node {id}"));
         let Some(node) = self.nodes.get_mut(&id) else {
             return;
         };
@@ -360,7 +402,10 @@ impl World {
             return;
         }
         self.net.set_down(id, false);
+        event(|| format!("restart node {id}"));
         self.boot(id).await;
+        // Right after restart: the node must be back at (at least) where it was.
+        self.observe_leaders();
     }
 
     /// Waits for every write started so far to finish (each is bounded by the write timeout).

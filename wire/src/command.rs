@@ -118,10 +118,13 @@ pub enum Command {
         /// The new SVID's `NotAfter`.
         svid_not_after: UnixTime,
     },
-    /// Add a node's new key to the bundle (before it may sign).
+    /// Add a node's new key to the bundle (before it may sign). Refused once the key has
+    /// expired (a late, retried publication must not put a pruned key back).
     PublishAuthority {
         /// The public half.
         authority: Authority,
+        /// The proposer's wall time.
+        at: UnixTime,
     },
     /// Mark a published key as the one its node signs with (retires that node's previous key of
     /// the same kind).
