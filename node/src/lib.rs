@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod actors;
 #[cfg(feature = "rt")]
 pub mod rt;
 
@@ -25,4 +26,21 @@ pub enum Error {
         /// What the OS said.
         detail: String,
     },
+    /// The requester may not have this identity.
+    #[error("not authorized: {0}")]
+    NotAuthorized(String),
+    /// This node has not heard from a leader for longer than `staleness_max`.
+    #[error("this node's replica is stale ({since_ms} ms without leader contact); it stops issuing past staleness_max — check connectivity to a majority of server nodes")]
+    Stale {
+        /// Time since the last leader contact (u64::MAX: never).
+        since_ms: u64,
+    },
+    /// No published, active signing key yet (publication needs a quorum).
+    #[error(
+        "no active signing key yet: its publication has not committed (is a quorum reachable?)"
+    )]
+    NoActiveKey,
+    /// Minting or key generation failed.
+    #[error(transparent)]
+    Attest(attest::Error),
 }

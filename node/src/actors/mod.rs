@@ -1,0 +1,9 @@
+//! The node's actors: plain structs, sans-IO (DESIGN.md §4). Each takes its inputs as
+//! `handle_*` calls with the time as an argument and writes what must happen (Raft proposals) to
+//! an output vector; the shell (or the simulator) executes it.
+
+pub mod issuer;
+pub mod rotation;
+
+pub use issuer::{Issuer, IssuerConfig};
+pub use rotation::CaRotation;
