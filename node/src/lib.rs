@@ -13,6 +13,7 @@
 pub mod actors;
 #[cfg(feature = "rt")]
 pub mod rt;
+pub mod server;
 
 /// Errors of the node layer.
 #[derive(Debug, thiserror::Error)]

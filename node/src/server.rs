@@ -1,0 +1,285 @@
+//! [`ServerNode`]: one server node's logic composed over the seams — a Raft [`Replica`] on any
+//! [`Transport`], the [`CaRotation`] and [`Issuer`] actors, driven by two small loops that only
+//! move data between them (time from [`Env`], tasks through [`Env::spawn`]). Production runs it
+//! over QUIC and sled; the simulator over `SimNet` and `MemKv`, on a paused clock.
+//!
+//! - **Rotation loop**: on every applied change and at the keyring's next deadline, feeds the
+//!   rotation actor and proposes what it asks for (publish / activate / prune). A key is
+//!   confirmed to the keyring only once its publication is in the applied state.
+//! - **Contact loop**: samples Raft metrics every [`CONTACT_SAMPLE`]; a follower that knows a
+//!   leader, or a leader that heard from a quorum recently, counts as in contact. The issuer
+//!   refuses to sign once contact is older than `staleness_max`.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use attest::x509::{X509Svid, X509SvidRequest};
+use openraft::ServerState;
+use raft::replica::Replica;
+use wire::{Bundle, EntryId, Env, SpiffeId, Transport, TrustDomain};
+
+use crate::actors::{CaRotation, Issuer, IssuerConfig};
+use crate::Error;
+
+/// How often leader contact is sampled.
+pub const CONTACT_SAMPLE: Duration = Duration::from_millis(100);
+/// Longest pause of the rotation loop (it also wakes on every applied change).
+pub const ROTATION_TICK_MAX: Duration = Duration::from_secs(10);
+/// `spiffe_refresh_hint` of the bundle this node serves.
+pub const REFRESH_HINT_SECS_DEFAULT: u64 = 300;
+/// Lifetime of this node's own server SVID.
+pub const SERVER_SVID_TTL: Duration = Duration::from_secs(3600);
+
+/// Settings of one server node.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// This node's Raft ID.
+    pub node_id: u64,
+    /// Lifetime of this node's CA and JWT keys.
+    pub key_ttl: Duration,
+    /// Issuing policy (trust domain, staleness_max, TTLs).
+    pub issuer: IssuerConfig,
+    /// `spiffe_refresh_hint` of the served bundle.
+    pub refresh_hint_secs: u64,
+    /// A leader counts as in contact if a quorum acknowledged it within this long.
+    pub quorum_ack_max: Duration,
+}
+
+impl ServerConfig {
+    /// Defaults for node `node_id` of `trust_domain`.
+    pub fn new(node_id: u64, trust_domain: TrustDomain) -> ServerConfig {
+        ServerConfig {
+            node_id,
+            key_ttl: attest::keyring::KEY_TTL_DEFAULT,
+            issuer: IssuerConfig::new(trust_domain),
+            refresh_hint_secs: REFRESH_HINT_SECS_DEFAULT,
+            quorum_ack_max: Duration::from_secs(2),
+        }
+    }
+}
+
+struct Inner<T: Transport> {
+    cfg: ServerConfig,
+    env: Arc<dyn Env>,
+    replica: Arc<Replica<T>>,
+    rotation: Mutex<CaRotation>,
+    issuer: Mutex<Issuer>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+/// A running server node (cheap to clone).
+pub struct ServerNode<T: Transport> {
+    inner: Arc<Inner<T>>,
+}
+
+impl<T: Transport> Clone for ServerNode<T> {
+    fn clone(&self) -> Self {
+        ServerNode {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<T: Transport> std::fmt::Debug for ServerNode<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerNode")
+            .field("node_id", &self.inner.cfg.node_id)
+            .finish()
+    }
+}
+
+fn lock<X>(m: &Mutex<X>) -> std::sync::MutexGuard<'_, X> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl<T: Transport> ServerNode<T> {
+    /// Starts the node's loops on `replica` (already started; the cluster may or may not be
+    /// initialized yet).
+    pub fn start(cfg: ServerConfig, env: Arc<dyn Env>, replica: Arc<Replica<T>>) -> ServerNode<T> {
+        let rotation = CaRotation::new(cfg.issuer.trust_domain.clone(), cfg.node_id, cfg.key_ttl);
+        let issuer = Issuer::new(cfg.issuer.clone());
+        let (stop, _) = tokio::sync::watch::channel(false);
+        let node = ServerNode {
+            inner: Arc::new(Inner {
+                cfg,
+                env: env.clone(),
+                replica,
+                rotation: Mutex::new(rotation),
+                issuer: Mutex::new(issuer),
+                stop,
+            }),
+        };
+        env.spawn("rotation", Box::pin(rotation_loop(node.clone())));
+        env.spawn("contact", Box::pin(contact_loop(node.clone())));
+        node
+    }
+
+    /// The Raft member.
+    pub fn replica(&self) -> &Arc<Replica<T>> {
+        &self.inner.replica
+    }
+
+    /// This node's settings.
+    pub fn config(&self) -> &ServerConfig {
+        &self.inner.cfg
+    }
+
+    /// The trust bundle as applied on this node.
+    pub fn bundle(&self) -> Bundle {
+        let hint = self.inner.cfg.refresh_hint_secs;
+        self.inner.replica.read(|a| a.state.bundle(hint))
+    }
+
+    /// Whether this node has an active (published) X.509 CA key right now.
+    pub fn has_active_ca(&self) -> bool {
+        let wall = self.inner.env.wall();
+        lock(&self.inner.rotation)
+            .keyring()
+            .active_x509(wall)
+            .is_some()
+    }
+
+    /// Signs a workload X.509-SVID for `agent`'s entry `entry_id` from the local replica.
+    pub fn issue_x509(
+        &self,
+        agent: &SpiffeId,
+        entry_id: &EntryId,
+        public_key_der: &[u8],
+    ) -> Result<X509Svid, Error> {
+        let env = &self.inner.env;
+        let mut rng = env.rng("svid");
+        let rotation = lock(&self.inner.rotation);
+        let issuer = lock(&self.inner.issuer);
+        self.inner.replica.read(|a| {
+            issuer.issue_x509(
+                &a.state,
+                rotation.keyring(),
+                agent,
+                entry_id,
+                public_key_der,
+                env.mono(),
+                env.wall(),
+                &mut rng,
+            )
+        })
+    }
+
+    /// Signs a JWT-SVID for `agent`'s entry `entry_id` from the local replica.
+    pub fn issue_jwt(
+        &self,
+        agent: &SpiffeId,
+        entry_id: &EntryId,
+        audience: &[String],
+    ) -> Result<String, Error> {
+        let env = &self.inner.env;
+        let mut rng = env.rng("jwt");
+        let rotation = lock(&self.inner.rotation);
+        let issuer = lock(&self.inner.issuer);
+        self.inner.replica.read(|a| {
+            issuer.issue_jwt(
+                &a.state,
+                rotation.keyring(),
+                agent,
+                entry_id,
+                audience,
+                env.mono(),
+                env.wall(),
+                &mut rng,
+            )
+        })
+    }
+
+    /// This node's own server SVID (`spiffe://<td>/sigil/server/<id>`) for `public_key_der`,
+    /// from its own active CA. Not subject to `staleness_max`: a partitioned node must still be
+    /// able to rejoin its cluster.
+    pub fn issue_own_server_svid(&self, public_key_der: &[u8]) -> Result<X509Svid, Error> {
+        let env = &self.inner.env;
+        let td = &self.inner.cfg.issuer.trust_domain;
+        let id = td
+            .join(&["sigil", "server", &self.inner.cfg.node_id.to_string()])
+            .map_err(|e| Error::NotAuthorized(e.to_string()))?;
+        let wall = env.wall();
+        let rotation = lock(&self.inner.rotation);
+        let ca = rotation
+            .keyring()
+            .active_x509(wall)
+            .ok_or(Error::NoActiveKey)?;
+        let req = X509SvidRequest {
+            spiffe_id: &id,
+            dns_names: &[],
+            public_key_der,
+            ttl: SERVER_SVID_TTL,
+            not_before_cushion: self.inner.cfg.issuer.x509.not_before_cushion,
+        };
+        ca.mint(&req, wall, &mut env.rng("server-svid"))
+            .map_err(Error::Attest)
+    }
+
+    /// Stops the loops (Raft itself is stopped by its owner).
+    pub fn stop(&self) {
+        self.inner.stop.send_replace(true);
+    }
+}
+
+/// Drives the rotation actor: tick at its deadline or on applied progress, propose its output.
+async fn rotation_loop<T: Transport>(node: ServerNode<T>) {
+    let inner = &node.inner;
+    let mut progress = inner.replica.subscribe();
+    let mut stop = inner.stop.subscribe();
+    let mut rng = inner.env.rng("keyring");
+    while !*stop.borrow() {
+        let wall = inner.env.wall();
+        let mut proposals = Vec::new();
+        let deadline = {
+            let mut rotation = lock(&inner.rotation);
+            if let Err(e) = rotation.handle_tick(wall, inner.env.keys(), &mut rng, &mut proposals) {
+                tracing::warn!(error = %e, "CA rotation tick failed; it is retried on the next tick");
+            }
+            let applied = inner.replica.applied();
+            let applied = applied.read().unwrap_or_else(|p| p.into_inner());
+            rotation.handle_applied(&applied.state, wall, &mut proposals);
+            rotation.next_deadline()
+        };
+        for cmd in proposals {
+            match inner.replica.write(cmd).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(refused)) => tracing::debug!(%refused, "rotation proposal refused"),
+                Err(e) => {
+                    tracing::info!(error = %e, "rotation proposal not committed yet; retried later")
+                }
+            }
+        }
+        let wait = deadline
+            .map(|d| d.saturating_since(inner.env.wall()))
+            .unwrap_or(ROTATION_TICK_MAX)
+            .clamp(Duration::from_millis(10), ROTATION_TICK_MAX);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = progress.changed() => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// Samples Raft metrics and reports leader contact to the issuer.
+async fn contact_loop<T: Transport>(node: ServerNode<T>) {
+    let inner = &node.inner;
+    let stop = inner.stop.subscribe();
+    let quorum_ack_max_ms = u64::try_from(inner.cfg.quorum_ack_max.as_millis()).unwrap_or(u64::MAX);
+    while !*stop.borrow() {
+        let in_contact = {
+            let m = inner.replica.raft().metrics();
+            let m = m.borrow();
+            match m.state {
+                ServerState::Leader => m
+                    .millis_since_quorum_ack
+                    .is_some_and(|ms| ms <= quorum_ack_max_ms),
+                _ => m.current_leader.is_some(),
+            }
+        };
+        if in_contact {
+            lock(&inner.issuer).handle_leader_contact(inner.env.mono());
+        }
+        tokio::time::sleep(CONTACT_SAMPLE).await;
+    }
+}

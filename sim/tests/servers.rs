@@ -1,0 +1,218 @@
+//! Server nodes (Raft + CA rotation + issuer) in the simulator: every node publishes its own keys
+//! through Raft before signing, signs from its local replica, keeps signing through a partition
+//! up to `staleness_max`, and refuses after it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use attest::x509::validate_x509_svid;
+use node::server::{ServerConfig, ServerNode};
+use node::Error;
+use openraft::BasicNode;
+use raft::replica::{Replica, ReplicaConfig};
+use raft::MemKv;
+use sim::env::SimEnv;
+use sim::net::{NetConfig, SimEndpoint, SimNet};
+use wire::{
+    AgentRecord, AttestationMethod, Command, EntryId, Env, KeyAlg, RegistrationEntry, Seed,
+    SpiffeId, TrustDomain, UnixTime,
+};
+
+const AGENT: &str = "spiffe://sim.test/sigil/agent/sim/1";
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+struct Cluster {
+    nodes: BTreeMap<u64, ServerNode<SimEndpoint>>,
+    envs: BTreeMap<u64, Arc<SimEnv>>,
+    net: SimNet,
+}
+
+async fn cluster(seed: u64, n: u64, staleness_max: Duration) -> Cluster {
+    let seed = Seed::from_u64(seed);
+    raft::runtime::seed_this_thread(seed.child("raft"));
+    let net = SimNet::new(seed, NetConfig::calm());
+    let td: TrustDomain = "sim.test".parse().expect("td");
+    let rcfg = ReplicaConfig {
+        heartbeat_ms: 50,
+        election_timeout_min_ms: 150,
+        election_timeout_max_ms: 300,
+        write_timeout_ms: 2_000,
+        snapshot_after_entries: 1_000,
+        keep_entries_after_snapshot: 100,
+    };
+    let mut nodes = BTreeMap::new();
+    let mut envs = BTreeMap::new();
+    for id in 1..=n {
+        let env = Arc::new(SimEnv::new(seed, id, UnixTime::from_secs(1_800_000_000)));
+        let replica = Replica::start(id, &rcfg, MemKv::new(), net.endpoint(id))
+            .await
+            .expect("replica");
+        let replica = Arc::new(replica);
+        if id == 1 {
+            let members: BTreeMap<u64, BasicNode> = (1..=n)
+                .map(|i| (i, BasicNode::new(format!("sim-{i}"))))
+                .collect();
+            replica.initialize(members).await.expect("initialize");
+        }
+        let mut cfg = ServerConfig::new(id, td.clone());
+        cfg.issuer.staleness_max = staleness_max;
+        let dyn_env: Arc<dyn Env> = env.clone();
+        nodes.insert(id, ServerNode::start(cfg, dyn_env, replica));
+        envs.insert(id, env);
+    }
+    Cluster { nodes, envs, net }
+}
+
+async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let mut waited = Duration::ZERO;
+    while waited < limit {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += Duration::from_millis(50);
+    }
+    f()
+}
+
+fn entry() -> RegistrationEntry {
+    RegistrationEntry {
+        id: EntryId::from_random([3; 16]),
+        spiffe_id: "spiffe://sim.test/web".parse().expect("id"),
+        parent_id: AGENT.parse().expect("id"),
+        selectors: ["unix:uid:1000".parse().expect("sel")]
+            .into_iter()
+            .collect(),
+        x509_svid_ttl_secs: 600,
+        jwt_svid_ttl_secs: 0,
+        dns_names: vec![],
+        federates_with: BTreeSet::new(),
+        admin: false,
+        downstream: false,
+        hint: String::new(),
+        revision: 0,
+        created_at_secs: 0,
+        expires_at_secs: None,
+    }
+}
+
+async fn register(c: &Cluster) {
+    let any = c.nodes.values().next().expect("a node");
+    any.replica()
+        .write(Command::RegisterAgent {
+            agent: AgentRecord {
+                spiffe_id: AGENT.parse().expect("id"),
+                method: AttestationMethod::JoinToken,
+                selectors: vec![],
+                banned: false,
+                svid_serial: String::new(),
+                svid_not_after: UnixTime::EPOCH,
+            },
+        })
+        .await
+        .expect("commit")
+        .expect("registered");
+    any.replica()
+        .write(Command::CreateEntries {
+            entries: vec![entry()],
+        })
+        .await
+        .expect("commit")
+        .expect("created");
+}
+
+fn issue(c: &Cluster, id: u64) -> Result<Vec<u8>, Error> {
+    let key = c.envs[&id]
+        .keys()
+        .generate(KeyAlg::EcP256)
+        .expect("workload key");
+    let agent: SpiffeId = AGENT.parse().expect("id");
+    c.nodes[&id]
+        .issue_x509(&agent, &EntryId::from_random([3; 16]), key.public_key_der())
+        .map(|s| s.cert_der)
+}
+
+#[test]
+fn every_node_publishes_its_keys_then_issues_locally() {
+    block_on(async {
+        let c = cluster(21, 3, Duration::from_secs(600)).await;
+        let all_active = wait_until(Duration::from_secs(20), || {
+            c.nodes.values().all(|n| n.has_active_ca())
+        })
+        .await;
+        assert!(
+            all_active,
+            "every node activates a CA once its publication commits"
+        );
+        register(&c).await;
+        let settled = wait_until(Duration::from_secs(5), || {
+            c.nodes.values().all(|n| {
+                let b = n.bundle();
+                b.x509_authorities.len() == 3 && b.jwt_authorities.len() == 3
+            })
+        })
+        .await;
+        assert!(settled, "the bundle is the union of all nodes' authorities");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let td: TrustDomain = "sim.test".parse().expect("td");
+        for id in 1..=3 {
+            let cert = issue(&c, id).unwrap_or_else(|e| panic!("node {id}: {e}"));
+            // Verified against another node's view of the bundle.
+            let other = if id == 3 { 1 } else { id + 1 };
+            let bundle = c.nodes[&other].bundle();
+            let wall = c.envs[&other].wall();
+            let sid = validate_x509_svid(&[cert.as_slice()], &(td.clone(), bundle), wall)
+                .expect("chains to the replicated bundle");
+            assert_eq!(sid.as_str(), "spiffe://sim.test/web");
+        }
+        for n in c.nodes.values() {
+            n.stop();
+        }
+    });
+}
+
+#[test]
+fn a_partitioned_node_issues_until_staleness_max_then_refuses() {
+    block_on(async {
+        let staleness = Duration::from_secs(30);
+        let c = cluster(22, 3, staleness).await;
+        assert!(
+            wait_until(Duration::from_secs(20), || c
+                .nodes
+                .values()
+                .all(|n| n.has_active_ca()))
+            .await
+        );
+        register(&c).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Cut node 3 off from everyone.
+        c.net.partition(&[vec![3], vec![1, 2]]);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(
+            issue(&c, 3).is_ok(),
+            "still issuing from its replica inside staleness_max"
+        );
+        assert!(issue(&c, 1).is_ok(), "the majority issues");
+        tokio::time::sleep(staleness).await;
+        assert!(
+            matches!(issue(&c, 3), Err(Error::Stale { .. })),
+            "past staleness_max the cut-off node refuses"
+        );
+        assert!(issue(&c, 1).is_ok(), "the majority still issues");
+        c.net.heal();
+        let back = wait_until(Duration::from_secs(10), || issue(&c, 3).is_ok()).await;
+        assert!(back, "after heal the node issues again");
+        for n in c.nodes.values() {
+            n.stop();
+        }
+    });
+}
