@@ -3,5 +3,9 @@
 
 pub mod env;
 pub mod logging;
+pub mod quic;
+pub mod tls;
 
 pub use env::SystemEnv;
+pub use quic::{QuicConfig, QuicError, QuicStats, QuicTransport};
+pub use tls::{NodeIdentity, TlsKey, TrustStore};
