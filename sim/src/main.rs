@@ -70,6 +70,14 @@ fn parse() -> Result<Args, String> {
 }
 
 fn main() -> ExitCode {
+    if let Ok(filter) = std::env::var("SIM_LOG") {
+        // e.g. SIM_LOG=openraft=debug: the nodes' own logs, for reproducing a seed.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .without_time()
+            .try_init();
+    }
     let args = match parse() {
         Ok(a) => a,
         Err(e) if e.is_empty() => {

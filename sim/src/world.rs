@@ -249,6 +249,12 @@ impl World {
             self.high_water
                 .insert(id, (term_max.max(m.current_term), applied_max.max(applied)));
             if m.state == ServerState::Leader {
+                event(|| {
+                    format!(
+                        "node {id} leads: term {} vote {:?} last_log {:?} applied {:?}",
+                        m.current_term, m.vote, m.last_log_index, m.last_applied
+                    )
+                });
                 let leaders = self.leaders_by_term.entry(m.current_term).or_default();
                 leaders.insert(id);
                 if leaders.len() > 1 {
