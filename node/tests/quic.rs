@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use attest::keys::RingKeySource;
 use attest::{Action, Keyring, KeyringConfig, PublishedAuthorities, X509Ca, X509SvidRequest};
-use node::rt::tls::server_spiffe_id;
+use node::rt::tls::{dial_config, server_spiffe_id, SERVER_NAME};
 use node::rt::{NodeIdentity, QuicConfig, QuicTransport, SystemEnv, TlsKey, TrustStore};
 use raft::replica::{Replica, ReplicaConfig};
 use raft::MemKv;
@@ -375,6 +375,95 @@ async fn limits_unknown_peers_and_full_queues() {
     );
     a.remove_peer(3);
     assert_eq!(a.send(3, vec![1]), Err(SendError::UnknownPeer(3)));
+    for t in c.nodes.drain(..) {
+        t.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_drops_oversized_frames_and_keeps_the_connection() {
+    let mut c = cluster(2, |i| QuicConfig::new(i, loopback()));
+    let b = &c.nodes[1];
+    // A raw client speaking the protocol as node 1, without `send`'s size check.
+    let identity = c.cas[0].identity(&server_spiffe_id(&self::td(TD), 1));
+    let tls = dial_config(&identity, c.trusts[0].clone(), c.env.clone(), 2).expect("tls");
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
+    let endpoint = quinn::Endpoint::client(loopback()).expect("client endpoint");
+    let conn = endpoint
+        .connect_with(
+            quinn::ClientConfig::new(Arc::new(crypto)),
+            b.local_addr(),
+            SERVER_NAME,
+        )
+        .expect("connect")
+        .await
+        .expect("handshake");
+
+    let mut big = conn.open_uni().await.expect("stream");
+    // The receiver stops the stream once past the limit, so the write may fail: either way.
+    let _ = big.write_all(&vec![1u8; MESSAGE_BYTES_MAX + 1]).await;
+    let _ = big.finish();
+    until("oversized frame dropped", || b.stats().frames_dropped == 1).await;
+
+    let mut small = conn.open_uni().await.expect("stream");
+    small.write_all(b"after").await.expect("write");
+    small.finish().expect("finish");
+    assert_eq!(
+        next(b).await,
+        (1, b"after".to_vec()),
+        "same connection still works"
+    );
+    conn.close(0u32.into(), b"done");
+    endpoint.wait_idle().await;
+    for t in c.nodes.drain(..) {
+        t.close().await;
+    }
+}
+
+/// Loopback throughput and RTT (printed; run with `--ignored --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement"]
+async fn measure_loopback_throughput() {
+    let mut c = cluster(2, |i| QuicConfig::new(i, loopback()));
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    all_to_all(&c.nodes, "warm").await;
+    for (size, count) in [(200usize, 20_000usize), (64 << 10, 2_000)] {
+        let t0 = c.env.mono();
+        let mut sent = 0;
+        let mut received = 0;
+        while received < count {
+            while sent < count {
+                match a.send(2, vec![0u8; size]) {
+                    Ok(()) => sent += 1,
+                    Err(SendError::Overloaded(_)) => break,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            next(b).await;
+            received += 1;
+        }
+        let elapsed = c.env.mono().saturating_since(t0);
+        eprintln!(
+            "{size} B frames: {count} in {elapsed:?} = {:.0} frames/s, {:.1} MB/s",
+            count as f64 / elapsed.as_secs_f64(),
+            (count * size) as f64 / elapsed.as_secs_f64() / 1e6
+        );
+    }
+    // Ping-pong round trips through the whole stack.
+    let rounds = 2_000;
+    let t0 = c.env.mono();
+    for i in 0..rounds {
+        a.send(2, vec![i as u8]).expect("ping");
+        next(b).await;
+        b.send(1, vec![i as u8]).expect("pong");
+        next(a).await;
+    }
+    let elapsed = c.env.mono().saturating_since(t0);
+    eprintln!(
+        "frame round trip: {:?} mean over {rounds}; QUIC RTT estimate {:?}",
+        elapsed / rounds,
+        a.rtt(2)
+    );
     for t in c.nodes.drain(..) {
         t.close().await;
     }

@@ -759,7 +759,7 @@ async fn connection(
                 bump(&inner.counters.dial_failures);
                 tracing::info!(peer, addr = %target, error = %e, retry_in_ms = backoff.as_millis() as u64, "dial failed");
                 let pause = *backoff;
-                *backoff = (*backoff * 2).min(inner.config.backoff_max);
+                *backoff = backoff.saturating_mul(2).min(inner.config.backoff_max);
                 tokio::select! {
                     biased;
                     () = closed(shutdown) => return Ready::Stop,

@@ -502,6 +502,17 @@ pub(crate) fn server_config(
     Ok(config)
 }
 
+/// A rustls client configuration that dials server node `expected` presenting `identity`,
+/// verifying it like the transport does (for tools and tests that speak the protocol directly).
+pub fn dial_config(
+    identity: &NodeIdentity,
+    trust: Arc<TrustStore>,
+    env: Arc<dyn Env>,
+    expected: PeerId,
+) -> Result<rustls::ClientConfig, TlsError> {
+    client_config(IdentityCell::new(identity), trust, env, expected)
+}
+
 /// The rustls client configuration for dialling node `expected`.
 pub(crate) fn client_config(
     identity: Arc<IdentityCell>,
