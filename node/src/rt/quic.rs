@@ -20,7 +20,7 @@
 //!
 //! **Bounds.** `send` never waits: it queues into a bounded per-peer queue drained by that
 //! peer's writer task ([`SendError::Overloaded`] when full). Received frames go to one bounded
-//! inbox read by [`Transport::recv`]; a full inbox stops reading, which stops stream credit, which
+//! inbox read by [`Transport::recv`], bounded in frames and in bytes; a full inbox stops reading, which stops stream credit, which
 //! backs the sender up (QUIC flow control). Streams per connection, receive windows, the idle
 //! timeout, keep-alives and the time to read one frame are bounded ([`QuicConfig`]).
 //!
@@ -42,7 +42,7 @@ use std::time::Duration;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, VarInt};
 use rustls::pki_types::CertificateDer;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use wire::codec::MESSAGE_BYTES_MAX;
 use wire::{Env, PeerId, SendError, Transport};
 
@@ -71,6 +71,8 @@ pub struct QuicConfig {
     pub queue_frames_max: usize,
     /// Received frames waiting for `recv` (default 4096).
     pub inbox_frames_max: usize,
+    /// Bytes of received frames waiting for `recv` (default 64 MiB; at least one largest frame).
+    pub inbox_bytes_max: usize,
     /// Concurrent incoming streams per connection (default 256).
     pub streams_per_connection_max: u32,
     /// Bytes buffered per connection (default 16 MiB) and per stream (default 4 MiB).
@@ -103,6 +105,7 @@ impl QuicConfig {
             bind,
             queue_frames_max: 1024,
             inbox_frames_max: 4096,
+            inbox_bytes_max: 64 << 20,
             streams_per_connection_max: 256,
             receive_window_bytes: 16 << 20,
             stream_receive_window_bytes: 4 << 20,
@@ -198,11 +201,16 @@ struct Inner {
     peers: Mutex<HashMap<PeerId, Peer>>,
     /// The newest inbound connection of each peer.
     inbound: Mutex<HashMap<PeerId, Connection>>,
-    inbox_tx: mpsc::Sender<(PeerId, Vec<u8>)>,
-    inbox_rx: tokio::sync::Mutex<mpsc::Receiver<(PeerId, Vec<u8>)>>,
+    inbox_tx: mpsc::Sender<Received>,
+    inbox_rx: tokio::sync::Mutex<mpsc::Receiver<Received>>,
+    /// One permit per byte waiting in the inbox.
+    inbox_bytes: Arc<Semaphore>,
     shutdown: watch::Sender<bool>,
     counters: Counters,
 }
+
+/// A received frame, its sender, and its share of the inbox byte budget (released on `recv`).
+type Received = (PeerId, Vec<u8>, OwnedSemaphorePermit);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -265,6 +273,9 @@ impl QuicTransport {
             detail: e.to_string(),
         })?;
         let (inbox_tx, inbox_rx) = mpsc::channel(config.inbox_frames_max.max(1));
+        let inbox_bytes = config
+            .inbox_bytes_max
+            .clamp(MESSAGE_BYTES_MAX, Semaphore::MAX_PERMITS);
         let client_transport = Arc::new(transport_config(&config, false)?);
         let inner = Arc::new(Inner {
             config,
@@ -278,6 +289,7 @@ impl QuicTransport {
             inbound: Mutex::new(HashMap::new()),
             inbox_tx,
             inbox_rx: tokio::sync::Mutex::new(inbox_rx),
+            inbox_bytes: Arc::new(Semaphore::new(inbox_bytes)),
             shutdown: watch::channel(false).0,
             counters: Counters::default(),
         });
@@ -428,7 +440,7 @@ impl Transport for QuicTransport {
         tokio::select! {
             biased;
             () = closed(&mut shutdown) => None,
-            msg = inbox.recv() => msg,
+            msg = inbox.recv() => msg.map(|(peer, frame, _bytes)| (peer, frame)),
         }
     }
 }
@@ -639,11 +651,22 @@ async fn serve_inbound(inner: Arc<Inner>, incoming: quinn::Incoming) {
             }
         };
         bump(&inner.counters.frames_received);
+        // At most MESSAGE_BYTES_MAX, which fits in u32.
+        let bytes = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+        let queued = async {
+            let permit = inner
+                .inbox_bytes
+                .clone()
+                .acquire_many_owned(bytes)
+                .await
+                .ok()?;
+            inner.inbox_tx.send((peer, frame, permit)).await.ok()
+        };
         tokio::select! {
             biased;
             () = closed(&mut shutdown) => break,
-            sent = inner.inbox_tx.send((peer, frame)) => {
-                if sent.is_err() {
+            queued = queued => {
+                if queued.is_none() {
                     break;
                 }
             }
