@@ -1,6 +1,11 @@
 //! The `sigil` command line (DESIGN.md §6).
 
-use clap::Parser;
+mod cli;
+
+use std::future::Future;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
 use node::rt::logging::{self, LogFormat};
 
 /// sigil: a SPIFFE workload identity plane whose server nodes replicate state with Raft and sign
@@ -11,15 +16,120 @@ struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Option<Command>,
 }
 
-fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+/// sigil's commands. `server`, `agent`, `dev` and `api` join this enum as they are built.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Registration entries: create, update, show, list, delete (admin socket).
+    Entry(cli::EntryArgs),
+    /// Agent join tokens (admin socket).
+    Token(cli::TokenArgs),
+    /// This trust domain's bundle (admin socket).
+    Bundle(cli::BundleArgs),
+    /// The server cluster: members, leader, term, applied index, CA keys (admin socket).
+    Cluster(cli::ClusterArgs),
+    /// Exit 0 if the server node behind the admin socket is up and serving.
+    Healthcheck(cli::HealthcheckArgs),
+}
+
+/// Runs an admin command on a small runtime; its output goes to stdout, a failure is one line
+/// on stderr and exit code 1.
+fn run_admin<F, Fut>(f: F) -> ExitCode
+where
+    F: FnOnce(std::io::StdoutLock<'static>) -> Fut,
+    Fut: Future<Output = Result<(), cli::CliError>>,
+{
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(f(std::io::stdout().lock())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parses the command line; a usage error is printed as one line (plus clap's tip, if any) and
+/// exits with 2, `--help` and `--version` print as usual.
+fn parse() -> Result<Cli, ExitCode> {
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                return Err(ExitCode::from(if e.use_stderr() { 2 } else { 0 }));
+            }
+            let text = e.render().to_string();
+            let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+            let mut first = lines
+                .next()
+                .unwrap_or("error: invalid arguments")
+                .to_owned();
+            let mut tip = String::new();
+            for line in lines {
+                if line.starts_with("Usage:") || line.starts_with("For more information") {
+                    break;
+                }
+                if line.starts_with("tip:") {
+                    tip = format!(" ({line})");
+                } else if first.ends_with(':') || first.ends_with(',') {
+                    // e.g. "the following required arguments were not provided:" + the list.
+                    first = format!("{first} {line}");
+                    if !line.ends_with(',') {
+                        first.push(',');
+                    }
+                }
+            }
+            let first = first.trim_end_matches(',');
+            eprintln!("{first}{tip}; see `--help`");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     logging::init(cli.log_format);
-    eprintln!(
-        "sigil {}: no command yet. This build has the foundation only (vocabulary, seams); \
-         `sigil server`, `sigil agent` and `sigil dev` are not built yet. See `sigil --help`.",
-        env!("CARGO_PKG_VERSION")
-    );
-    std::process::ExitCode::from(2)
+    match cli.command {
+        None => {
+            eprintln!(
+                "sigil {}: no command given. Admin commands: entry, token, bundle, cluster, \
+                 healthcheck; `sigil server`, `sigil agent` and `sigil dev` are not built yet. \
+                 See `sigil --help`.",
+                env!("CARGO_PKG_VERSION")
+            );
+            ExitCode::from(2)
+        }
+        Some(Command::Entry(args)) => run_admin(|mut out| async move { args.run(&mut out).await }),
+        Some(Command::Token(args)) => run_admin(|mut out| async move { args.run(&mut out).await }),
+        Some(Command::Bundle(args)) => run_admin(|mut out| async move { args.run(&mut out).await }),
+        Some(Command::Cluster(args)) => {
+            run_admin(|mut out| async move { args.run(&mut out).await })
+        }
+        Some(Command::Healthcheck(args)) => {
+            run_admin(|mut out| async move { args.run(&mut out).await })
+        }
+    }
 }

@@ -13,6 +13,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "workload-api")]
+pub mod admin;
 pub mod authority;
 pub mod bundle;
 pub mod codec;
