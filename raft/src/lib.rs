@@ -20,7 +20,7 @@ pub mod types;
 pub use kv::{Kv, KvOp, MemKv};
 #[cfg(feature = "sled")]
 pub use sled_kv::SledKv;
-pub use state::{apply, State};
+pub use state::{apply, apply_proposal, State};
 
 /// Errors of the replicated-state layer.
 #[derive(Debug, thiserror::Error)]

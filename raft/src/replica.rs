@@ -7,8 +7,9 @@
 //!
 //! Writes: [`Replica::write`] proposes locally when this node leads, forwards to the leader
 //! otherwise, and answers [`WriteError::NoQuorum`] once `write_timeout` passes without a commit
-//! (a minority side never hangs). A forwarded write whose reply is lost may be applied once and
-//! retried once; commands are written to make that visible (e.g. `AlreadyExists`), not harmful.
+//! (a minority side never hangs). Every write travels as a [`Proposal`] with one ID for all its
+//! retries and forwards, and the state machine applies each ID at most once, so a retried write
+//! whose first attempt did commit is not applied twice.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,7 +28,7 @@ use openraft::raft::{
 use openraft::{AsyncRuntime, BasicNode, Config, RaftNetwork, RaftNetworkFactory};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
-use wire::{codec, Command, PeerId, Response, Transport};
+use wire::{codec, Command, PeerId, Proposal, ProposalId, Response, Transport};
 
 use crate::kv::Kv;
 use crate::runtime::SeededRuntime;
@@ -44,7 +45,7 @@ pub enum RpcRequest {
     /// One snapshot chunk.
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
     /// A client write forwarded to the leader.
-    Write(Command),
+    Write(Proposal),
 }
 
 /// The answer to an [`RpcRequest`].
@@ -136,6 +137,9 @@ struct Shared<T: Transport> {
     transport: T,
     pending: Pending,
     next_id: AtomicU64,
+    /// This start's random number (proposal IDs).
+    incarnation: u64,
+    next_proposal: AtomicU64,
 }
 
 impl<T: Transport> Shared<T> {
@@ -313,6 +317,8 @@ impl<T: Transport> Replica<T> {
             transport,
             pending: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(first_id),
+            incarnation: rand::RngCore::next_u64(&mut SeededRuntime::thread_rng()),
+            next_proposal: AtomicU64::new(1),
         });
         let network = NetworkFactory {
             shared: shared.clone(),
@@ -374,8 +380,22 @@ impl<T: Transport> Replica<T> {
     /// Commits `cmd` through the leader (local or forwarded) and returns its response, or
     /// [`WriteError::NoQuorum`] after the write timeout.
     pub async fn write(&self, cmd: Command) -> Result<Response, WriteError> {
-        let attempt =
-            write_with_retries(self.id, &self.raft, &self.shared, cmd, self.write_timeout);
+        // One ID for every retry and forward of this write: the state machine applies it once.
+        let proposal = Proposal {
+            id: ProposalId {
+                node: self.id,
+                incarnation: self.shared.incarnation,
+                seq: self.shared.next_proposal.fetch_add(1, Ordering::Relaxed),
+            },
+            cmd,
+        };
+        let attempt = write_with_retries(
+            self.id,
+            &self.raft,
+            &self.shared,
+            proposal,
+            self.write_timeout,
+        );
         match tokio::time::timeout(self.write_timeout, attempt).await {
             Ok(result) => result,
             Err(_) => Err(WriteError::NoQuorum {
@@ -399,16 +419,16 @@ async fn write_with_retries<T: Transport>(
     self_id: NodeId,
     raft: &Raft,
     shared: &Shared<T>,
-    cmd: Command,
+    proposal: Proposal,
     per_try: Duration,
 ) -> Result<Response, WriteError> {
     loop {
-        match raft.client_write(cmd.clone()).await {
+        match raft.client_write(proposal.clone()).await {
             Ok(resp) => return Ok(resp.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 if let Some(leader) = f.leader_id.filter(|l| *l != self_id) {
                     let forwarded = shared
-                        .call(leader, RpcRequest::Write(cmd.clone()), per_try)
+                        .call(leader, RpcRequest::Write(proposal.clone()), per_try)
                         .await;
                     // Anything but a committed answer (not leader any more, no quorum there,
                     // no reply) means: pause and try again until the caller's deadline.
@@ -434,17 +454,18 @@ async fn handle_request(raft: &Raft, body: RpcRequest, write_timeout: Duration) 
         RpcRequest::InstallSnapshot(rpc) => {
             RpcResponse::InstallSnapshot(raft.install_snapshot(rpc).await)
         }
-        RpcRequest::Write(cmd) => {
-            let result = match tokio::time::timeout(write_timeout, raft.client_write(cmd)).await {
-                Ok(Ok(resp)) => Ok(resp.data),
-                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-                    Err(WriteError::NotLeader)
-                }
-                Ok(Err(e)) => Err(WriteError::Stopped(e.to_string())),
-                Err(_) => Err(WriteError::NoQuorum {
-                    waited_ms: u64::try_from(write_timeout.as_millis()).unwrap_or(u64::MAX),
-                }),
-            };
+        RpcRequest::Write(proposal) => {
+            let result =
+                match tokio::time::timeout(write_timeout, raft.client_write(proposal)).await {
+                    Ok(Ok(resp)) => Ok(resp.data),
+                    Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                        Err(WriteError::NotLeader)
+                    }
+                    Ok(Err(e)) => Err(WriteError::Stopped(e.to_string())),
+                    Err(_) => Err(WriteError::NoQuorum {
+                        waited_ms: u64::try_from(write_timeout.as_millis()).unwrap_or(u64::MAX),
+                    }),
+                };
             RpcResponse::Write(result)
         }
     }

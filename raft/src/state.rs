@@ -4,13 +4,14 @@
 //! inside commands) and total: a bad command is a typed [`CommandError`] that leaves the state
 //! untouched, never a panic and never a half-applied change.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use wire::command::BATCH_ENTRIES_MAX;
 use wire::{
     AgentRecord, Authority, AuthorityKey, AuthorityState, Bundle, Command, CommandError, EntryId,
-    JoinToken, Outcome, RegistrationEntry, Response, Selector, SpiffeId, TrustDomain, UnixTime,
+    JoinToken, Outcome, Proposal, ProposalId, RegistrationEntry, Response, Selector, SpiffeId,
+    TrustDomain, UnixTime,
 };
 
 /// Most registration entries the state holds.
@@ -23,6 +24,9 @@ pub const AGENTS_MAX: usize = 1_000_000;
 pub const AUTHORITIES_MAX: usize = 256;
 /// Most federated trust domains.
 pub const FEDERATED_MAX: usize = 1024;
+/// How many recent proposals the state remembers (with their responses) to apply each at most
+/// once; a proposal retried after this many others is applied again.
+pub const PROPOSALS_REMEMBERED: usize = 10_000;
 
 /// An authority and where it is in its life.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +46,9 @@ pub struct State {
     authorities: BTreeMap<String, AuthorityRecord>,
     bundle_sequence: u64,
     federated: BTreeMap<TrustDomain, Bundle>,
+    /// Recently applied proposals and their responses, oldest first in `recent_order`.
+    recent: BTreeMap<ProposalId, Response>,
+    recent_order: VecDeque<ProposalId>,
     #[serde(skip)]
     by_parent: BTreeMap<SpiffeId, BTreeSet<EntryId>>,
     #[serde(skip)]
@@ -481,6 +488,23 @@ pub fn apply(state: &mut State, cmd: Command) -> Response {
     }
 }
 
+/// Applies a proposal at most once: a proposal seen among the last [`PROPOSALS_REMEMBERED`]
+/// returns its first response and changes nothing (a retried or duplicated write).
+pub fn apply_proposal(state: &mut State, proposal: Proposal) -> Response {
+    if let Some(first) = state.recent.get(&proposal.id) {
+        return first.clone();
+    }
+    let response = apply(state, proposal.cmd);
+    state.recent.insert(proposal.id, response.clone());
+    state.recent_order.push_back(proposal.id);
+    while state.recent_order.len() > PROPOSALS_REMEMBERED {
+        if let Some(old) = state.recent_order.pop_front() {
+            state.recent.remove(&old);
+        }
+    }
+    response
+}
+
 /// The wall time a command carries, if any (used by tests and the simulator's checkers).
 pub fn command_time(cmd: &Command) -> Option<UnixTime> {
     match cmd {
@@ -860,6 +884,44 @@ mod tests {
         )
         .expect("remove");
         assert!(s.federated().is_empty());
+    }
+
+    #[test]
+    fn a_proposal_applies_at_most_once() {
+        let mut s = State::new();
+        let id = ProposalId {
+            node: 1,
+            incarnation: 7,
+            seq: 1,
+        };
+        let e = entry(1, AGENT, &["unix:uid:1"]);
+        let create = Proposal {
+            id,
+            cmd: Command::CreateEntries {
+                entries: vec![e.clone()],
+            },
+        };
+        let first = apply_proposal(&mut s, create.clone());
+        assert!(matches!(first, Ok(Outcome::Created(ref v)) if v[0].is_ok()));
+        let delete = Proposal {
+            id: ProposalId { seq: 2, ..id },
+            cmd: Command::DeleteEntries {
+                ids: vec![e.id.clone()],
+            },
+        };
+        apply_proposal(&mut s, delete).expect("delete");
+        // The create arrives again (a retry, a duplicated frame): same answer, no resurrection.
+        assert_eq!(apply_proposal(&mut s, create), first);
+        assert!(s.entry(&e.id).is_none());
+        // Memory is bounded.
+        for n in 0..(PROPOSALS_REMEMBERED as u64 + 5) {
+            let p = Proposal {
+                id: ProposalId { seq: 100 + n, ..id },
+                cmd: Command::DeleteEntries { ids: vec![] },
+            };
+            apply_proposal(&mut s, p).expect("noop");
+        }
+        assert_eq!(s.recent.len(), PROPOSALS_REMEMBERED);
     }
 
     #[test]

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use wire::codec;
 
 use crate::kv::{Kv, KvOp};
-use crate::state::{apply, State};
+use crate::state::{apply_proposal, State};
 use crate::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote};
 
 const LOG_PREFIX: &[u8] = b"log/";
@@ -339,7 +339,7 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachineStore<K> {
                 applied.last_applied = Some(entry.log_id);
                 let response = match entry.payload {
                     EntryPayload::Blank => Ok(wire::Outcome::Done),
-                    EntryPayload::Normal(cmd) => apply(&mut applied.state, cmd),
+                    EntryPayload::Normal(proposal) => apply_proposal(&mut applied.state, proposal),
                     EntryPayload::Membership(m) => {
                         applied.membership = StoredMembership::new(Some(entry.log_id), m);
                         Ok(wire::Outcome::Done)

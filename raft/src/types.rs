@@ -11,7 +11,7 @@ openraft::declare_raft_types!(
     /// sigil's Raft types: commands from `wire`, QUIC addresses in `BasicNode`, snapshots in
     /// memory, the seeded runtime.
     pub TypeConfig:
-        D = wire::Command,
+        D = wire::Proposal,
         R = wire::Response,
         NodeId = NodeId,
         Node = openraft::BasicNode,

@@ -153,6 +153,28 @@ pub enum Command {
     },
 }
 
+/// Identifies one client proposal across retries and duplicate deliveries, so that the state
+/// machine applies it at most once: the proposing node, a random number fixed per start of that
+/// node (its incarnation), and a counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ProposalId {
+    /// The node that first proposed it.
+    pub node: u64,
+    /// Random per start of that node.
+    pub incarnation: u64,
+    /// Counter within the incarnation.
+    pub seq: u64,
+}
+
+/// What a Raft log entry carries: a command and the ID that makes re-proposals harmless.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// Deduplication key.
+    pub id: ProposalId,
+    /// The change.
+    pub cmd: Command,
+}
+
 /// Why a command was refused. A refused command changes nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[non_exhaustive]

@@ -31,7 +31,7 @@ pub use authority::{bundle_of, Authority, AuthorityKey};
 pub use bundle::{Bundle, BundleMap, JwtAuthority, PublicJwk, X509Authority};
 pub use command::{
     AgentRecord, AttestationMethod, AuthorityState, Command, CommandError, JoinToken, Outcome,
-    Response,
+    Proposal, ProposalId, Response,
 };
 pub use entry::{EntryId, RegistrationEntry};
 pub use env::{Env, KeyAlg, KeySource, Mono, RngTree, Seed, SigFormat, Signer, UnixTime};

@@ -28,6 +28,8 @@ impl SystemEnv {
         })?;
         #[allow(clippy::disallowed_methods)] // the production monotonic clock
         let origin = tokio::time::Instant::now();
+        // openraft's election jitter and the replica's incarnation numbers draw from this.
+        raft::runtime::set_process_seed(Seed(seed).child("raft"));
         Ok(SystemEnv {
             origin,
             rngs: RngTree::new(Seed(seed)),
