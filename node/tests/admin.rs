@@ -867,3 +867,30 @@ fn writes_without_quorum_fail_fast_with_unavailable() {
     assert_eq!(status["leader_id"], Value::Null);
     assert_eq!(status["members"].as_array().expect("members").len(), 2);
 }
+
+#[test]
+fn serve_admin_is_spawnable_and_removes_its_socket_on_shutdown() {
+    fn assert_send_static<F: Future + Send + 'static>(_: &F) {}
+    let mut node = start();
+    // A server composes it like this: an owned future it can hand to `Env::spawn`.
+    let service = AdminService::new(
+        node.replica.clone(),
+        node.env.clone() as Arc<dyn Env>,
+        TD.parse().expect("td"),
+        AdminDefaults::default(),
+    );
+    let path = node.socket.with_file_name("other.sock");
+    let fut = async move { admin::serve_admin(&path, service, std::future::pending()).await };
+    assert_send_static(&fut);
+    drop(fut);
+
+    node.stop.take().expect("running").send(()).expect("stop");
+    let t0 = Instant::now();
+    while node.socket.exists() {
+        assert!(t0.elapsed() < DEADLINE, "socket not removed on shutdown");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let all = ["healthcheck"];
+    let line = one_line_error(&node.sigil(&all), &all);
+    assert!(line.contains("cannot reach the admin socket"), "{line}");
+}

@@ -484,15 +484,15 @@ impl<T: Transport> Admin for AdminService<T> {
         let (mut page, more) = self.replica.read(|applied| {
             let state = &applied.state;
             // Start from the narrowest index; every candidate list is in ID order.
-            let candidates: Vec<&RegistrationEntry> = if let Some(p) = &parent {
-                state.entries_by_parent(p)
+            let candidates: Box<dyn Iterator<Item = &RegistrationEntry>> = if let Some(p) = &parent
+            {
+                Box::new(state.entries_by_parent(p).into_iter())
             } else if let Some(s) = selectors.iter().next() {
-                state.entries_by_selector(s)
+                Box::new(state.entries_by_selector(s).into_iter())
             } else {
-                state.entries().collect()
+                Box::new(state.entries())
             };
             let mut page: Vec<pb::Entry> = candidates
-                .into_iter()
                 .filter(|e| after.as_ref().is_none_or(|a| e.id > *a))
                 .filter(|e| spiffe_id.as_ref().is_none_or(|s| e.spiffe_id == *s))
                 .filter(|e| parent.as_ref().is_none_or(|p| e.parent_id == *p))
