@@ -39,3 +39,47 @@ fn no_command_says_what_exists() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("sigil --help"));
 }
+
+#[test]
+fn every_admin_command_has_help() {
+    for (args, must_mention) in [
+        (&["entry", "--help"][..], "create"),
+        (&["entry", "create", "--help"][..], "--selector"),
+        (&["entry", "update", "--help"][..], "--revision"),
+        (&["entry", "show", "--help"][..], "--entry-id"),
+        (&["entry", "list", "--help"][..], "--parent-id"),
+        (&["entry", "delete", "--help"][..], "--entry-id"),
+        (&["token", "generate", "--help"][..], "--ttl"),
+        (&["bundle", "show", "--help"][..], "spiffe"),
+        (&["cluster", "status", "--help"][..], "--json"),
+        (&["healthcheck", "--help"][..], "--admin-socket"),
+    ] {
+        let out = sigil(args);
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(must_mention), "{args:?}: {text}");
+        assert!(text.contains("--admin-socket"), "{args:?}: {text}");
+    }
+}
+
+#[test]
+fn usage_errors_are_one_line() {
+    for args in [
+        &["entry", "create", "--spiffe-id", "spiffe://example.org/w"][..],
+        &["entry", "craete"][..],
+        &["bundle", "show", "--format", "der"][..],
+        &["token", "generate", "--bogus"][..],
+    ] {
+        let out = sigil(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("error: "), "{args:?}: {err}");
+    }
+    let out = sigil(&["entry", "create"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--spiffe-id") && err.contains("--parent-id") && err.contains("--selector"),
+        "{err}"
+    );
+}
