@@ -84,47 +84,7 @@ impl AdminSocket {
     }
 }
 
-/// Parses a duration: `300`, `300s`, `5m`, `1h`, `2d`, or a sum such as `1h30m`.
-pub fn parse_duration_secs(text: &str) -> Result<u64, String> {
-    let bad = || {
-        format!(
-            "invalid duration {:?}: use a number with a unit, like 300s, 5m, 1h or 1h30m",
-            text.chars().take(64).collect::<String>()
-        )
-    };
-    let text = text.trim();
-    if text.is_empty() {
-        return Err(bad());
-    }
-    if text.bytes().all(|b| b.is_ascii_digit()) {
-        return text.parse().map_err(|_| bad());
-    }
-    let mut total: u64 = 0;
-    let mut number = String::new();
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            number.push(c);
-            continue;
-        }
-        let unit: u64 = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            _ => return Err(bad()),
-        };
-        let n: u64 = number.parse().map_err(|_| bad())?;
-        number.clear();
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(bad)?;
-    }
-    if !number.is_empty() {
-        return Err(bad());
-    }
-    Ok(total)
-}
+pub use node::rt::config::parse_duration_secs;
 
 fn parse_ttl(flag: &str, text: &Option<String>) -> Result<Option<u32>, CliError> {
     match text {

@@ -27,6 +27,9 @@ pub enum Error {
         /// What the OS said.
         detail: String,
     },
+    /// A configuration file is invalid.
+    #[error("configuration: {0}")]
+    Config(String),
     /// The requester may not have this identity.
     #[error("not authorized: {0}")]
     NotAuthorized(String),

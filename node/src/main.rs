@@ -24,6 +24,8 @@ struct Cli {
 /// sigil's commands. `server`, `agent`, `dev` and `api` join this enum as they are built.
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run one server node (Raft member, CA, issuer, admin API) from a TOML config file.
+    Server(ServerArgs),
     /// Registration entries: create, update, show, list, delete (admin socket).
     Entry(cli::EntryArgs),
     /// Agent join tokens (admin socket).
@@ -34,6 +36,36 @@ enum Command {
     Cluster(cli::ClusterArgs),
     /// Exit 0 if the server node behind the admin socket is up and serving.
     Healthcheck(cli::HealthcheckArgs),
+}
+
+/// `sigil server` options.
+#[derive(Debug, clap::Args)]
+struct ServerArgs {
+    /// The node's configuration file (see the README for every option and its default).
+    #[arg(long, value_name = "FILE")]
+    config: std::path::PathBuf,
+}
+
+/// Runs a server node on a multi-threaded runtime until Ctrl-C or SIGTERM.
+fn run_server(args: ServerArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(node::rt::serve::run_server_from_file(&args.config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// Runs an admin command on a small runtime; its output goes to stdout, a failure is one line
@@ -115,13 +147,14 @@ fn main() -> ExitCode {
     match cli.command {
         None => {
             eprintln!(
-                "sigil {}: no command given. Admin commands: entry, token, bundle, cluster, \
-                 healthcheck; `sigil server`, `sigil agent` and `sigil dev` are not built yet. \
+                "sigil {}: no command given. Commands: server, entry, token, bundle, cluster, \
+                 healthcheck; `sigil agent` and `sigil dev` are not built yet. \
                  See `sigil --help`.",
                 env!("CARGO_PKG_VERSION")
             );
             ExitCode::from(2)
         }
+        Some(Command::Server(args)) => run_server(args),
         Some(Command::Entry(args)) => run_admin(|mut out| async move { args.run(&mut out).await }),
         Some(Command::Token(args)) => run_admin(|mut out| async move { args.run(&mut out).await }),
         Some(Command::Bundle(args)) => run_admin(|mut out| async move { args.run(&mut out).await }),

@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::error::{
-    ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError,
-    Unreachable,
+    ClientWriteError, InitializeError, InstallSnapshotError, NetworkError, RPCError, RaftError,
+    RemoteError, Unreachable,
 };
 use openraft::network::RPCOption;
 use openraft::raft::{
@@ -370,11 +370,23 @@ impl<T: Transport> Replica<T> {
     }
 
     /// Makes this node the first member of a new cluster of `members` (node ID → address).
-    pub async fn initialize(&self, members: BTreeMap<NodeId, BasicNode>) -> Result<(), String> {
+    /// `Ok(false)`: the node already belongs to a cluster (a restart), nothing changed.
+    pub async fn initialize(&self, members: BTreeMap<NodeId, BasicNode>) -> Result<bool, String> {
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(true),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(false),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Whether this node holds any Raft log (waits up to `limit` for openraft to report its
+    /// restored state).
+    pub async fn has_log(&self, limit: Duration) -> bool {
         self.raft
-            .initialize(members)
+            .wait(Some(limit))
+            .metrics(|m| m.last_log_index.is_some(), "restored log")
             .await
-            .map_err(|e| e.to_string())
+            .is_ok()
     }
 
     /// Commits `cmd` through the leader (local or forwarded) and returns its response, or

@@ -114,6 +114,21 @@ fn minority_write_fails_with_no_quorum_in_bounded_time() {
             "answered in {waited:?}"
         );
         // The majority elects a leader and keeps accepting writes.
+        let started = virtual_now();
+        let mut majority_leader = None;
+        while majority_leader.is_none()
+            && virtual_now().duration_since(started) < Duration::from_secs(10)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            majority_leader = rest.iter().copied().find(|id| {
+                w.replica(*id).is_some_and(|r| {
+                    r.raft().metrics().borrow().state == openraft::ServerState::Leader
+                })
+            });
+        }
+        let elected_in = virtual_now().duration_since(started);
+        let new_leader = majority_leader.expect("the majority elects a leader within 10 s");
+        eprintln!("majority elected node {new_leader} in {elected_in:?}");
         let r = create_one(&mut w, rest[0]).await.expect("majority write");
         assert!(r.is_ok());
         w.converge(Duration::from_secs(20)).await.expect("converge");

@@ -1,5 +1,6 @@
 //! Log output: human-readable by default, JSON lines with `--log-format json`; the level comes
-//! from `RUST_LOG` (default `info`).
+//! from `RUST_LOG` (default `info,openraft=warn`: openraft's own info lines are per-election
+//! chatter). Colours only when stderr is a terminal.
 
 use tracing_subscriber::EnvFilter;
 
@@ -15,9 +16,12 @@ pub enum LogFormat {
 
 /// Installs the global subscriber, writing to stderr. Safe to call once per process.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     // A second init (tests) fails harmlessly.
     let _ = match format {

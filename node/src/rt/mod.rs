@@ -2,9 +2,11 @@
 //! open sockets (each such call carries a scoped `#[allow(clippy::disallowed_methods)]`).
 
 pub mod admin;
+pub mod config;
 pub mod env;
 pub mod logging;
 pub mod quic;
+pub mod serve;
 pub mod tls;
 
 pub use env::SystemEnv;

@@ -1,0 +1,279 @@
+//! `server.toml`: the configuration of one server node. Every option has a default, listed here
+//! and in the README; unknown options are an error (a typo must not silently change behaviour).
+//!
+//! ```toml
+//! trust_domain = "example.org"        # required
+//! node_id = 1                         # required, unique per server node, > 0
+//! data_dir = "/var/lib/sigil"         # default; Raft log and state live in DATA_DIR/raft
+//! bind = "127.0.0.1:8443"             # default; QUIC address for node↔node and agent traffic
+//! admin_socket = "/run/sigil/admin.sock"  # default (mode 0600)
+//! bootstrap = false                   # true on the first node of a new trust domain only
+//! ca_ttl = "24h"                      # lifetime of this node's CA and JWT keys
+//! x509_svid_ttl = "1h"                # default X.509-SVID lifetime
+//! jwt_svid_ttl = "5m"                 # default JWT-SVID lifetime
+//! staleness_max = "24h"               # stop issuing after this long without a leader
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use wire::TrustDomain;
+
+use crate::Error;
+
+/// Default data directory.
+pub const DATA_DIR_DEFAULT: &str = "/var/lib/sigil";
+/// Default QUIC bind address.
+pub const BIND_DEFAULT: &str = "127.0.0.1:8443";
+/// Largest config file accepted, in bytes.
+pub const CONFIG_BYTES_MAX: u64 = 1 << 20;
+
+/// A parsed, checked `server.toml`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerFileConfig {
+    /// This node's trust domain.
+    pub trust_domain: TrustDomain,
+    /// This node's Raft ID (> 0).
+    pub node_id: u64,
+    /// Where Raft state lives.
+    pub data_dir: PathBuf,
+    /// QUIC address.
+    pub bind: SocketAddr,
+    /// Admin API socket.
+    pub admin_socket: PathBuf,
+    /// Initialize a new cluster with this node as its only member (first node only).
+    pub bootstrap: bool,
+    /// Lifetime of this node's CA and JWT keys.
+    pub ca_ttl: Duration,
+    /// Default X.509-SVID lifetime.
+    pub x509_svid_ttl: Duration,
+    /// Default JWT-SVID lifetime.
+    pub jwt_svid_ttl: Duration,
+    /// Stop issuing after this long without leader contact.
+    pub staleness_max: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    trust_domain: String,
+    node_id: u64,
+    data_dir: Option<PathBuf>,
+    bind: Option<String>,
+    admin_socket: Option<PathBuf>,
+    bootstrap: Option<bool>,
+    ca_ttl: Option<String>,
+    x509_svid_ttl: Option<String>,
+    jwt_svid_ttl: Option<String>,
+    staleness_max: Option<String>,
+}
+
+fn config_error(path: &Path, detail: impl std::fmt::Display) -> Error {
+    Error::Config(format!("{}: {detail}", path.display()))
+}
+
+fn duration(
+    path: &Path,
+    name: &str,
+    value: Option<String>,
+    default: Duration,
+) -> Result<Duration, Error> {
+    match value {
+        None => Ok(default),
+        Some(text) => parse_duration_secs(&text)
+            .map(Duration::from_secs)
+            .map_err(|e| config_error(path, format!("{name}: {e}"))),
+    }
+}
+
+impl ServerFileConfig {
+    /// Reads and checks the file at `path`.
+    pub fn load(path: &Path) -> Result<ServerFileConfig, Error> {
+        let meta = std::fs::metadata(path).map_err(|e| config_error(path, e))?;
+        if meta.len() > CONFIG_BYTES_MAX {
+            return Err(config_error(path, "larger than 1 MiB"));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| config_error(path, e))?;
+        ServerFileConfig::parse(path, &text)
+    }
+
+    /// Parses and checks `text` (`path` only labels errors).
+    pub fn parse(path: &Path, text: &str) -> Result<ServerFileConfig, Error> {
+        let raw: Raw = toml::from_str(text).map_err(|e| config_error(path, e.message()))?;
+        let trust_domain: TrustDomain = raw
+            .trust_domain
+            .parse()
+            .map_err(|e| config_error(path, format!("trust_domain: {e}")))?;
+        if raw.node_id == 0 {
+            return Err(config_error(path, "node_id must be greater than 0"));
+        }
+        let bind_text = raw.bind.unwrap_or_else(|| BIND_DEFAULT.to_owned());
+        let bind: SocketAddr = bind_text.parse().map_err(|_| {
+            config_error(
+                path,
+                format!("bind: {bind_text:?} is not an IP:port address"),
+            )
+        })?;
+        let cfg = ServerFileConfig {
+            trust_domain,
+            node_id: raw.node_id,
+            data_dir: raw
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT)),
+            bind,
+            admin_socket: raw
+                .admin_socket
+                .unwrap_or_else(|| PathBuf::from(crate::rt::admin::ADMIN_SOCKET_DEFAULT)),
+            bootstrap: raw.bootstrap.unwrap_or(false),
+            ca_ttl: duration(path, "ca_ttl", raw.ca_ttl, attest::keyring::KEY_TTL_DEFAULT)?,
+            x509_svid_ttl: duration(
+                path,
+                "x509_svid_ttl",
+                raw.x509_svid_ttl,
+                attest::x509::X509_SVID_TTL_DEFAULT,
+            )?,
+            jwt_svid_ttl: duration(
+                path,
+                "jwt_svid_ttl",
+                raw.jwt_svid_ttl,
+                crate::actors::issuer::JWT_SVID_TTL_DEFAULT,
+            )?,
+            staleness_max: duration(
+                path,
+                "staleness_max",
+                raw.staleness_max,
+                crate::actors::issuer::STALENESS_MAX_DEFAULT,
+            )?,
+        };
+        if cfg.ca_ttl < Duration::from_secs(600) {
+            return Err(config_error(path, "ca_ttl must be at least 10m"));
+        }
+        if cfg.x509_svid_ttl.is_zero() || cfg.jwt_svid_ttl.is_zero() {
+            return Err(config_error(path, "SVID TTLs must be greater than 0"));
+        }
+        if cfg.x509_svid_ttl > cfg.ca_ttl / 6 {
+            tracing::warn!(
+                x509_svid_ttl_secs = cfg.x509_svid_ttl.as_secs(),
+                ca_ttl_secs = cfg.ca_ttl.as_secs(),
+                "x509_svid_ttl is longer than ca_ttl/6: SVIDs minted late in a CA's life are cut short at the CA's expiry; lower x509_svid_ttl or raise ca_ttl"
+            );
+        }
+        Ok(cfg)
+    }
+}
+
+/// Parses a duration: `300`, `300s`, `5m`, `1h`, `2d`, or a sum such as `1h30m`.
+pub fn parse_duration_secs(text: &str) -> Result<u64, String> {
+    let bad = || {
+        format!(
+            "invalid duration {:?}: use a number with a unit, like 300s, 5m, 1h or 1h30m",
+            text.chars().take(64).collect::<String>()
+        )
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(bad());
+    }
+    if text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse().map_err(|_| bad());
+    }
+    let mut total: u64 = 0;
+    let mut number = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit: u64 = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => return Err(bad()),
+        };
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        number.clear();
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+    }
+    if !number.is_empty() {
+        return Err(bad());
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ServerFileConfig, Error> {
+        ServerFileConfig::parse(Path::new("server.toml"), text)
+    }
+
+    #[test]
+    fn defaults_fill_in() {
+        let c = parse("trust_domain = \"example.org\"\nnode_id = 3\n").expect("parse");
+        assert_eq!(c.node_id, 3);
+        assert_eq!(c.data_dir, PathBuf::from(DATA_DIR_DEFAULT));
+        assert_eq!(c.bind, BIND_DEFAULT.parse::<SocketAddr>().expect("addr"));
+        assert!(!c.bootstrap);
+        assert_eq!(c.ca_ttl, Duration::from_secs(24 * 3600));
+        assert_eq!(c.x509_svid_ttl, Duration::from_secs(3600));
+        assert_eq!(c.jwt_svid_ttl, Duration::from_secs(300));
+        assert_eq!(c.staleness_max, Duration::from_secs(24 * 3600));
+    }
+
+    #[test]
+    fn every_option_and_every_error() {
+        let c = parse(
+            "trust_domain = \"example.org\"\nnode_id = 1\ndata_dir = \"/tmp/x\"\nbind = \"127.0.0.1:9000\"\n\
+             admin_socket = \"/tmp/a.sock\"\nbootstrap = true\nca_ttl = \"12h\"\nx509_svid_ttl = \"30m\"\n\
+             jwt_svid_ttl = \"2m\"\nstaleness_max = \"1h\"\n",
+        )
+        .expect("parse");
+        assert!(c.bootstrap);
+        assert_eq!(c.ca_ttl, Duration::from_secs(12 * 3600));
+        assert_eq!(c.staleness_max, Duration::from_secs(3600));
+        for (bad, needle) in [
+            ("node_id = 1\n", "trust_domain"),
+            ("trust_domain = \"Bad TD\"\nnode_id = 1\n", "trust_domain"),
+            ("trust_domain = \"a.org\"\nnode_id = 0\n", "node_id"),
+            (
+                "trust_domain = \"a.org\"\nnode_id = 1\nbind = \"nope\"\n",
+                "bind",
+            ),
+            (
+                "trust_domain = \"a.org\"\nnode_id = 1\nca_ttl = \"1x\"\n",
+                "ca_ttl",
+            ),
+            (
+                "trust_domain = \"a.org\"\nnode_id = 1\nca_ttl = \"1m\"\n",
+                "ca_ttl",
+            ),
+            ("trust_domain = \"a.org\"\nnode_id = 1\ntypo = 1\n", "typo"),
+            (
+                "trust_domain = \"a.org\"\nnode_id = 1\nx509_svid_ttl = \"0\"\n",
+                "TTL",
+            ),
+            ("not toml", "server.toml"),
+        ] {
+            let err = parse(bad).expect_err(bad).to_string();
+            assert!(err.contains(needle), "{bad:?}: {err}");
+            assert!(err.contains("server.toml"), "{err}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_secs("300"), Ok(300));
+        assert_eq!(parse_duration_secs("1h30m"), Ok(5400));
+        assert!(parse_duration_secs("").is_err());
+        assert!(parse_duration_secs("5").is_ok());
+        assert!(parse_duration_secs("5x").is_err());
+        assert!(parse_duration_secs("99999999999999999999d").is_err());
+    }
+}
