@@ -26,6 +26,8 @@ struct Cli {
 enum Command {
     /// Run one server node (Raft member, CA, issuer, admin API) from a TOML config file.
     Server(ServerArgs),
+    /// A local cluster and agent in one command (not built yet: says so and exits).
+    Dev,
     /// Registration entries: create, update, show, list, delete (admin socket).
     Entry(cli::EntryArgs),
     /// Agent join tokens (admin socket).
@@ -155,6 +157,13 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
         Some(Command::Server(args)) => run_server(args),
+        Some(Command::Dev) => {
+            eprintln!(
+                "error: `sigil dev` is not built yet (it needs agents and the Workload API); \
+                 run a single server node with `sigil server --config FILE` as the README shows"
+            );
+            ExitCode::from(2)
+        }
         Some(Command::Entry(args)) => run_admin(|mut out| async move { args.run(&mut out).await }),
         Some(Command::Token(args)) => run_admin(|mut out| async move { args.run(&mut out).await }),
         Some(Command::Bundle(args)) => run_admin(|mut out| async move { args.run(&mut out).await }),

@@ -83,3 +83,14 @@ fn usage_errors_are_one_line() {
         "{err}"
     );
 }
+
+#[test]
+fn dev_says_it_is_not_built_yet() {
+    let out = sigil(&["dev"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not built yet") && err.contains("sigil server"),
+        "{err}"
+    );
+}
