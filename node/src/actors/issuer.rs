@@ -12,7 +12,7 @@ use attest::keyring::NodeKeyring;
 use attest::x509::{X509Policy, X509Svid, X509SvidRequest};
 use raft::State;
 use rand_core::RngCore;
-use wire::{EntryId, Mono, RegistrationEntry, SpiffeId, TrustDomain, UnixTime};
+use wire::{AgentRecord, EntryId, Mono, RegistrationEntry, SpiffeId, TrustDomain, UnixTime};
 
 use crate::Error;
 
@@ -49,6 +49,17 @@ impl IssuerConfig {
             agent_ttl: AGENT_SVID_TTL_DEFAULT,
         }
     }
+}
+
+/// `agent`'s record, if it is attested and not banned.
+fn attested_agent<'s>(state: &'s State, agent: &SpiffeId) -> Result<&'s AgentRecord, Error> {
+    let record = state
+        .agent(agent)
+        .ok_or_else(|| Error::NotAuthorized(format!("{agent} is not an attested agent")))?;
+    if record.banned {
+        return Err(Error::NotAuthorized(format!("{agent} is banned")));
+    }
+    Ok(record)
 }
 
 /// The issuing actor of one server node.
@@ -99,12 +110,7 @@ impl Issuer {
         agent: &SpiffeId,
         entry_id: &EntryId,
     ) -> Result<&'s RegistrationEntry, Error> {
-        let record = state
-            .agent(agent)
-            .ok_or_else(|| Error::NotAuthorized(format!("{agent} is not an attested agent")))?;
-        if record.banned {
-            return Err(Error::NotAuthorized(format!("{agent} is banned")));
-        }
+        attested_agent(state, agent)?;
         let entry = state
             .entry(entry_id)
             .ok_or_else(|| Error::NotAuthorized(format!("no entry {entry_id}")))?;
@@ -190,12 +196,7 @@ impl Issuer {
         rng: &mut dyn RngCore,
     ) -> Result<X509Svid, Error> {
         self.check_fresh(now)?;
-        let record = state
-            .agent(agent)
-            .ok_or_else(|| Error::NotAuthorized(format!("{agent} is not an attested agent")))?;
-        if record.banned {
-            return Err(Error::NotAuthorized(format!("{agent} is banned")));
-        }
+        attested_agent(state, agent)?;
         let ca = keyring.active_x509(wall).ok_or(Error::NoActiveKey)?;
         let req = X509SvidRequest {
             spiffe_id: agent,
