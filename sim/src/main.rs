@@ -108,12 +108,14 @@ fn main() -> ExitCode {
         let ok = report.violations.is_empty();
         if args.verbose || !ok {
             println!(
-                "seed {seed}: {} trace={:016x} sim={:.1}s acked={} write_errors={} net={:?} faults={:?}",
+                "seed {seed}: {} trace={:016x} sim={:.1}s acked={} write_errors={} issued={} refused={} net={:?} faults={:?}",
                 if ok { "ok" } else { "VIOLATION" },
                 report.trace_hash,
                 report.sim_time.as_secs_f64(),
                 report.acked_creates,
                 report.write_errors,
+                report.issued,
+                report.issue_refused,
                 report.net,
                 report.faults
             );

@@ -19,7 +19,37 @@ use rand::Rng;
 use rand_chacha::ChaCha20Rng;
 use wire::{Command, EntryId, Outcome, RegistrationEntry, Response, Seed};
 
+use attest::x509::validate_x509_svid;
+use node::server::{ServerConfig, ServerNode};
+use wire::{AgentRecord, AttestationMethod, Env, KeyAlg, SpiffeId, TrustDomain, UnixTime};
+
+use crate::env::SimEnv;
 use crate::net::{fnv, NetConfig, NetStats, SimEndpoint, SimNet};
+
+/// The simulated trust domain.
+pub const SIM_TRUST_DOMAIN: &str = "sim.test";
+/// The agent every simulated workload runs under.
+pub const SIM_AGENT: &str = "spiffe://sim.test/sigil/agent/sim/1";
+/// Wall-clock time at the start of every run.
+const WALL_AT_START_SECS: u64 = 1_800_000_000;
+/// CA/JWT key lifetime in the simulator: short (the keyring's minimum), so keys rotate within a
+/// run — long pauses in the safety phase carry runs past several rotations.
+pub const SIM_KEY_TTL: Duration = Duration::from_secs(60);
+/// `staleness_max` in the simulator.
+pub const SIM_STALENESS_MAX: Duration = Duration::from_secs(10);
+
+/// The registration entry simulated workloads are issued SVIDs for.
+fn issuing_entry_id() -> EntryId {
+    EntryId::from_random([0xee; 16])
+}
+
+/// An SVID a node issued during the run.
+#[derive(Debug, Clone)]
+struct Issued {
+    node: u64,
+    cert_der: Vec<u8>,
+    not_after: UnixTime,
+}
 
 /// The fault mix of one run, chosen from its seed ("swarm testing").
 #[derive(Debug, Clone, PartialEq)]
@@ -96,6 +126,12 @@ pub struct World {
     high_water: BTreeMap<u64, (u64, u64)>,
     violations: Vec<String>,
     writes: Vec<tokio::task::JoinHandle<()>>,
+    /// Each node's environment (kept across restarts: the wall clock goes on).
+    envs: BTreeMap<u64, Arc<SimEnv>>,
+    /// Each running node's server logic (CA rotation, issuer).
+    servers: BTreeMap<u64, ServerNode<SimEndpoint>>,
+    issued: Vec<Issued>,
+    issue_refused: u64,
 }
 
 impl std::fmt::Debug for World {
@@ -163,6 +199,10 @@ impl World {
             high_water: BTreeMap::new(),
             violations: Vec::new(),
             writes: Vec::new(),
+            envs: BTreeMap::new(),
+            servers: BTreeMap::new(),
+            issued: Vec::new(),
+            issue_refused: 0,
         };
         for id in 1..=n {
             world.nodes.insert(
@@ -180,7 +220,125 @@ impl World {
                 world.violations.push(format!("initialize failed: {e}"));
             }
         }
+        world.register_issuing_entry().await;
         world
+    }
+
+    /// Registers the agent and the entry that `issue` uses (retried while the network is bad).
+    async fn register_issuing_entry(&mut self) {
+        let agent: SpiffeId = SIM_AGENT.parse().expect("valid by construction");
+        let entry = RegistrationEntry {
+            id: issuing_entry_id(),
+            spiffe_id: "spiffe://sim.test/issued"
+                .parse()
+                .expect("valid by construction"),
+            parent_id: agent.clone(),
+            selectors: ["unix:uid:0".parse().expect("valid by construction")]
+                .into_iter()
+                .collect(),
+            x509_svid_ttl_secs: 15,
+            jwt_svid_ttl_secs: 0,
+            dns_names: vec![],
+            federates_with: BTreeSet::new(),
+            admin: false,
+            downstream: false,
+            hint: String::new(),
+            revision: 0,
+            created_at_secs: 0,
+            expires_at_secs: None,
+        };
+        self.oracle().create_attempted.insert(entry.id.clone());
+        let commands = [
+            Command::RegisterAgent {
+                agent: AgentRecord {
+                    spiffe_id: agent,
+                    method: AttestationMethod::JoinToken,
+                    selectors: vec![],
+                    banned: false,
+                    svid_serial: String::new(),
+                    svid_not_after: UnixTime::EPOCH,
+                },
+            },
+            Command::CreateEntries {
+                entries: vec![entry],
+            },
+        ];
+        for cmd in commands {
+            for _ in 0..10 {
+                if let Some(r) = self.replica(1) {
+                    let result = r.write(cmd.clone()).await;
+                    event(|| format!("registration write: {result:?}"));
+                    if result.is_ok() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Node `id` issues an X.509-SVID for the issuing entry; a success must chain to the bundle
+    /// applied on that node at that moment (publish before use).
+    pub fn issue(&mut self, id: u64) {
+        let (Some(server), Some(env)) = (self.servers.get(&id), self.envs.get(&id)) else {
+            return;
+        };
+        let key = match env.keys().generate(KeyAlg::EcP256) {
+            Ok(k) => k,
+            Err(e) => {
+                self.violations.push(format!("key generation failed: {e}"));
+                return;
+            }
+        };
+        let agent: SpiffeId = SIM_AGENT.parse().expect("valid by construction");
+        match server.issue_x509(&agent, &issuing_entry_id(), key.public_key_der()) {
+            Ok(svid) => {
+                let td: TrustDomain = SIM_TRUST_DOMAIN.parse().expect("valid by construction");
+                let wall = env.wall();
+                if let Err(e) =
+                    validate_x509_svid(&[svid.cert_der.as_slice()], &(td, server.bundle()), wall)
+                {
+                    self.violations.push(format!(
+                        "node {id} issued an SVID that does not chain to its applied bundle: {e}"
+                    ));
+                }
+                event(|| format!("node {id} issued an SVID until {:?}", svid.not_after));
+                self.issued.push(Issued {
+                    node: id,
+                    cert_der: svid.cert_der,
+                    not_after: svid.not_after,
+                });
+            }
+            Err(e) => {
+                event(|| format!("node {id} refused to issue: {e}"));
+                self.issue_refused += 1;
+            }
+        }
+    }
+
+    /// After convergence: every issued SVID that has not expired still chains to the converged
+    /// bundle (no authority left the bundle while an SVID it signed was valid).
+    pub fn check_issued(&mut self) {
+        let Some((id, server)) = self.servers.iter().next() else {
+            return;
+        };
+        let Some(env) = self.envs.get(id) else { return };
+        let td: TrustDomain = SIM_TRUST_DOMAIN.parse().expect("valid by construction");
+        let bundle = server.bundle();
+        let wall = env.wall();
+        let mut found = Vec::new();
+        for svid in self.issued.iter().filter(|s| s.not_after > wall) {
+            if let Err(e) = validate_x509_svid(
+                &[svid.cert_der.as_slice()],
+                &(td.clone(), bundle.clone()),
+                wall,
+            ) {
+                found.push(format!(
+                    "an SVID from node {} valid until {:?} no longer chains to the bundle: {e}",
+                    svid.node, svid.not_after
+                ));
+            }
+        }
+        self.violations.extend(found);
     }
 
     async fn boot(&mut self, id: u64) {
@@ -190,8 +348,28 @@ impl World {
         let endpoint = self.net.endpoint(id);
         match Replica::start(id, &self.config, node.kv.clone(), endpoint).await {
             Ok(r) => {
+                let replica = Arc::new(r);
+                let seed = self.seed;
+                let env = self
+                    .envs
+                    .entry(id)
+                    .or_insert_with(|| {
+                        Arc::new(SimEnv::new(
+                            seed,
+                            id,
+                            UnixTime::from_secs(WALL_AT_START_SECS),
+                        ))
+                    })
+                    .clone();
+                let td: TrustDomain = SIM_TRUST_DOMAIN.parse().expect("valid by construction");
+                let mut cfg = ServerConfig::new(id, td);
+                cfg.key_ttl = SIM_KEY_TTL;
+                cfg.issuer.staleness_max = SIM_STALENESS_MAX;
+                let dyn_env: Arc<dyn Env> = env;
+                self.servers
+                    .insert(id, ServerNode::start(cfg, dyn_env, replica.clone()));
                 if let Some(node) = self.nodes.get_mut(&id) {
-                    node.replica = Some(Arc::new(r));
+                    node.replica = Some(replica);
                 }
             }
             Err(e) => self
@@ -368,7 +546,14 @@ impl World {
 
     /// Starts a delete of a random attempted entry at node `id` in the background.
     pub fn spawn_delete(&mut self, id: u64) {
-        let candidates: Vec<EntryId> = self.oracle().create_attempted.iter().cloned().collect();
+        let keep = issuing_entry_id();
+        let candidates: Vec<EntryId> = self
+            .oracle()
+            .create_attempted
+            .iter()
+            .filter(|id| **id != keep)
+            .cloned()
+            .collect();
         if candidates.is_empty() {
             return;
         }
@@ -399,6 +584,9 @@ impl World {
     pub async fn crash(&mut self, id: u64) {
         self.observe_leaders();
         event(|| format!("crash node {id}"));
+        if let Some(server) = self.servers.remove(&id) {
+            server.stop();
+        }
         let Some(node) = self.nodes.get_mut(&id) else {
             return;
         };
@@ -522,6 +710,9 @@ impl World {
 
     /// Stops every node.
     pub async fn shutdown(&mut self) {
+        for server in std::mem::take(&mut self.servers).into_values() {
+            server.stop();
+        }
         for id in self.live() {
             if let Some(r) = self.replica(id) {
                 r.shutdown().await;
@@ -571,6 +762,15 @@ impl World {
                     self.net.cut(from, to);
                 }
             }
+            82..=91 if !live.is_empty() => {
+                let id = pick(&mut self.rng, &live);
+                self.issue(id);
+            }
+            92..=94 => {
+                // A quiet stretch: time passes (keys prepare, activate, expire, get pruned).
+                let secs = self.rng.gen_range(3..12);
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+            }
             78..=81 if faults.crashes => {
                 let id = pick(&mut self.rng, &ids);
                 if self.replica(id).is_some() {
@@ -617,6 +817,10 @@ pub struct Report {
     pub write_errors: u64,
     /// Network counters.
     pub net: NetStats,
+    /// SVIDs issued (each checked against the issuing node's applied bundle).
+    pub issued: usize,
+    /// Issue attempts refused (no active key yet, stale replica, entry deleted).
+    pub issue_refused: u64,
 }
 
 /// Runs one seed: safety phase with the seed's faults, then liveness, then the checks.
@@ -637,6 +841,7 @@ pub async fn run(opts: &RunOptions) -> Report {
         world.violations.push(e);
     }
     world.check_oracle();
+    world.check_issued();
     let (acked_creates, write_errors) = {
         let o = world.oracle();
         (o.create_acked.len(), o.write_errors)
@@ -650,6 +855,8 @@ pub async fn run(opts: &RunOptions) -> Report {
         acked_creates,
         write_errors,
         net: world.net.stats(),
+        issued: world.issued.len(),
+        issue_refused: world.issue_refused,
     };
     world.shutdown().await;
     report
@@ -672,6 +879,8 @@ pub fn run_seed(opts: &RunOptions) -> Report {
             acked_creates: 0,
             write_errors: 0,
             net: NetStats::default(),
+            issued: 0,
+            issue_refused: 0,
         },
     }
 }
