@@ -112,3 +112,72 @@ impl PublishedAuthorities {
         bundle_of(self.authorities.values(), self.sequence, refresh_hint_secs)
     }
 }
+
+/// The bundle hash a newcomer pins (`sigil bundle show --hash`): lowercase hex SHA-256 over the
+/// bundle's X.509 authorities — each CA certificate's DER preceded by its length as a 4-byte
+/// big-endian number, in ascending byte order of the DER. It names the set of CAs, so it does
+/// not change with the bundle's sequence, refresh hint or JWT keys, and it changes whenever a CA
+/// is added or pruned.
+pub fn bundle_sha256(bundle: &Bundle) -> String {
+    let mut ders: Vec<&[u8]> = bundle
+        .x509_authorities
+        .iter()
+        .map(|a| a.cert_der.as_slice())
+        .collect();
+    ders.sort_unstable();
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for der in ders {
+        let len = u32::try_from(der.len()).unwrap_or(u32::MAX);
+        ctx.update(&len.to_be_bytes());
+        ctx.update(der);
+    }
+    ctx.finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wire::{PublicJwk, X509Authority};
+
+    fn ca(der: &[u8]) -> X509Authority {
+        X509Authority {
+            cert_der: der.to_vec(),
+            key: PublicJwk::Okp {
+                crv: "Ed25519".into(),
+                x: vec![0; 32],
+            },
+        }
+    }
+
+    #[test]
+    fn bundle_hash_names_the_set_of_cas() {
+        let a = Bundle {
+            sequence: Some(1),
+            x509_authorities: vec![ca(b"one"), ca(b"two")],
+            ..Bundle::default()
+        };
+        let b = Bundle {
+            sequence: Some(7),
+            refresh_hint_secs: Some(60),
+            x509_authorities: vec![ca(b"two"), ca(b"one")],
+            ..Bundle::default()
+        };
+        assert_eq!(bundle_sha256(&a), bundle_sha256(&b));
+        assert_eq!(bundle_sha256(&a).len(), 64);
+        let c = Bundle {
+            x509_authorities: vec![ca(b"one")],
+            ..Bundle::default()
+        };
+        assert_ne!(bundle_sha256(&a), bundle_sha256(&c));
+        // Length prefixes keep ("on","etwo") apart from ("one","two").
+        let d = Bundle {
+            x509_authorities: vec![ca(b"on"), ca(b"etwo")],
+            ..Bundle::default()
+        };
+        assert_ne!(bundle_sha256(&a), bundle_sha256(&d));
+    }
+}

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use wire::command::BATCH_ENTRIES_MAX;
 use wire::{
     AgentRecord, Authority, AuthorityKey, AuthorityState, Bundle, Command, CommandError, EntryId,
-    JoinToken, Outcome, Proposal, ProposalId, RegistrationEntry, Response, Selector, SpiffeId,
-    TrustDomain, UnixTime,
+    JoinToken, Outcome, Proposal, ProposalId, RegistrationEntry, Response, Selector, ServerRecord,
+    SpiffeId, TokenPurpose, TrustDomain, UnixTime,
 };
 
 /// Most registration entries the state holds.
@@ -22,6 +22,10 @@ pub const JOIN_TOKENS_MAX: usize = 100_000;
 pub const AGENTS_MAX: usize = 1_000_000;
 /// Most authorities in the bundle (N nodes × a few keys each).
 pub const AUTHORITIES_MAX: usize = 256;
+/// Most server nodes (Raft voters stay few; this bounds the record, not the quorum).
+pub const SERVERS_MAX: usize = 9;
+/// Longest server address (`host:port`).
+pub const SERVER_ADDR_MAX: usize = 255;
 /// Most federated trust domains.
 pub const FEDERATED_MAX: usize = 1024;
 /// How many recent proposals the state remembers (with their responses) to apply each at most
@@ -46,6 +50,8 @@ pub struct State {
     authorities: BTreeMap<String, AuthorityRecord>,
     bundle_sequence: u64,
     federated: BTreeMap<TrustDomain, Bundle>,
+    /// The desired server membership (empty until the bootstrap node registers itself).
+    servers: BTreeMap<u64, ServerRecord>,
     /// Recently applied proposals and their responses, oldest first in `recent_order`.
     recent: BTreeMap<ProposalId, Response>,
     recent_order: VecDeque<ProposalId>,
@@ -154,6 +160,11 @@ impl State {
     /// Every authority, by ID.
     pub fn authorities(&self) -> &BTreeMap<String, AuthorityRecord> {
         &self.authorities
+    }
+
+    /// The server nodes registered as members, by node ID.
+    pub fn servers(&self) -> &BTreeMap<u64, ServerRecord> {
+        &self.servers
     }
 
     /// The bundle's `spiffe_sequence`.
@@ -299,6 +310,27 @@ fn check_agent(agent: &AgentRecord) -> Result<(), CommandError> {
     Ok(())
 }
 
+fn check_server(server: &ServerRecord) -> Result<(), CommandError> {
+    if server.addr.is_empty() || server.addr.len() > SERVER_ADDR_MAX {
+        return Err(CommandError::Invalid(format!(
+            "a server address must be 1 to {SERVER_ADDR_MAX} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Inserts or updates `server` in the desired membership.
+fn put_server(state: &mut State, server: ServerRecord) -> Response {
+    check_server(&server)?;
+    if !state.servers.contains_key(&server.node_id) && state.servers.len() >= SERVERS_MAX {
+        return Err(CommandError::Limit(format!(
+            "at most {SERVERS_MAX} server nodes"
+        )));
+    }
+    state.servers.insert(server.node_id, server.clone());
+    Ok(Outcome::Server(server))
+}
+
 /// Applies `cmd` to `state`. Refused commands change nothing.
 pub fn apply(state: &mut State, cmd: Command) -> Response {
     match cmd {
@@ -402,11 +434,65 @@ pub fn apply(state: &mut State, cmd: Command) -> Response {
             } else if state.agents.len() >= AGENTS_MAX {
                 return Err(CommandError::Limit(format!("at most {AGENTS_MAX} agents")));
             }
+            if token.purpose != TokenPurpose::Agent {
+                return Err(CommandError::TokenPurpose("an agent".into()));
+            }
             if let Some(token) = state.join_tokens.get_mut(&token_sha256) {
                 token.consumed_by = Some(agent.spiffe_id.clone());
             }
             state.agents.insert(agent.spiffe_id.clone(), agent.clone());
             Ok(Outcome::Agent(agent))
+        }
+        Command::ConsumeServerToken {
+            token_sha256,
+            server,
+            spiffe_id,
+            at,
+        } => {
+            check_server(&server)?;
+            if spiffe_id.path() != format!("/sigil/server/{}", server.node_id) {
+                return Err(CommandError::Invalid(format!(
+                    "server {} must be named /sigil/server/{}, got {spiffe_id}",
+                    server.node_id, server.node_id
+                )));
+            }
+            let token = state
+                .join_tokens
+                .get(&token_sha256)
+                .ok_or_else(|| not_found("join token", "(hash)"))?;
+            if token.consumed_by.is_some() {
+                return Err(CommandError::TokenUsed);
+            }
+            if token.expires_at <= at {
+                return Err(CommandError::TokenExpired);
+            }
+            if token.purpose != TokenPurpose::Server {
+                return Err(CommandError::TokenPurpose("a server node".into()));
+            }
+            if state.servers.contains_key(&server.node_id) {
+                return Err(CommandError::AlreadyExists(format!(
+                    "server node {}",
+                    server.node_id
+                )));
+            }
+            let outcome = put_server(state, server)?;
+            if let Some(token) = state.join_tokens.get_mut(&token_sha256) {
+                token.consumed_by = Some(spiffe_id);
+            }
+            Ok(outcome)
+        }
+        Command::RegisterServer { server } => put_server(state, server),
+        Command::RemoveServer { node_id } => {
+            if !state.servers.contains_key(&node_id) {
+                return Err(not_found("server node", node_id));
+            }
+            if state.servers.len() == 1 {
+                return Err(CommandError::Invalid(
+                    "the last server node of a cluster cannot be removed".into(),
+                ));
+            }
+            state.servers.remove(&node_id);
+            Ok(Outcome::Done)
         }
         Command::RegisterAgent { agent } => {
             check_agent(&agent)?;
@@ -654,6 +740,7 @@ mod tests {
                     token_sha256: "short".into(),
                     expires_at: UnixTime::from_secs(1),
                     consumed_by: None,
+                    purpose: TokenPurpose::Agent,
                 },
             },
             Command::ConsumeJoinToken {
@@ -683,6 +770,7 @@ mod tests {
             token_sha256: hash('b'),
             expires_at: UnixTime::from_secs(100),
             consumed_by: None,
+            purpose: TokenPurpose::Agent,
         };
         apply(&mut s, Command::CreateJoinToken { token }).expect("create");
         let consume = |agent_id: &str, at: u64| Command::ConsumeJoinToken {
@@ -710,6 +798,7 @@ mod tests {
             token_sha256: hash('c'),
             expires_at: UnixTime::from_secs(10),
             consumed_by: None,
+            purpose: TokenPurpose::Agent,
         };
         apply(&mut s, Command::CreateJoinToken { token: late }).expect("create");
         let expired = apply(
@@ -730,6 +819,103 @@ mod tests {
             },
         );
         assert!(matches!(bad_id, Err(CommandError::Invalid(_))));
+    }
+
+    #[test]
+    fn server_tokens_admit_servers_once_and_only_servers() {
+        let mut s = State::new();
+        let server = |n: u64| ServerRecord {
+            node_id: n,
+            addr: format!("127.0.0.1:{}", 8000 + n),
+        };
+        let sid = |n: u64| -> SpiffeId {
+            format!("spiffe://example.org/sigil/server/{n}")
+                .parse()
+                .expect("id")
+        };
+        apply(&mut s, Command::RegisterServer { server: server(1) }).expect("bootstrap");
+        for (c, purpose) in [('d', TokenPurpose::Server), ('e', TokenPurpose::Agent)] {
+            let token = JoinToken {
+                token_sha256: hash(c),
+                expires_at: UnixTime::from_secs(100),
+                consumed_by: None,
+                purpose,
+            };
+            apply(&mut s, Command::CreateJoinToken { token }).expect("create");
+        }
+        let join = |c: char, n: u64, id: SpiffeId, at: u64| Command::ConsumeServerToken {
+            token_sha256: hash(c),
+            server: server(n),
+            spiffe_id: id,
+            at: UnixTime::from_secs(at),
+        };
+        // An agent token does not admit a server, and a server token does not admit an agent.
+        assert!(matches!(
+            apply(&mut s, join('e', 2, sid(2), 5)),
+            Err(CommandError::TokenPurpose(_))
+        ));
+        assert!(matches!(
+            apply(
+                &mut s,
+                Command::ConsumeJoinToken {
+                    token_sha256: hash('d'),
+                    agent: agent(AGENT),
+                    at: UnixTime::from_secs(5),
+                }
+            ),
+            Err(CommandError::TokenPurpose(_))
+        ));
+        // The name must match the node ID; an existing ID is refused; expiry holds.
+        assert!(matches!(
+            apply(&mut s, join('d', 2, sid(3), 5)),
+            Err(CommandError::Invalid(_))
+        ));
+        assert!(matches!(
+            apply(&mut s, join('d', 1, sid(1), 5)),
+            Err(CommandError::AlreadyExists(_))
+        ));
+        assert_eq!(
+            apply(&mut s, join('d', 2, sid(2), 100)),
+            Err(CommandError::TokenExpired)
+        );
+        let before = s.clone();
+        assert_eq!(
+            apply(&mut s, join('d', 2, sid(2), 5)),
+            Ok(Outcome::Server(server(2)))
+        );
+        assert_ne!(s, before);
+        assert_eq!(
+            apply(&mut s, join('d', 3, sid(3), 6)),
+            Err(CommandError::TokenUsed)
+        );
+        assert_eq!(s.servers().keys().copied().collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(
+            s.join_token(&hash('d')).and_then(|t| t.consumed_by.clone()),
+            Some(sid(2))
+        );
+        // Removal down to one member, never below.
+        apply(&mut s, Command::RemoveServer { node_id: 1 }).expect("remove");
+        assert!(matches!(
+            apply(&mut s, Command::RemoveServer { node_id: 2 }),
+            Err(CommandError::Invalid(_))
+        ));
+        assert!(matches!(
+            apply(&mut s, Command::RemoveServer { node_id: 9 }),
+            Err(CommandError::NotFound(_))
+        ));
+        // Addresses are bounded; the count is bounded.
+        let long = ServerRecord {
+            node_id: 4,
+            addr: "x".repeat(SERVER_ADDR_MAX + 1),
+        };
+        assert!(apply(&mut s, Command::RegisterServer { server: long }).is_err());
+        for n in 10..10 + SERVERS_MAX as u64 - 1 {
+            apply(&mut s, Command::RegisterServer { server: server(n) }).expect("register");
+        }
+        assert!(matches!(
+            apply(&mut s, Command::RegisterServer { server: server(99) }),
+            Err(CommandError::Limit(_))
+        ));
     }
 
     #[test]

@@ -179,6 +179,7 @@ fn join_token_is_consumed_once_under_racing_nodes() {
                     token_sha256: hash.clone(),
                     expires_at: UnixTime::from_secs(1_000_000),
                     consumed_by: None,
+                    purpose: wire::TokenPurpose::Agent,
                 },
             },
         )

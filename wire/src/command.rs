@@ -24,6 +24,15 @@ pub enum AttestationMethod {
     Tpm,
 }
 
+/// What a join token admits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TokenPurpose {
+    /// An agent (node attestation).
+    Agent,
+    /// A new server node (cluster membership).
+    Server,
+}
+
 /// A single-use join token, as replicated (only its hash).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinToken {
@@ -31,8 +40,20 @@ pub struct JoinToken {
     pub token_sha256: String,
     /// Expiry.
     pub expires_at: UnixTime,
-    /// Set once consumed: the agent that used it.
+    /// Set once consumed: the agent or server that used it.
     pub consumed_by: Option<SpiffeId>,
+    /// Whether it admits an agent or a server node.
+    pub purpose: TokenPurpose,
+}
+
+/// A server node of the cluster, as replicated: the set of these is the cluster's desired
+/// voting membership, which the leader reconciles Raft's membership towards.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerRecord {
+    /// The node's Raft ID (its SPIFFE ID is `spiffe://<td>/sigil/server/<node_id>`).
+    pub node_id: u64,
+    /// Where other nodes reach it (`host:port` of its QUIC endpoint).
+    pub addr: String,
 }
 
 /// An attested agent.
@@ -96,6 +117,28 @@ pub enum Command {
         agent: AgentRecord,
         /// The proposer's wall time (expiry check).
         at: UnixTime,
+    },
+    /// Consume a server join token and add the server node it admits, exactly once.
+    ConsumeServerToken {
+        /// Hex SHA-256 of the presented token.
+        token_sha256: String,
+        /// The joining node.
+        server: ServerRecord,
+        /// Its SPIFFE ID (`spiffe://<td>/sigil/server/<node_id>`), recorded on the token.
+        spiffe_id: SpiffeId,
+        /// The proposer's wall time (expiry check).
+        at: UnixTime,
+    },
+    /// Record a server node as a member (the bootstrap node registers itself; a node whose
+    /// address changed re-registers). Idempotent.
+    RegisterServer {
+        /// The node.
+        server: ServerRecord,
+    },
+    /// Remove a server node from the desired membership (refused for the last one).
+    RemoveServer {
+        /// The node's ID.
+        node_id: u64,
     },
     /// Register (or re-attest) an agent by another method.
     RegisterAgent {
@@ -208,6 +251,9 @@ pub enum CommandError {
     /// A limit would be exceeded.
     #[error("limit exceeded: {0}")]
     Limit(String),
+    /// The join token is for another purpose (agent vs. server).
+    #[error("join token is not for {0}")]
+    TokenPurpose(String),
     /// The authority may still back valid SVIDs.
     #[error("authority {0} has not expired yet")]
     AuthorityLive(String),
@@ -233,6 +279,8 @@ pub enum Outcome {
     Agent(AgentRecord),
     /// The bundle's sequence after the change.
     BundleSequence(u64),
+    /// The server node as registered.
+    Server(ServerRecord),
 }
 
 /// The response to a command: what it produced, or why it was refused.

@@ -15,6 +15,7 @@
 
 #[cfg(feature = "workload-api")]
 pub mod admin;
+pub mod api;
 pub mod authority;
 pub mod bundle;
 pub mod codec;
@@ -31,7 +32,7 @@ pub use authority::{bundle_of, Authority, AuthorityKey};
 pub use bundle::{Bundle, BundleMap, JwtAuthority, PublicJwk, X509Authority};
 pub use command::{
     AgentRecord, AttestationMethod, AuthorityState, Command, CommandError, JoinToken, Outcome,
-    Proposal, ProposalId, Response,
+    Proposal, ProposalId, Response, ServerRecord, TokenPurpose,
 };
 pub use entry::{EntryId, RegistrationEntry};
 pub use env::{Env, KeyAlg, KeySource, Mono, RngTree, Seed, SigFormat, Signer, UnixTime};

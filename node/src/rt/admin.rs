@@ -597,6 +597,7 @@ impl<T: Transport> Admin for AdminService<T> {
                     token_sha256,
                     expires_at,
                     consumed_by: None,
+                    purpose: wire::TokenPurpose::Agent,
                 },
             })
             .await?

@@ -1,0 +1,352 @@
+//! The node API: what agents and joining server nodes ask a server node over QUIC (ALPN
+//! [`API_ALPN`]), as opposed to the node↔node Raft traffic (ALPN `sigil/1`).
+//!
+//! One request per bidirectional stream: the client writes one [`ApiRequest`] frame (the
+//! [`crate::codec`] format) and finishes its side; the server answers with length-prefixed
+//! [`ApiResponse`] frames — exactly one, except [`ApiRequest::Watch`], which answers with an
+//! [`AgentView`] at once and again after every change that affects the agent, until either side
+//! closes the stream.
+//!
+//! Who may ask what is decided by the caller's TLS identity:
+//! - anyone (no client certificate): [`ApiRequest::Bundle`], [`ApiRequest::JoinServer`],
+//!   [`ApiRequest::AttestJoinToken`] — the secret in the request is the credential;
+//! - an attested agent (its agent SVID as client certificate): everything else.
+//!
+//! Private keys never travel: requests carry public keys (DER `SubjectPublicKeyInfo`) and the
+//! server answers with certificates.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Bundle, EntryId, RegistrationEntry, ServerRecord, SpiffeId, TrustDomain, UnixTime};
+
+/// ALPN of the node API.
+pub const API_ALPN: &[u8] = b"sigil-api/1";
+/// Longest join token accepted, in bytes.
+pub const TOKEN_BYTES_MAX: usize = 256;
+/// Most X.509-SVIDs one [`ApiRequest::SignX509`] may ask for.
+pub const SIGN_BATCH_MAX: usize = 500;
+/// Most audiences of one JWT-SVID.
+pub const AUDIENCES_MAX: usize = 16;
+/// Longest audience, in bytes.
+pub const AUDIENCE_BYTES_MAX: usize = 1024;
+/// Longest public key, in bytes (a 4096-bit RSA SPKI is ~550).
+pub const PUBLIC_KEY_BYTES_MAX: usize = 2048;
+
+/// A request to a server node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApiRequest {
+    /// The trust domain's current bundle. Anyone may ask; a newcomer checks it against the
+    /// bundle hash it was given out of band before sending a secret.
+    Bundle,
+    /// Join the cluster as a server node with a single-use server join token.
+    JoinServer {
+        /// The token text.
+        token: String,
+        /// The joining node's ID.
+        node_id: u64,
+        /// Where the other nodes reach it (`host:port`).
+        addr: String,
+        /// The public key its first server SVID is for.
+        public_key_der: Vec<u8>,
+    },
+    /// Attest an agent with a single-use join token; answers with its agent SVID.
+    AttestJoinToken {
+        /// The token text.
+        token: String,
+        /// The public key the agent SVID is for.
+        public_key_der: Vec<u8>,
+    },
+    /// Renew the calling agent's SVID for a (new) public key. Agent only.
+    RenewAgent {
+        /// The public key.
+        public_key_der: Vec<u8>,
+    },
+    /// The calling agent's current view, once. Agent only.
+    Sync,
+    /// The calling agent's view now and after every change. Agent only.
+    Watch,
+    /// Sign X.509-SVIDs for entries the calling agent is authorized for. Agent only.
+    SignX509 {
+        /// At most [`SIGN_BATCH_MAX`].
+        requests: Vec<SignX509>,
+    },
+    /// Mint a JWT-SVID for an entry the calling agent is authorized for. Agent only.
+    MintJwt {
+        /// The entry.
+        entry_id: EntryId,
+        /// At least one, at most [`AUDIENCES_MAX`].
+        audience: Vec<String>,
+    },
+}
+
+impl ApiRequest {
+    /// Checks the limits that do not need state (sizes, counts). The server also checks
+    /// everything else.
+    pub fn check(&self) -> Result<(), ApiError> {
+        let key = |k: &[u8]| {
+            if k.is_empty() || k.len() > PUBLIC_KEY_BYTES_MAX {
+                Err(ApiError::invalid(format!(
+                    "a public key must be 1 to {PUBLIC_KEY_BYTES_MAX} bytes"
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        let token = |t: &str| {
+            if t.is_empty() || t.len() > TOKEN_BYTES_MAX {
+                Err(ApiError::invalid(format!(
+                    "a join token must be 1 to {TOKEN_BYTES_MAX} bytes"
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        match self {
+            ApiRequest::Bundle | ApiRequest::Sync | ApiRequest::Watch => Ok(()),
+            ApiRequest::JoinServer {
+                token: t,
+                public_key_der,
+                ..
+            }
+            | ApiRequest::AttestJoinToken {
+                token: t,
+                public_key_der,
+            } => {
+                token(t)?;
+                key(public_key_der)
+            }
+            ApiRequest::RenewAgent { public_key_der } => key(public_key_der),
+            ApiRequest::SignX509 { requests } => {
+                if requests.is_empty() || requests.len() > SIGN_BATCH_MAX {
+                    return Err(ApiError::invalid(format!(
+                        "sign 1 to {SIGN_BATCH_MAX} SVIDs per request"
+                    )));
+                }
+                requests.iter().try_for_each(|r| key(&r.public_key_der))
+            }
+            ApiRequest::MintJwt { audience, .. } => {
+                if audience.is_empty() || audience.len() > AUDIENCES_MAX {
+                    return Err(ApiError::invalid(format!(
+                        "a JWT-SVID needs 1 to {AUDIENCES_MAX} audiences"
+                    )));
+                }
+                if audience
+                    .iter()
+                    .any(|a| a.is_empty() || a.len() > AUDIENCE_BYTES_MAX)
+                {
+                    return Err(ApiError::invalid(format!(
+                        "an audience must be 1 to {AUDIENCE_BYTES_MAX} bytes"
+                    )));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether the request needs an attested agent as caller.
+    pub fn needs_agent(&self) -> bool {
+        !matches!(
+            self,
+            ApiRequest::Bundle | ApiRequest::JoinServer { .. } | ApiRequest::AttestJoinToken { .. }
+        )
+    }
+}
+
+/// One X.509-SVID to sign.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignX509 {
+    /// The entry it is for.
+    pub entry_id: EntryId,
+    /// The workload's public key (the agent keeps the private half).
+    pub public_key_der: Vec<u8>,
+}
+
+/// A signed X.509-SVID.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedX509 {
+    /// The entry it is for.
+    pub entry_id: EntryId,
+    /// The SPIFFE ID in it.
+    pub spiffe_id: SpiffeId,
+    /// The certificate chain, leaf first (DER).
+    pub chain: Vec<Vec<u8>>,
+    /// Its `NotAfter`.
+    pub not_after: UnixTime,
+}
+
+/// What an agent needs to serve its workloads: the bundles and the entries it is authorized
+/// for. Every message carries the whole view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentView {
+    /// The answering node.
+    pub node_id: u64,
+    /// Raft index of the state this view was read from.
+    pub applied_index: u64,
+    /// Our trust domain's bundle.
+    pub bundle: Bundle,
+    /// Federated trust domains' bundles.
+    pub federated: Vec<(TrustDomain, Bundle)>,
+    /// Entries the agent may obtain SVIDs for (parented by it, directly or through another
+    /// entry it may obtain).
+    pub entries: Vec<RegistrationEntry>,
+}
+
+/// A server's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)]
+pub enum ApiResponse {
+    /// The bundle.
+    Bundle(Bundle),
+    /// Welcome to the cluster.
+    Joined {
+        /// The new node's first server SVID chain (leaf first), from the answering node's CA.
+        chain: Vec<Vec<u8>>,
+        /// The bundle it verifies against.
+        bundle: Bundle,
+        /// The server nodes registered now, the new one included.
+        servers: Vec<ServerRecord>,
+    },
+    /// An agent SVID.
+    AgentSvid {
+        /// The agent's SPIFFE ID.
+        spiffe_id: SpiffeId,
+        /// The chain, leaf first.
+        chain: Vec<Vec<u8>>,
+        /// Its `NotAfter`.
+        not_after: UnixTime,
+        /// The bundle it verifies against.
+        bundle: Bundle,
+    },
+    /// The agent's view.
+    View(AgentView),
+    /// One result per [`SignX509`], in order.
+    X509(Vec<Result<IssuedX509, ApiError>>),
+    /// A JWT-SVID.
+    Jwt {
+        /// The compact JWS.
+        token: String,
+        /// Its `exp`.
+        expires_at: UnixTime,
+    },
+    /// The request failed.
+    Error(ApiError),
+}
+
+/// Why a request failed (mirrors the gRPC codes the Workload API passes on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApiCode {
+    /// The request is malformed or over a limit.
+    InvalidArgument,
+    /// The caller has no (valid) identity for this request.
+    Unauthenticated,
+    /// The caller may not have this.
+    PermissionDenied,
+    /// The thing asked for does not exist.
+    NotFound,
+    /// Try again, maybe elsewhere: no quorum, stale replica, no active key yet, overloaded.
+    Unavailable,
+    /// A bug or an OS failure on the server.
+    Internal,
+}
+
+/// A failed request: a code and a message for humans (never a secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct ApiError {
+    /// What kind of failure.
+    pub code: ApiCode,
+    /// What happened.
+    pub message: String,
+}
+
+impl ApiError {
+    /// A failure of kind `code`.
+    pub fn new(code: ApiCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// An [`ApiCode::InvalidArgument`] failure.
+    pub fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::new(ApiCode::InvalidArgument, message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+
+    #[test]
+    fn limits_are_checked() {
+        let key = vec![1u8; 91];
+        assert!(ApiRequest::RenewAgent {
+            public_key_der: key.clone()
+        }
+        .check()
+        .is_ok());
+        assert!(ApiRequest::RenewAgent {
+            public_key_der: vec![]
+        }
+        .check()
+        .is_err());
+        assert!(ApiRequest::RenewAgent {
+            public_key_der: vec![0; PUBLIC_KEY_BYTES_MAX + 1]
+        }
+        .check()
+        .is_err());
+        assert!(ApiRequest::AttestJoinToken {
+            token: "t".repeat(TOKEN_BYTES_MAX + 1),
+            public_key_der: key.clone()
+        }
+        .check()
+        .is_err());
+        let sign = |n: usize| ApiRequest::SignX509 {
+            requests: (0..n)
+                .map(|i| SignX509 {
+                    entry_id: EntryId::from_random([u8::try_from(i % 256).unwrap_or(0); 16]),
+                    public_key_der: key.clone(),
+                })
+                .collect(),
+        };
+        assert!(sign(0).check().is_err());
+        assert!(sign(SIGN_BATCH_MAX).check().is_ok());
+        assert!(sign(SIGN_BATCH_MAX + 1).check().is_err());
+        let jwt = |audience: Vec<String>| ApiRequest::MintJwt {
+            entry_id: EntryId::from_random([1; 16]),
+            audience,
+        };
+        assert!(jwt(vec![]).check().is_err());
+        assert!(jwt(vec!["a".into()]).check().is_ok());
+        assert!(jwt(vec!["".into()]).check().is_err());
+        assert!(jwt(vec!["a".into(); AUDIENCES_MAX + 1]).check().is_err());
+        assert!(jwt(vec!["a".repeat(AUDIENCE_BYTES_MAX + 1)])
+            .check()
+            .is_err());
+        assert!(!ApiRequest::Bundle.needs_agent());
+        assert!(ApiRequest::Watch.needs_agent());
+    }
+
+    #[test]
+    fn requests_and_responses_round_trip() {
+        let reqs = [
+            ApiRequest::Bundle,
+            ApiRequest::JoinServer {
+                token: "tok".into(),
+                node_id: 2,
+                addr: "127.0.0.1:8444".into(),
+                public_key_der: vec![3; 91],
+            },
+            ApiRequest::Watch,
+        ];
+        for r in reqs {
+            let bytes = codec::encode(&r).expect("encode");
+            assert_eq!(codec::decode::<ApiRequest>(&bytes).expect("decode"), r);
+        }
+        let resp = ApiResponse::X509(vec![Err(ApiError::new(ApiCode::PermissionDenied, "no"))]);
+        let bytes = codec::encode(&resp).expect("encode");
+        assert_eq!(codec::decode::<ApiResponse>(&bytes).expect("decode"), resp);
+    }
+}
