@@ -1,5 +1,6 @@
-//! The admin commands of the `sigil` CLI (DESIGN.md §6): `entry`, `token`, `bundle`, `cluster`
-//! and `healthcheck`, each a client of the admin API on a server node's Unix socket.
+//! The admin commands of the `sigil` CLI (DESIGN.md §6): `entry`, `token` (agent and server join
+//! tokens), `bundle` (incl. the pinnable hash), `cluster` (status, remove-server) and
+//! `healthcheck`, each a client of the admin API on a server node's Unix socket.
 //!
 //! The socket is `--admin-socket PATH`, else `$SIGIL_ADMIN_SOCKET`, else
 //! [`ADMIN_SOCKET_DEFAULT`]. Every failure is one line on stderr (`error: …`) and exit code 1;
@@ -600,21 +601,47 @@ pub struct TokenArgs {
 
 #[derive(Debug, Subcommand)]
 enum TokenCommand {
-    /// Create a single-use agent join token (shown once; the server stores only its hash).
+    /// Create a single-use join token for an agent, or with `--server` for a new server node
+    /// (shown once; the server stores only its hash).
     Generate(TokenGenerate),
 }
 
 #[derive(Debug, Args)]
 struct TokenGenerate {
-    /// How long the token stays valid, e.g. 10m or 1h [default: the server's, 600s].
+    /// How long the token stays valid, e.g. 10m or 1h [default: the server's, 10m for an agent
+    /// token, 1h for a server token].
     #[arg(long, value_name = "DURATION")]
     ttl: Option<String>,
-    /// An extra SPIFFE ID for the agent that uses the token.
+    /// An extra SPIFFE ID for the agent that uses the token (agent tokens only).
     #[arg(long, value_name = "ID")]
     spiffe_id: Option<String>,
+    /// A token that admits a new server node to the cluster instead of an agent; prints the
+    /// bundle hash to pin and a `[join]` snippet for the joining node's server.toml.
+    #[arg(long, conflicts_with = "spiffe_id")]
+    server: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// What `seeds` holds in the `[join]` snippet when the node does not know its QUIC address.
+pub const SEED_PLACEHOLDER: &str = "<address of any server node>";
+
+/// The `[join]` section of a joining server node's server.toml.
+pub fn join_snippet(token: &str, seed: &str, bundle_sha256: &str) -> String {
+    let seed = if seed.is_empty() {
+        SEED_PLACEHOLDER
+    } else {
+        seed
+    };
+    // TOML basic strings: the values are hex or host:port, but escape anyway.
+    let quote = |s: &str| serde_json::Value::String(s.to_owned()).to_string();
+    format!(
+        "[join]\ntoken = {}\nseeds = [{}]\nbundle_sha256 = {}\n",
+        quote(token),
+        quote(seed),
+        quote(bundle_sha256)
+    )
 }
 
 impl TokenArgs {
@@ -634,19 +661,29 @@ impl TokenArgs {
             .map(|s| check_id("spiffe-id", s))
             .transpose()?
             .unwrap_or_default();
+        let purpose = if g.server {
+            pb::JoinTokenPurpose::Server
+        } else {
+            pb::JoinTokenPurpose::Agent
+        };
         let mut client = self.socket.connect().await?;
         let resp = client
             .create_join_token(pb::CreateJoinTokenRequest {
                 ttl_secs,
                 spiffe_id,
+                purpose: purpose.into(),
             })
             .await?
             .into_inner();
+        if g.server {
+            return print_server_token(out, &resp, g.json);
+        }
         if g.json {
             return print_json(
                 out,
                 &json!({
                     "token": resp.token,
+                    "purpose": "agent",
                     "expires_at_secs": resp.expires_at_secs,
                     "agent_spiffe_id": resp.agent_spiffe_id,
                     "entry_id": resp.entry_id,
@@ -661,6 +698,73 @@ impl TokenArgs {
         }
         Ok(())
     }
+}
+
+/// Prints a server join token: JSON, or the token, the bundle hash and a `[join]` snippet.
+fn print_server_token(
+    out: &mut impl Write,
+    resp: &pb::CreateJoinTokenResponse,
+    json: bool,
+) -> Result<(), CliError> {
+    if resp.purpose != i32::from(pb::JoinTokenPurpose::Server) {
+        return Err(fail(
+            "the server does not support server join tokens (older version?); it created an agent token instead, which cannot admit a server node",
+        ));
+    }
+    if resp.bundle_sha256.is_empty() {
+        return Err(fail("server error: the server returned no bundle hash"));
+    }
+    if json {
+        let seeds: Vec<&str> = if resp.seed_address.is_empty() {
+            Vec::new()
+        } else {
+            vec![resp.seed_address.as_str()]
+        };
+        return print_json(
+            out,
+            &json!({
+                "token": resp.token,
+                "purpose": "server",
+                "expires_at": rfc3339(resp.expires_at_secs),
+                "expires_at_secs": resp.expires_at_secs,
+                "bundle_sha256": resp.bundle_sha256,
+                "trust_domain": resp.trust_domain,
+                "seeds": seeds,
+            }),
+        );
+    }
+    writeln!(out, "Token: {}", resp.token)?;
+    writeln!(out, "Purpose: server (admits one new server node)")?;
+    writeln!(out, "Expires at: {}", rfc3339(resp.expires_at_secs))?;
+    writeln!(out, "Bundle SHA-256: {}", resp.bundle_sha256)?;
+    writeln!(out)?;
+    let td = if resp.trust_domain.is_empty() {
+        String::new()
+    } else {
+        format!("trust_domain = \"{}\", ", resp.trust_domain)
+    };
+    writeln!(
+        out,
+        "Add this to the joining node's server.toml (next to {td}its own node_id and bind, and bootstrap = false):"
+    )?;
+    writeln!(out)?;
+    write!(
+        out,
+        "{}",
+        join_snippet(&resp.token, &resp.seed_address, &resp.bundle_sha256)
+    )?;
+    writeln!(out)?;
+    if resp.seed_address.is_empty() {
+        writeln!(
+            out,
+            "Replace {SEED_PLACEHOLDER} with the QUIC address (bind) of a running server node."
+        )?;
+    }
+    writeln!(
+        out,
+        "Note: the bundle hash changes whenever a CA is added or pruned (key rotation), so join soon; if the join is refused for a hash mismatch, pin the current hash from `sigil bundle show --hash`."
+    )?;
+    Ok(())
 }
 
 /// `sigil bundle …`
@@ -692,7 +796,12 @@ struct BundleShow {
     /// Output format.
     #[arg(long, value_enum, default_value_t = BundleFormat::Pem)]
     format: BundleFormat,
-    /// Print JSON: trust domain, sequence, refresh hint and the SPIFFE bundle document.
+    /// Print only the bundle hash a joining server node pins (`bundle_sha256`): SHA-256 over the
+    /// X.509 CAs; it changes whenever a CA is added or pruned.
+    #[arg(long, conflicts_with = "format")]
+    hash: bool,
+    /// Print JSON: trust domain, sequence, refresh hint, bundle hash and the SPIFFE bundle
+    /// document (with --hash: only {"bundle_sha256": …}).
     #[arg(long)]
     json: bool,
 }
@@ -722,6 +831,20 @@ impl BundleArgs {
             serde_json::from_slice(&resp.bundle_json)
                 .map_err(|e| fail(format!("server error: the bundle is not JSON: {e}")))
         };
+        if show.hash {
+            if resp.bundle_sha256.is_empty() {
+                return Err(fail(if resp.x509_authorities.is_empty() {
+                    "the bundle has no X.509 authority yet (no CA is published), so there is no hash to pin"
+                } else {
+                    "the server does not report the bundle hash (older version?)"
+                }));
+            }
+            if show.json {
+                return print_json(out, &json!({ "bundle_sha256": resp.bundle_sha256 }));
+            }
+            writeln!(out, "{}", resp.bundle_sha256)?;
+            return Ok(());
+        }
         if show.json {
             return print_json(
                 out,
@@ -729,6 +852,7 @@ impl BundleArgs {
                     "trust_domain": resp.trust_domain,
                     "sequence": resp.sequence,
                     "refresh_hint_secs": resp.refresh_hint_secs,
+                    "bundle_sha256": resp.bundle_sha256,
                     "bundle": document()?,
                 }),
             );
@@ -756,8 +880,12 @@ pub struct ClusterArgs {
 
 #[derive(Debug, Subcommand)]
 enum ClusterCommand {
-    /// Members, leader, term, applied index and each node's active CA key and its expiry.
+    /// Raft members, leader, term, applied index, each node's active CA key and its expiry, and
+    /// the registered server nodes.
     Status(ClusterStatus),
+    /// Remove a server node from the cluster's membership (the Raft leader then removes it from
+    /// the voters). The last server node cannot be removed.
+    RemoveServer(ClusterRemoveServer),
 }
 
 #[derive(Debug, Args)]
@@ -765,6 +893,20 @@ struct ClusterStatus {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ClusterRemoveServer {
+    /// The server node's ID (its `node_id`, see `sigil cluster status`).
+    #[arg(value_name = "NODE_ID", value_parser = clap::value_parser!(u64).range(1..))]
+    node_id: u64,
+    /// Print JSON: {"removed": {"node_id", "addr"}, "servers": [...]}.
+    #[arg(long)]
+    json: bool,
+}
+
+fn server_json(s: &pb::ServerNode) -> Value {
+    json!({ "node_id": s.node_id, "addr": s.addr })
 }
 
 fn authority_json(a: &Option<pb::Authority>) -> Value {
@@ -784,8 +926,65 @@ fn authority_text(a: &Option<pb::Authority>) -> String {
 impl ClusterArgs {
     /// Runs the command, writing results to `out`.
     pub async fn run(self, out: &mut impl Write) -> Result<(), CliError> {
-        let ClusterCommand::Status(status) = self.command;
-        let mut client = self.socket.connect().await?;
+        match self.command {
+            ClusterCommand::Status(status) => status.run(&self.socket, out).await,
+            ClusterCommand::RemoveServer(remove) => remove.run(&self.socket, out).await,
+        }
+    }
+}
+
+impl ClusterRemoveServer {
+    async fn run(self, socket: &AdminSocket, out: &mut impl Write) -> Result<(), CliError> {
+        let mut client = socket.connect().await?;
+        let resp = client
+            .remove_server(pb::RemoveServerRequest {
+                node_id: self.node_id,
+            })
+            .await?
+            .into_inner();
+        if self.json {
+            let servers: Vec<Value> = resp.servers.iter().map(server_json).collect();
+            return print_json(
+                out,
+                &json!({
+                    "removed": resp.removed.as_ref().map(server_json),
+                    "servers": servers,
+                }),
+            );
+        }
+        let at = resp
+            .removed
+            .as_ref()
+            .filter(|r| !r.addr.is_empty())
+            .map(|r| format!(" ({})", r.addr))
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "Removed server node {}{at} from the cluster's membership; the Raft leader will remove it from the voters.",
+            self.node_id
+        )?;
+        let remaining: Vec<String> = resp
+            .servers
+            .iter()
+            .map(|s| format!("{} ({})", s.node_id, s.addr))
+            .collect();
+        writeln!(
+            out,
+            "Remaining server nodes: {}",
+            if remaining.is_empty() {
+                "unknown to this node yet".to_owned()
+            } else {
+                remaining.join(", ")
+            }
+        )?;
+        Ok(())
+    }
+}
+
+impl ClusterStatus {
+    async fn run(self, socket: &AdminSocket, out: &mut impl Write) -> Result<(), CliError> {
+        let status = self;
+        let mut client = socket.connect().await?;
         let s = client
             .cluster_status(pb::ClusterStatusRequest {})
             .await?
@@ -817,6 +1016,7 @@ impl ClusterArgs {
                     "bundle_sequence": s.bundle_sequence,
                     "entries": s.entries,
                     "members": members,
+                    "servers": s.servers.iter().map(server_json).collect::<Vec<_>>(),
                 }),
             );
         }
@@ -838,6 +1038,15 @@ impl ClusterArgs {
             writeln!(out, "  node {} ({role}) at {}", m.node_id, m.address)?;
             writeln!(out, "    X.509 CA : {}", authority_text(&m.x509_authority))?;
             writeln!(out, "    JWT key  : {}", authority_text(&m.jwt_authority))?;
+        }
+        writeln!(out, "Servers        : {} registered", s.servers.len())?;
+        for srv in &s.servers {
+            let raft = match s.members.iter().find(|m| m.node_id == srv.node_id) {
+                Some(m) if m.voter => "Raft voter",
+                Some(_) => "Raft learner",
+                None => "not yet a Raft member",
+            };
+            writeln!(out, "  node {} at {} ({raft})", srv.node_id, srv.addr)?;
         }
         Ok(())
     }

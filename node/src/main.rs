@@ -30,11 +30,12 @@ enum Command {
     Dev,
     /// Registration entries: create, update, show, list, delete (admin socket).
     Entry(cli::EntryArgs),
-    /// Agent join tokens (admin socket).
+    /// Join tokens for agents and new server nodes (admin socket).
     Token(cli::TokenArgs),
-    /// This trust domain's bundle (admin socket).
+    /// This trust domain's bundle and its pinnable hash (admin socket).
     Bundle(cli::BundleArgs),
-    /// The server cluster: members, leader, term, applied index, CA keys (admin socket).
+    /// The server cluster: status (members, leader, term, CA keys, registered servers) and
+    /// remove-server (admin socket).
     Cluster(cli::ClusterArgs),
     /// Exit 0 if the server node behind the admin socket is up and serving.
     Healthcheck(cli::HealthcheckArgs),

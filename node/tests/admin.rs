@@ -20,7 +20,7 @@ use serde_json::Value;
 use wire::admin as pb;
 use wire::{
     Authority, AuthorityKey, Command, Env, JwtAuthority, Outcome, PeerId, PublicJwk, SendError,
-    Transport, UnixTime, X509Authority,
+    ServerRecord, TokenPurpose, Transport, UnixTime, X509Authority,
 };
 
 /// A single-node cluster needs no peers: sending fails, receiving waits forever.
@@ -61,6 +61,11 @@ fn config(write_timeout_ms: u64) -> ReplicaConfig {
 
 /// Starts node 1 with `members` (only node 1 ever answers) and serves its admin API.
 fn start_with(members: &[u64], write_timeout_ms: u64) -> Node {
+    start_full(members, write_timeout_ms, None)
+}
+
+/// [`start_with`], with the admin service told this node's QUIC address (`seed`) if given.
+fn start_full(members: &[u64], write_timeout_ms: u64, seed: Option<&str>) -> Node {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -87,12 +92,15 @@ fn start_with(members: &[u64], write_timeout_ms: u64) -> Node {
         }
         (Arc::new(replica), Arc::new(SystemEnv::new().expect("env")))
     });
-    let service = AdminService::new(
+    let mut service = AdminService::new(
         replica.clone(),
         env.clone() as Arc<dyn Env>,
         TD.parse().expect("td"),
         AdminDefaults::default(),
     );
+    if let Some(seed) = seed {
+        service = service.with_seed_address(seed);
+    }
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let path = socket.clone();
     rt.spawn(async move {
@@ -195,6 +203,30 @@ impl Node {
 
     fn now(&self) -> UnixTime {
         self.env.wall()
+    }
+
+    /// The pinnable hash of this node's applied bundle, computed here.
+    fn bundle_sha256(&self) -> String {
+        self.replica
+            .read(|a| attest::bundle::bundle_sha256(&a.state.bundle(0)))
+    }
+
+    fn register_server(&self, node_id: u64, addr: &str) {
+        let server = ServerRecord {
+            node_id,
+            addr: addr.to_owned(),
+        };
+        assert_eq!(
+            self.write(Command::RegisterServer {
+                server: server.clone()
+            }),
+            Outcome::Server(server)
+        );
+    }
+
+    fn servers(&self) -> Vec<u64> {
+        self.replica
+            .read(|a| a.state.servers().keys().copied().collect())
     }
 }
 
@@ -810,6 +842,9 @@ fn missing_socket_fails_clearly() {
         vec!["healthcheck"],
         vec!["bundle", "show"],
         vec!["token", "generate"],
+        vec!["token", "generate", "--server"],
+        vec!["bundle", "show", "--hash"],
+        vec!["cluster", "remove-server", "2"],
     ] {
         let mut all = args.clone();
         all.extend(["--admin-socket", path_text]);
@@ -893,4 +928,242 @@ fn serve_admin_is_spawnable_and_removes_its_socket_on_shutdown() {
     let all = ["healthcheck"];
     let line = one_line_error(&node.sigil(&all), &all);
     assert!(line.contains("cannot reach the admin socket"), "{line}");
+}
+
+/// The value of the `Prefix: value` line of `text`.
+fn line_value(text: &str, prefix: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} line in {text}"))
+        .to_owned()
+}
+
+/// The `[join]` snippet inside `token generate --server` text output, parsed as TOML.
+fn join_section(text: &str) -> toml::Table {
+    let start = text
+        .find("[join]")
+        .unwrap_or_else(|| panic!("no [join]: {text}"));
+    let snippet: String = text[start..]
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let doc: toml::Table = snippet
+        .parse()
+        .unwrap_or_else(|e| panic!("snippet is not TOML ({e}): {snippet}"));
+    assert_eq!(doc.len(), 1, "{snippet}");
+    doc["join"].as_table().expect("[join] table").clone()
+}
+
+#[test]
+fn server_token_generate_pins_the_bundle_and_stores_only_its_hash() {
+    let node = start();
+    // No CA yet: nothing to pin, so no server token (and nothing stored).
+    let err = node.fails(&["token", "generate", "--server"]);
+    assert!(err.contains("no X.509 authority"), "{err}");
+    assert_eq!(
+        node.replica
+            .read(|a| format!("{:?}", a.state))
+            .matches("token_sha256")
+            .count(),
+        0
+    );
+    publish_fake_authorities(&node);
+    let pinned = node.bundle_sha256();
+    assert_eq!(pinned.len(), 64);
+
+    let before = node.now().as_secs();
+    let text = node.ok(&["token", "generate", "--server"]);
+    let token = line_value(&text, "Token: ");
+    assert_eq!(token.len(), 64, "{text}");
+    assert_eq!(line_value(&text, "Bundle SHA-256: "), pinned, "{text}");
+    assert!(!text.contains("Agent SPIFFE ID"), "{text}");
+    assert!(text.contains("the bundle hash changes"), "{text}");
+    // The snippet: the token, a placeholder seed (this node was not told its address), the hash.
+    let join = join_section(&text);
+    assert_eq!(join["token"].as_str(), Some(token.as_str()));
+    assert_eq!(join["bundle_sha256"].as_str(), Some(pinned.as_str()));
+    let seeds = join["seeds"].as_array().expect("seeds");
+    assert_eq!(seeds.len(), 1);
+    assert_eq!(seeds[0].as_str(), Some("<address of any server node>"));
+
+    let hash = admin::join_token_sha256(&token);
+    node.replica.read(|a| {
+        let stored = a.state.join_token(&hash).expect("hash stored");
+        assert_eq!(stored.purpose, TokenPurpose::Server);
+        assert_eq!(stored.consumed_by, None);
+        let expires = stored.expires_at.as_secs();
+        assert!(
+            expires >= before + 3600 && expires <= before + 3600 + 60,
+            "default TTL 1h: {expires}"
+        );
+        assert!(a.state.join_token(&token).is_none());
+        let dump = format!("{:?}", a.state);
+        assert!(
+            !dump.contains(&token),
+            "the token itself is never replicated"
+        );
+        assert_eq!(
+            a.state.entries().count(),
+            0,
+            "a server token creates no entry"
+        );
+    });
+
+    // JSON, with a TTL.
+    let j = node.json(&["token", "generate", "--server", "--ttl", "2h", "--json"]);
+    let jtoken = j["token"].as_str().expect("token");
+    assert_eq!(jtoken.len(), 64);
+    assert_ne!(jtoken, token);
+    assert_eq!(j["purpose"], "server");
+    assert_eq!(j["bundle_sha256"], pinned.as_str());
+    assert!(
+        j["expires_at"].as_str().expect("expires_at").ends_with('Z'),
+        "{j}"
+    );
+    let expires = j["expires_at_secs"].as_u64().expect("secs");
+    assert!(
+        expires >= before + 7200 && expires <= before + 7200 + 60,
+        "{expires}"
+    );
+    node.replica.read(|a| {
+        let stored = a
+            .state
+            .join_token(&admin::join_token_sha256(jtoken))
+            .expect("stored");
+        assert_eq!(stored.purpose, TokenPurpose::Server);
+    });
+    // Agent tokens still default to the agent purpose.
+    let agent = node.json(&["token", "generate", "--json"]);
+    assert_eq!(agent["purpose"], "agent");
+    node.replica.read(|a| {
+        let t = a.state.join_token(&admin::join_token_sha256(
+            agent["token"].as_str().expect("token"),
+        ));
+        assert_eq!(t.map(|t| t.purpose), Some(TokenPurpose::Agent));
+    });
+    let err = node.fails(&["token", "generate", "--server", "--ttl", "400d"]);
+    assert!(err.contains("at most"), "{err}");
+
+    // Checked by the server too, for clients other than the CLI.
+    node.rt.block_on(async {
+        let mut client = admin::connect(&node.socket).await.expect("connect");
+        let with_id = client
+            .create_join_token(pb::CreateJoinTokenRequest {
+                spiffe_id: "spiffe://example.org/host/a".into(),
+                purpose: pb::JoinTokenPurpose::Server.into(),
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(code(with_id), Some(tonic::Code::InvalidArgument));
+        let unknown = client
+            .create_join_token(pb::CreateJoinTokenRequest {
+                purpose: 7,
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(code(unknown), Some(tonic::Code::InvalidArgument));
+    });
+}
+
+#[test]
+fn server_token_snippet_names_this_node_as_seed() {
+    let node = start_full(&[1], 5_000, Some("10.0.0.1:8443"));
+    publish_fake_authorities(&node);
+    let text = node.ok(&["token", "generate", "--server", "--ttl", "15m"]);
+    let join = join_section(&text);
+    let seeds = join["seeds"].as_array().expect("seeds");
+    assert_eq!(seeds.len(), 1);
+    assert_eq!(seeds[0].as_str(), Some("10.0.0.1:8443"));
+    assert!(text.contains("trust_domain = \"example.org\""), "{text}");
+    let j = node.json(&["token", "generate", "--server", "--json"]);
+    assert_eq!(j["seeds"], serde_json::json!(["10.0.0.1:8443"]));
+}
+
+#[test]
+fn bundle_show_hash_is_the_pinnable_hash() {
+    let node = start();
+    let err = node.fails(&["bundle", "show", "--hash"]);
+    assert!(err.contains("no X.509 authority"), "{err}");
+    publish_fake_authorities(&node);
+    let text = node.ok(&["bundle", "show", "--hash"]);
+    let expected = node.bundle_sha256();
+    assert_eq!(text, format!("{expected}\n"));
+    // The same hash from the served SPIFFE bundle document.
+    let doc = node.json(&["bundle", "show", "--format", "spiffe"]);
+    let served = wire::Bundle::from_json(doc.to_string().as_bytes()).expect("SPIFFE bundle");
+    assert_eq!(attest::bundle::bundle_sha256(&served), expected);
+    assert_eq!(
+        node.json(&["bundle", "show", "--hash", "--json"]),
+        serde_json::json!({ "bundle_sha256": expected })
+    );
+    assert_eq!(
+        node.json(&["bundle", "show", "--json"])["bundle_sha256"],
+        expected.as_str()
+    );
+    let conflict = node.sigil(&["bundle", "show", "--hash", "--format", "pem"]);
+    assert_eq!(conflict.status.code(), Some(2));
+}
+
+#[test]
+fn cluster_remove_server_refuses_the_last_node_and_removes_others() {
+    let node = start();
+    // Nothing registered yet.
+    let err = node.fails(&["cluster", "remove-server", "1"]);
+    assert!(err.contains("server node 1 not found"), "{err}");
+    let s = node.json(&["cluster", "status", "--json"]);
+    assert_eq!(s["servers"], serde_json::json!([]));
+
+    node.register_server(1, "127.0.0.1:7001");
+    let err = node.fails(&["cluster", "remove-server", "1"]);
+    assert!(err.contains("last server node"), "{err}");
+    assert_eq!(node.servers(), vec![1]);
+
+    node.register_server(2, "127.0.0.1:7002");
+    node.register_server(3, "127.0.0.1:7003");
+    let s = node.json(&["cluster", "status", "--json"]);
+    assert_eq!(
+        s["servers"],
+        serde_json::json!([
+            { "node_id": 1, "addr": "127.0.0.1:7001" },
+            { "node_id": 2, "addr": "127.0.0.1:7002" },
+            { "node_id": 3, "addr": "127.0.0.1:7003" },
+        ])
+    );
+    assert_eq!(s["members"].as_array().expect("members").len(), 1);
+    let text = node.ok(&["cluster", "status"]);
+    assert!(text.contains("Servers        : 3 registered"), "{text}");
+    assert!(
+        text.contains("node 1 at 127.0.0.1:7001 (Raft voter)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("node 2 at 127.0.0.1:7002 (not yet a Raft member)"),
+        "{text}"
+    );
+
+    let err = node.fails(&["cluster", "remove-server", "9"]);
+    assert!(err.contains("not found"), "{err}");
+    let text = node.ok(&["cluster", "remove-server", "2"]);
+    assert!(
+        text.contains("Removed server node 2 (127.0.0.1:7002)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("1 (127.0.0.1:7001), 3 (127.0.0.1:7003)"),
+        "{text}"
+    );
+    assert_eq!(node.servers(), vec![1, 3]);
+    let j = node.json(&["cluster", "remove-server", "3", "--json"]);
+    assert_eq!(
+        j,
+        serde_json::json!({
+            "removed": { "node_id": 3, "addr": "127.0.0.1:7003" },
+            "servers": [{ "node_id": 1, "addr": "127.0.0.1:7001" }],
+        })
+    );
+    assert_eq!(node.servers(), vec![1]);
+    let err = node.fails(&["cluster", "remove-server", "1"]);
+    assert!(err.contains("last server node"), "{err}");
+    assert_eq!(node.servers(), vec![1]);
 }

@@ -50,8 +50,12 @@ fn every_admin_command_has_help() {
         (&["entry", "list", "--help"][..], "--parent-id"),
         (&["entry", "delete", "--help"][..], "--entry-id"),
         (&["token", "generate", "--help"][..], "--ttl"),
+        (&["token", "generate", "--help"][..], "--server"),
         (&["bundle", "show", "--help"][..], "spiffe"),
+        (&["bundle", "show", "--help"][..], "--hash"),
         (&["cluster", "status", "--help"][..], "--json"),
+        (&["cluster", "--help"][..], "remove-server"),
+        (&["cluster", "remove-server", "--help"][..], "NODE_ID"),
         (&["healthcheck", "--help"][..], "--admin-socket"),
     ] {
         let out = sigil(args);
@@ -69,6 +73,17 @@ fn usage_errors_are_one_line() {
         &["entry", "craete"][..],
         &["bundle", "show", "--format", "der"][..],
         &["token", "generate", "--bogus"][..],
+        &[
+            "token",
+            "generate",
+            "--server",
+            "--spiffe-id",
+            "spiffe://example.org/x",
+        ][..],
+        &["cluster", "remove-server"][..],
+        &["cluster", "remove-server", "two"][..],
+        &["cluster", "remove-server", "0"][..],
+        &["bundle", "show", "--hash", "--format", "spiffe"][..],
     ] {
         let out = sigil(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
@@ -91,6 +106,25 @@ fn dev_says_it_is_not_built_yet() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("not built yet") && err.contains("sigil server"),
+        "{err}"
+    );
+}
+
+#[test]
+fn server_tokens_take_no_spiffe_id() {
+    let out = sigil(&[
+        "token",
+        "generate",
+        "--server",
+        "--spiffe-id",
+        "spiffe://example.org/x",
+        "--admin-socket",
+        "/nonexistent/admin.sock",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--server") && err.contains("--spiffe-id"),
         "{err}"
     );
 }

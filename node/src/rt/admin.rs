@@ -12,11 +12,15 @@
 //! permissions); [`connect`] is the client side used by the CLI.
 //!
 //! Join tokens: 32 bytes from `env.rng("join-token")`, shown once as 64 lowercase hex
-//! characters. Raft stores only `hex(SHA-256(token text))`. An agent attested with the token gets
-//! the ID `spiffe://<td>/sigil/agent/join_token/<that hash>`.
+//! characters. Raft stores only `hex(SHA-256(token text))` and the token's purpose. An agent
+//! attested with an agent token gets the ID `spiffe://<td>/sigil/agent/join_token/<that hash>`;
+//! a server token admits one new server node (`spiffe://<td>/sigil/server/<node_id>`), which pins
+//! the bundle by [`attest::bundle::bundle_sha256`] and reaches the cluster through the seed
+//! address set with [`AdminService::with_seed_address`].
 
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,8 +36,8 @@ use wire::admin::{self as pb, PAGE_SIZE_MAX};
 use wire::command::BATCH_ENTRIES_MAX;
 use wire::entry::SELECTORS_PER_ENTRY_MAX;
 use wire::{
-    AuthorityKey, AuthorityState, Command, CommandError, EntryId, Env, JoinToken, Outcome,
-    RegistrationEntry, Selector, SpiffeId, Transport, TrustDomain,
+    AuthorityKey, AuthorityState, Bundle, Command, CommandError, EntryId, Env, JoinToken, Outcome,
+    RegistrationEntry, Selector, ServerRecord, SpiffeId, TokenPurpose, Transport, TrustDomain,
 };
 
 use crate::Error;
@@ -50,9 +54,11 @@ const LIST_FIELD_MAX: usize = 64;
 /// Server-side defaults of the admin API.
 #[derive(Debug, Clone)]
 pub struct AdminDefaults {
-    /// Lifetime of a join token when the request gives none.
+    /// Lifetime of an agent join token when the request gives none.
     pub join_token_ttl_secs: u64,
-    /// Longest join-token lifetime accepted.
+    /// Lifetime of a server join token when the request gives none.
+    pub server_join_token_ttl_secs: u64,
+    /// Longest join-token lifetime accepted (either purpose).
     pub join_token_ttl_max_secs: u64,
     /// `spiffe_refresh_hint` of the bundle served by `GetBundle`.
     pub bundle_refresh_hint_secs: u64,
@@ -64,6 +70,7 @@ impl Default for AdminDefaults {
     fn default() -> AdminDefaults {
         AdminDefaults {
             join_token_ttl_secs: 600,
+            server_join_token_ttl_secs: 3600,
             join_token_ttl_max_secs: 30 * 24 * 3600,
             bundle_refresh_hint_secs: crate::server::REFRESH_HINT_SECS_DEFAULT,
             page_size: 100,
@@ -77,6 +84,8 @@ pub struct AdminService<T: Transport> {
     env: Arc<dyn Env>,
     trust_domain: TrustDomain,
     defaults: AdminDefaults,
+    /// This node's QUIC address as other nodes reach it (`seeds` of a joining node), if known.
+    seed_address: Option<String>,
 }
 
 impl<T: Transport> std::fmt::Debug for AdminService<T> {
@@ -84,6 +93,7 @@ impl<T: Transport> std::fmt::Debug for AdminService<T> {
         f.debug_struct("AdminService")
             .field("node_id", &self.replica.id())
             .field("trust_domain", &self.trust_domain)
+            .field("seed_address", &self.seed_address)
             .finish()
     }
 }
@@ -181,6 +191,36 @@ fn parse_entry_id(text: &str) -> Result<EntryId, Status> {
         .map_err(|e| invalid(format!("entry id {:?}: {e}", one_line(text))))
 }
 
+/// The pinnable hash of `bundle` ([`attest::bundle::bundle_sha256`]), or an empty string if it
+/// has no X.509 authority (there is nothing to pin yet).
+pub fn bundle_hash_or_empty(bundle: &Bundle) -> String {
+    if bundle.x509_authorities.is_empty() {
+        String::new()
+    } else {
+        attest::bundle::bundle_sha256(bundle)
+    }
+}
+
+/// A seed address other nodes can use: `None` for an empty text or a wildcard IP (`0.0.0.0`,
+/// `::`), which names no reachable host.
+fn usable_seed(addr: &str) -> Option<String> {
+    let addr = addr.trim();
+    if addr.is_empty() {
+        return None;
+    }
+    match addr.parse::<SocketAddr>() {
+        Ok(sa) if sa.ip().is_unspecified() || sa.port() == 0 => None,
+        _ => Some(addr.to_owned()),
+    }
+}
+
+fn server_to_pb(s: &ServerRecord) -> pb::ServerNode {
+    pb::ServerNode {
+        node_id: s.node_id,
+        addr: s.addr.clone(),
+    }
+}
+
 /// The protobuf form of an entry.
 pub fn entry_to_pb(e: &RegistrationEntry) -> pb::Entry {
     pb::Entry {
@@ -214,7 +254,17 @@ impl<T: Transport> AdminService<T> {
             env,
             trust_domain,
             defaults,
+            seed_address: None,
         }
+    }
+
+    /// Sets this node's QUIC address as other server nodes reach it (`host:port`, e.g. the
+    /// `bind` address of `server.toml`). `sigil token generate --server` prints it as the joining
+    /// node's `seeds`; without it (or for a wildcard IP such as `0.0.0.0`, which no other host can
+    /// dial) the snippet holds a placeholder to fill in.
+    pub fn with_seed_address(mut self, addr: impl Into<String>) -> AdminService<T> {
+        self.seed_address = usable_seed(&addr.into());
+        self
     }
 
     /// The tonic service, ready for `Server::add_service`.
@@ -521,7 +571,23 @@ impl<T: Transport> Admin for AdminService<T> {
         request: Request<pb::CreateJoinTokenRequest>,
     ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
         let req = request.into_inner();
+        let purpose = match pb::JoinTokenPurpose::try_from(req.purpose) {
+            Ok(pb::JoinTokenPurpose::Agent) => TokenPurpose::Agent,
+            Ok(pb::JoinTokenPurpose::Server) => TokenPurpose::Server,
+            Err(_) => {
+                return Err(invalid(format!(
+                    "unknown join token purpose {}",
+                    req.purpose
+                )))
+            }
+        };
+        if purpose == TokenPurpose::Server && !req.spiffe_id.is_empty() {
+            return Err(invalid(
+                "spiffe_id is for agent tokens only; a server node's ID is spiffe://<td>/sigil/server/<node_id>",
+            ));
+        }
         let ttl_secs = match req.ttl_secs {
+            0 if purpose == TokenPurpose::Server => self.defaults.server_join_token_ttl_secs,
             0 => self.defaults.join_token_ttl_secs,
             n if n > self.defaults.join_token_ttl_max_secs => {
                 return Err(invalid(format!(
@@ -531,15 +597,50 @@ impl<T: Transport> Admin for AdminService<T> {
             }
             n => n,
         };
+        let bundle_sha256 = self.replica.read(|a| {
+            bundle_hash_or_empty(&a.state.bundle(self.defaults.bundle_refresh_hint_secs))
+        });
+        if purpose == TokenPurpose::Server && bundle_sha256.is_empty() {
+            return Err(Status::failed_precondition(
+                "this trust domain has no X.509 authority yet, so there is no bundle for a joining server node to pin; wait until this node's CA is published and try again",
+            ));
+        }
         let mut secret = [0u8; 32];
         self.env.rng("join-token").fill_bytes(&mut secret);
         let token = hex(&secret);
         let token_sha256 = join_token_sha256(&token);
-        let agent_id = join_token_agent_id(&self.trust_domain, &token_sha256)?;
         let expires_at = self
             .env
             .wall()
             .saturating_add(Duration::from_secs(ttl_secs));
+        if purpose == TokenPurpose::Server {
+            match self
+                .write(Command::CreateJoinToken {
+                    token: JoinToken {
+                        token_sha256,
+                        expires_at,
+                        consumed_by: None,
+                        purpose,
+                    },
+                })
+                .await?
+            {
+                Outcome::Done => {}
+                other => return Err(unexpected(&other)),
+            }
+            tracing::info!(ttl_secs, "server join token created");
+            return Ok(Response::new(pb::CreateJoinTokenResponse {
+                token,
+                expires_at_secs: expires_at.as_secs(),
+                agent_spiffe_id: String::new(),
+                entry_id: String::new(),
+                purpose: pb::JoinTokenPurpose::Server.into(),
+                bundle_sha256,
+                seed_address: self.seed_address.clone().unwrap_or_default(),
+                trust_domain: self.trust_domain.to_string(),
+            }));
+        }
+        let agent_id = join_token_agent_id(&self.trust_domain, &token_sha256)?;
 
         // The optional extra ID: an entry for the agent, checked before anything is written.
         let alias = match req.spiffe_id.as_str() {
@@ -597,7 +698,7 @@ impl<T: Transport> Admin for AdminService<T> {
                     token_sha256,
                     expires_at,
                     consumed_by: None,
-                    purpose: wire::TokenPurpose::Agent,
+                    purpose: TokenPurpose::Agent,
                 },
             })
             .await?
@@ -611,6 +712,10 @@ impl<T: Transport> Admin for AdminService<T> {
             expires_at_secs: expires_at.as_secs(),
             agent_spiffe_id: agent_id.to_string(),
             entry_id,
+            purpose: pb::JoinTokenPurpose::Agent.into(),
+            bundle_sha256,
+            seed_address: self.seed_address.clone().unwrap_or_default(),
+            trust_domain: self.trust_domain.to_string(),
         }))
     }
 
@@ -631,6 +736,7 @@ impl<T: Transport> Admin for AdminService<T> {
                 .collect(),
             sequence: bundle.sequence.unwrap_or(0),
             refresh_hint_secs: bundle.refresh_hint_secs.unwrap_or(0),
+            bundle_sha256: bundle_hash_or_empty(&bundle),
         }))
     }
 
@@ -639,7 +745,7 @@ impl<T: Transport> Admin for AdminService<T> {
         _request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
         let m = self.metrics();
-        let (active, bundle_sequence, entries) = self.replica.read(|a| {
+        let (active, bundle_sequence, entries, servers) = self.replica.read(|a| {
             let active: Vec<(u64, bool, pb::Authority)> = a
                 .state
                 .authorities()
@@ -656,7 +762,14 @@ impl<T: Transport> Admin for AdminService<T> {
                     )
                 })
                 .collect();
-            (active, a.state.bundle_sequence(), a.state.entries().count())
+            let servers: Vec<pb::ServerNode> =
+                a.state.servers().values().map(server_to_pb).collect();
+            (
+                active,
+                a.state.bundle_sequence(),
+                a.state.entries().count(),
+                servers,
+            )
         });
         let authority_of = |node: u64, x509: bool| {
             active
@@ -687,6 +800,7 @@ impl<T: Transport> Admin for AdminService<T> {
             members,
             bundle_sequence,
             entries: u64::try_from(entries).unwrap_or(u64::MAX),
+            servers,
         }))
     }
 
@@ -700,6 +814,41 @@ impl<T: Transport> Admin for AdminService<T> {
             node_id: self.replica.id(),
             leader_id: m.leader,
             applied_index: m.applied,
+        }))
+    }
+
+    async fn remove_server(
+        &self,
+        request: Request<pb::RemoveServerRequest>,
+    ) -> Result<Response<pb::RemoveServerResponse>, Status> {
+        let node_id = request.into_inner().node_id;
+        if node_id == 0 {
+            return Err(invalid("node_id is required (server node IDs are > 0)"));
+        }
+        // The address as this replica knows it, for the answer; the state machine decides.
+        let known = self
+            .replica
+            .read(|a| a.state.servers().get(&node_id).cloned());
+        match self.write(Command::RemoveServer { node_id }).await? {
+            Outcome::Done => {}
+            other => return Err(unexpected(&other)),
+        }
+        tracing::info!(node_id, "server node removed from the desired membership");
+        // This replica may apply the removal after the leader answered: leave it out regardless.
+        let servers = self.replica.read(|a| {
+            a.state
+                .servers()
+                .values()
+                .filter(|s| s.node_id != node_id)
+                .map(server_to_pb)
+                .collect()
+        });
+        Ok(Response::new(pb::RemoveServerResponse {
+            removed: Some(pb::ServerNode {
+                node_id,
+                addr: known.map(|s| s.addr).unwrap_or_default(),
+            }),
+            servers,
         }))
     }
 }
@@ -868,6 +1017,22 @@ mod tests {
             "No such file or directory"
         );
         assert_eq!(io_text("plain"), "plain");
+    }
+
+    #[test]
+    fn seed_addresses_must_be_dialable() {
+        assert_eq!(
+            usable_seed("10.0.0.1:8443").as_deref(),
+            Some("10.0.0.1:8443")
+        );
+        assert_eq!(
+            usable_seed("sigil-1.internal:8443").as_deref(),
+            Some("sigil-1.internal:8443")
+        );
+        assert_eq!(usable_seed("[::1]:8443").as_deref(), Some("[::1]:8443"));
+        for wildcard in ["0.0.0.0:8443", "[::]:8443", "10.0.0.1:0", "", "  "] {
+            assert_eq!(usable_seed(wildcard), None, "{wildcard:?}");
+        }
     }
 
     #[test]
