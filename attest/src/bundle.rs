@@ -131,11 +131,7 @@ pub fn bundle_sha256(bundle: &Bundle) -> String {
         ctx.update(&len.to_be_bytes());
         ctx.update(der);
     }
-    ctx.finish()
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::hex(ctx.finish().as_ref())
 }
 
 #[cfg(test)]

@@ -227,6 +227,12 @@ impl JwtKey {
         &self.authority
     }
 
+    /// The `exp` of a JWT-SVID minted at `wall` for `ttl`: capped at this key's `NotAfter`,
+    /// whole seconds.
+    pub fn expiry(&self, wall: UnixTime, ttl: std::time::Duration) -> UnixTime {
+        UnixTime::from_secs(wall.saturating_add(ttl).min(self.not_after).as_secs())
+    }
+
     /// Mints a JWT-SVID.
     ///
     /// # Panics
@@ -269,7 +275,7 @@ impl JwtKey {
             return Err(Error::InvalidRequest("ttl must be positive"));
         }
         let iat = wall.as_secs();
-        let exp = wall.saturating_add(req.ttl).min(self.not_after).as_secs();
+        let exp = self.expiry(wall, req.ttl).as_secs();
         if wall >= self.not_after || exp <= iat {
             return Err(Error::AuthorityExpired);
         }

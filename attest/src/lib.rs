@@ -41,6 +41,16 @@ pub use x509::{X509Ca, X509Reject, X509Svid, X509SvidRequest};
 
 use wire::{SpiffeId, TrustDomain};
 
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Lowercase hex SHA-256 of `bytes` (join token hashes, fingerprints).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+}
+
 /// Everything that can go wrong in `attest`. Messages never contain key material.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

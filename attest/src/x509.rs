@@ -46,6 +46,7 @@ use crate::der::{
     DerWriter, TAG_BIT_STRING, TAG_BOOLEAN, TAG_OCTET_STRING, TAG_PRINTABLE_STRING, TAG_SEQUENCE,
     TAG_SET, TAG_UTF8_STRING,
 };
+use crate::hex;
 use crate::keyring::{sealed, KeyMaterial, KeyState, KeyringConfig};
 use crate::keys::{jwk_of_spki, p256_point};
 use crate::Error;
@@ -219,10 +220,6 @@ impl Default for X509Policy {
 /// Whole seconds of `t`, rounded down.
 fn floor_secs(t: UnixTime) -> UnixTime {
     UnixTime::from_secs(t.as_secs())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The `AlgorithmIdentifier` for signatures made by `alg`.
@@ -687,6 +684,13 @@ fn parse_cert(der: &[u8]) -> Result<X509Certificate<'_>, X509Reject> {
         }
         _ => Err(X509Reject::Malformed),
     }
+}
+
+/// A certificate's `NotAfter` (whole seconds). Parses only; does not validate.
+pub fn not_after(der: &[u8]) -> Result<UnixTime, crate::Error> {
+    let cert = parse_cert(der).map_err(crate::Error::X509)?;
+    let secs = u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0);
+    Ok(UnixTime::from_secs(secs))
 }
 
 /// Rejects certificates with a critical extension we do not process.

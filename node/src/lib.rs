@@ -14,6 +14,7 @@ pub mod actors;
 #[cfg(feature = "rt")]
 pub mod rt;
 pub mod server;
+pub mod service;
 
 /// Errors of the node layer.
 #[derive(Debug, thiserror::Error)]

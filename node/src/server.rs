@@ -170,7 +170,7 @@ impl<T: Transport> ServerNode<T> {
         agent: &SpiffeId,
         entry_id: &EntryId,
         audience: &[String],
-    ) -> Result<String, Error> {
+    ) -> Result<(String, wire::UnixTime), Error> {
         let env = &self.inner.env;
         let mut rng = env.rng("jwt");
         let rotation = lock(&self.inner.rotation);
@@ -193,10 +193,20 @@ impl<T: Transport> ServerNode<T> {
     /// from its own active CA. Not subject to `staleness_max`: a partitioned node must still be
     /// able to rejoin its cluster.
     pub fn issue_own_server_svid(&self, public_key_der: &[u8]) -> Result<X509Svid, Error> {
+        self.issue_server_svid(self.inner.cfg.node_id, public_key_der)
+    }
+
+    /// A server SVID for node `node_id` (this node's own, or a node that just joined with a
+    /// server join token), from this node's active CA.
+    pub fn issue_server_svid(
+        &self,
+        node_id: u64,
+        public_key_der: &[u8],
+    ) -> Result<X509Svid, Error> {
         let env = &self.inner.env;
         let td = &self.inner.cfg.issuer.trust_domain;
         let id = td
-            .join(&["sigil", "server", &self.inner.cfg.node_id.to_string()])
+            .join(&["sigil", "server", &node_id.to_string()])
             .map_err(|e| Error::NotAuthorized(e.to_string()))?;
         let wall = env.wall();
         let rotation = lock(&self.inner.rotation);
@@ -213,6 +223,34 @@ impl<T: Transport> ServerNode<T> {
         };
         ca.mint(&req, wall, &mut env.rng("server-svid"))
             .map_err(Error::Attest)
+    }
+
+    /// An agent SVID for attested, unbanned `agent` from the local replica.
+    pub fn issue_agent_svid(
+        &self,
+        agent: &SpiffeId,
+        public_key_der: &[u8],
+    ) -> Result<X509Svid, Error> {
+        let env = &self.inner.env;
+        let mut rng = env.rng("agent-svid");
+        let rotation = lock(&self.inner.rotation);
+        let issuer = lock(&self.inner.issuer);
+        self.inner.replica.read(|a| {
+            issuer.issue_agent_svid(
+                &a.state,
+                rotation.keyring(),
+                agent,
+                public_key_der,
+                env.mono(),
+                env.wall(),
+                &mut rng,
+            )
+        })
+    }
+
+    /// The node's environment (clock, RNG, tasks).
+    pub fn env(&self) -> &Arc<dyn Env> {
+        &self.inner.env
     }
 
     /// Stops the loops (Raft itself is stopped by its owner).

@@ -469,12 +469,8 @@ pub fn apply(state: &mut State, cmd: Command) -> Response {
             if token.purpose != TokenPurpose::Server {
                 return Err(CommandError::TokenPurpose("a server node".into()));
             }
-            if state.servers.contains_key(&server.node_id) {
-                return Err(CommandError::AlreadyExists(format!(
-                    "server node {}",
-                    server.node_id
-                )));
-            }
+            // A member may be re-admitted with a new token (e.g. after its server SVID expired
+            // while it was down); its address is updated.
             let outcome = put_server(state, server)?;
             if let Some(token) = state.join_tokens.get_mut(&token_sha256) {
                 token.consumed_by = Some(spiffe_id);
@@ -865,14 +861,10 @@ mod tests {
             ),
             Err(CommandError::TokenPurpose(_))
         ));
-        // The name must match the node ID; an existing ID is refused; expiry holds.
+        // The name must match the node ID; expiry holds.
         assert!(matches!(
             apply(&mut s, join('d', 2, sid(3), 5)),
             Err(CommandError::Invalid(_))
-        ));
-        assert!(matches!(
-            apply(&mut s, join('d', 1, sid(1), 5)),
-            Err(CommandError::AlreadyExists(_))
         ));
         assert_eq!(
             apply(&mut s, join('d', 2, sid(2), 100)),

@@ -28,7 +28,7 @@ pub const SIGN_BATCH_MAX: usize = 500;
 /// Most audiences of one JWT-SVID.
 pub const AUDIENCES_MAX: usize = 16;
 /// Longest audience, in bytes.
-pub const AUDIENCE_BYTES_MAX: usize = 1024;
+pub const AUDIENCE_BYTES_MAX: usize = 512;
 /// Longest public key, in bytes (a 4096-bit RSA SPKI is ~550).
 pub const PUBLIC_KEY_BYTES_MAX: usize = 2048;
 

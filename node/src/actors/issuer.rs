@@ -51,6 +51,34 @@ impl IssuerConfig {
     }
 }
 
+/// Most entries one agent may be authorized for (a bound on the descendant walk).
+pub const AGENT_ENTRIES_MAX: usize = 100_000;
+
+/// The entries `agent` may obtain SVIDs for: those parented by it, and — transitively — those
+/// parented by the SPIFFE ID of an entry it may obtain (nested workloads), in breadth-first
+/// order, at most [`AGENT_ENTRIES_MAX`].
+pub fn authorized_entries<'s>(state: &'s State, agent: &SpiffeId) -> Vec<&'s RegistrationEntry> {
+    let mut out: Vec<&RegistrationEntry> = Vec::new();
+    let mut seen_parents = std::collections::BTreeSet::new();
+    let mut seen_entries = std::collections::BTreeSet::new();
+    let mut frontier = vec![agent.clone()];
+    while let Some(parent) = frontier.pop() {
+        if !seen_parents.insert(parent.clone()) {
+            continue;
+        }
+        for entry in state.entries_by_parent(&parent) {
+            if out.len() >= AGENT_ENTRIES_MAX {
+                return out;
+            }
+            if seen_entries.insert(entry.id.clone()) {
+                out.push(entry);
+                frontier.push(entry.spiffe_id.clone());
+            }
+        }
+    }
+    out
+}
+
 /// `agent`'s record, if it is attested and not banned.
 fn attested_agent<'s>(state: &'s State, agent: &SpiffeId) -> Result<&'s AgentRecord, Error> {
     let record = state
@@ -114,12 +142,16 @@ impl Issuer {
         let entry = state
             .entry(entry_id)
             .ok_or_else(|| Error::NotAuthorized(format!("no entry {entry_id}")))?;
-        if &entry.parent_id != agent {
-            return Err(Error::NotAuthorized(format!(
-                "entry {entry_id} is not parented by {agent}"
-            )));
+        if &entry.parent_id == agent
+            || authorized_entries(state, agent)
+                .iter()
+                .any(|e| e.id == entry.id)
+        {
+            return Ok(entry);
         }
-        Ok(entry)
+        Err(Error::NotAuthorized(format!(
+            "entry {entry_id} is not parented by {agent} or by an entry it may obtain"
+        )))
     }
 
     /// Signs an X.509-SVID for entry `entry_id` on behalf of `agent`, for the workload key
@@ -160,7 +192,7 @@ impl Issuer {
         now: Mono,
         wall: UnixTime,
         rng: &mut dyn RngCore,
-    ) -> Result<String, Error> {
+    ) -> Result<(String, UnixTime), Error> {
         self.check_fresh(now)?;
         let entry = self.authorize(state, agent, entry_id)?;
         let key = keyring.active_jwt(wall).ok_or(Error::NoActiveKey)?;
@@ -179,7 +211,8 @@ impl Issuer {
             issuer: None,
             with_jti: false,
         };
-        key.mint(&req, wall, rng).map_err(Error::Attest)
+        let token = key.mint(&req, wall, rng).map_err(Error::Attest)?;
+        Ok((token, key.expiry(wall, ttl)))
     }
 
     /// Renews an attested, unbanned agent's own SVID (no Raft write: renewals are recorded
@@ -315,7 +348,7 @@ mod tests {
         assert_eq!(id.as_str(), "spiffe://example.org/web");
         assert_eq!(svid.not_after.as_secs(), f.wall.as_secs() + 600);
 
-        let jwt = issuer
+        let (jwt, exp) = issuer
             .issue_jwt(
                 &f.state,
                 f.rotation.keyring(),
@@ -328,6 +361,7 @@ mod tests {
             )
             .expect("jwt");
         assert_eq!(jwt.split('.').count(), 3);
+        assert_eq!(exp.as_secs(), f.wall.as_secs() + 300);
         let agent_svid = issuer
             .issue_agent_svid(
                 &f.state,

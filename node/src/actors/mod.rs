@@ -3,6 +3,7 @@
 //! an output vector; the shell (or the simulator) executes it.
 
 pub mod issuer;
+pub mod membership;
 pub mod rotation;
 
 pub use issuer::{Issuer, IssuerConfig};

@@ -151,18 +151,16 @@ fn unexpected(outcome: &Outcome) -> Status {
     )))
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use attest::hex;
 
 /// Lowercase hex SHA-256 of a join token's text, as replicated.
 pub fn join_token_sha256(token: &str) -> String {
-    hex(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref())
+    attest::sha256_hex(token.as_bytes())
 }
 
 /// The SPIFFE ID of an agent attested with the join token whose hash is `token_sha256`.
 pub fn join_token_agent_id(td: &TrustDomain, token_sha256: &str) -> Result<SpiffeId, Status> {
-    td.join(&["sigil", "agent", "join_token", token_sha256])
+    crate::service::join_token_agent_id(td, token_sha256)
         .map_err(|e| Status::internal(one_line(&e.to_string())))
 }
 

@@ -7,11 +7,17 @@
 //! data_dir = "/var/lib/sigil"         # default; Raft log and state live in DATA_DIR/raft
 //! bind = "127.0.0.1:8443"             # default; QUIC address for node↔node and agent traffic
 //! admin_socket = "/run/sigil/admin.sock"  # default (mode 0600)
+//! advertise = "<bind>"                # default: bind; the address other nodes and agents dial
 //! bootstrap = false                   # true on the first node of a new trust domain only
 //! ca_ttl = "24h"                      # lifetime of this node's CA and JWT keys
 //! x509_svid_ttl = "1h"                # default X.509-SVID lifetime
 //! jwt_svid_ttl = "5m"                 # default JWT-SVID lifetime
 //! staleness_max = "24h"               # stop issuing after this long without a leader
+//!
+//! [join]                              # joining an existing cluster (not with bootstrap)
+//! token = "…"                         # from `sigil token generate --server` on a member
+//! seeds = ["10.0.0.1:8443"]           # members' QUIC addresses, tried in order
+//! bundle_sha256 = "…"                 # from the same command (`sigil bundle show --hash`)
 //! ```
 
 use std::net::SocketAddr;
@@ -27,8 +33,31 @@ use crate::Error;
 pub const DATA_DIR_DEFAULT: &str = "/var/lib/sigil";
 /// Default QUIC bind address.
 pub const BIND_DEFAULT: &str = "127.0.0.1:8443";
+/// Shortest `ca_ttl` (short ones are for tests and demos of rotation).
+pub const CA_TTL_MIN: Duration = Duration::from_secs(120);
 /// Largest config file accepted, in bytes.
 pub const CONFIG_BYTES_MAX: u64 = 1 << 20;
+
+/// How a new node joins an existing cluster (`[join]` in `server.toml`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct JoinConfig {
+    /// The single-use server join token (a secret: never logged).
+    pub token: String,
+    /// Members' QUIC addresses, tried in order.
+    pub seeds: Vec<SocketAddr>,
+    /// The pinned bundle hash ([`attest::bundle::bundle_sha256`]).
+    pub bundle_sha256: String,
+}
+
+impl std::fmt::Debug for JoinConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinConfig")
+            .field("token", &"<redacted>")
+            .field("seeds", &self.seeds)
+            .field("bundle_sha256", &self.bundle_sha256)
+            .finish()
+    }
+}
 
 /// A parsed, checked `server.toml`.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,6 +70,10 @@ pub struct ServerFileConfig {
     pub data_dir: PathBuf,
     /// QUIC address.
     pub bind: SocketAddr,
+    /// The address other nodes and agents dial (default: `bind`).
+    pub advertise: SocketAddr,
+    /// Joining an existing cluster.
+    pub join: Option<JoinConfig>,
     /// Admin API socket.
     pub admin_socket: PathBuf,
     /// Initialize a new cluster with this node as its only member (first node only).
@@ -62,12 +95,27 @@ struct Raw {
     node_id: u64,
     data_dir: Option<PathBuf>,
     bind: Option<String>,
+    advertise: Option<String>,
+    join: Option<RawJoin>,
     admin_socket: Option<PathBuf>,
     bootstrap: Option<bool>,
     ca_ttl: Option<String>,
     x509_svid_ttl: Option<String>,
     jwt_svid_ttl: Option<String>,
     staleness_max: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJoin {
+    token: String,
+    seeds: Vec<String>,
+    bundle_sha256: String,
+}
+
+fn socket_addr(path: &Path, name: &str, text: &str) -> Result<SocketAddr, Error> {
+    text.parse()
+        .map_err(|_| config_error(path, format!("{name}: {text:?} is not an IP:port address")))
 }
 
 fn config_error(path: &Path, detail: impl std::fmt::Display) -> Error {
@@ -110,12 +158,54 @@ impl ServerFileConfig {
             return Err(config_error(path, "node_id must be greater than 0"));
         }
         let bind_text = raw.bind.unwrap_or_else(|| BIND_DEFAULT.to_owned());
-        let bind: SocketAddr = bind_text.parse().map_err(|_| {
-            config_error(
-                path,
-                format!("bind: {bind_text:?} is not an IP:port address"),
-            )
-        })?;
+        let bind = socket_addr(path, "bind", &bind_text)?;
+        let advertise = match &raw.advertise {
+            Some(text) => socket_addr(path, "advertise", text)?,
+            None if bind.ip().is_unspecified() => {
+                return Err(config_error(
+                    path,
+                    "advertise: required when bind is a wildcard address (set the address other nodes dial)",
+                ))
+            }
+            None => bind,
+        };
+        let join = match raw.join {
+            None => None,
+            Some(j) => {
+                if raw.bootstrap == Some(true) {
+                    return Err(config_error(
+                        path,
+                        "[join] and bootstrap = true exclude each other: a node either starts a new trust domain or joins one",
+                    ));
+                }
+                if j.token.is_empty() || j.token.len() > wire::api::TOKEN_BYTES_MAX {
+                    return Err(config_error(path, "join.token: missing or too long"));
+                }
+                if j.seeds.is_empty() {
+                    return Err(config_error(
+                        path,
+                        "join.seeds: list at least one member's address",
+                    ));
+                }
+                let seeds = j
+                    .seeds
+                    .iter()
+                    .map(|s| socket_addr(path, "join.seeds", s))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let hash = j.bundle_sha256.trim().to_ascii_lowercase();
+                if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(config_error(
+                        path,
+                        "join.bundle_sha256: 64 hex characters, from `sigil token generate --server` or `sigil bundle show --hash`",
+                    ));
+                }
+                Some(JoinConfig {
+                    token: j.token,
+                    seeds,
+                    bundle_sha256: hash,
+                })
+            }
+        };
         let cfg = ServerFileConfig {
             trust_domain,
             node_id: raw.node_id,
@@ -123,6 +213,8 @@ impl ServerFileConfig {
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT)),
             bind,
+            advertise,
+            join,
             admin_socket: raw
                 .admin_socket
                 .unwrap_or_else(|| PathBuf::from(crate::rt::admin::ADMIN_SOCKET_DEFAULT)),
@@ -147,8 +239,8 @@ impl ServerFileConfig {
                 crate::actors::issuer::STALENESS_MAX_DEFAULT,
             )?,
         };
-        if cfg.ca_ttl < Duration::from_secs(600) {
-            return Err(config_error(path, "ca_ttl must be at least 10m"));
+        if cfg.ca_ttl < CA_TTL_MIN {
+            return Err(config_error(path, "ca_ttl must be at least 2m"));
         }
         if cfg.x509_svid_ttl.is_zero() || cfg.jwt_svid_ttl.is_zero() {
             return Err(config_error(path, "SVID TTLs must be greater than 0"));
@@ -254,6 +346,22 @@ mod tests {
                 "trust_domain = \"a.org\"\nnode_id = 1\nca_ttl = \"1m\"\n",
                 "ca_ttl",
             ),
+            (
+                "trust_domain = \"a.org\"\nnode_id = 1\nbind = \"0.0.0.0:1\"\n",
+                "advertise",
+            ),
+            (
+                "trust_domain = \"a.org\"\nnode_id = 2\nbootstrap = true\n[join]\ntoken = \"t\"\nseeds = [\"127.0.0.1:1\"]\nbundle_sha256 = \"00\"\n",
+                "exclude",
+            ),
+            (
+                "trust_domain = \"a.org\"\nnode_id = 2\n[join]\ntoken = \"t\"\nseeds = []\nbundle_sha256 = \"00\"\n",
+                "seeds",
+            ),
+            (
+                "trust_domain = \"a.org\"\nnode_id = 2\n[join]\ntoken = \"t\"\nseeds = [\"127.0.0.1:1\"]\nbundle_sha256 = \"00\"\n",
+                "bundle_sha256",
+            ),
             ("trust_domain = \"a.org\"\nnode_id = 1\ntypo = 1\n", "typo"),
             (
                 "trust_domain = \"a.org\"\nnode_id = 1\nx509_svid_ttl = \"0\"\n",
@@ -265,6 +373,23 @@ mod tests {
             assert!(err.contains(needle), "{bad:?}: {err}");
             assert!(err.contains("server.toml"), "{err}");
         }
+    }
+
+    #[test]
+    fn join_section() {
+        let hash = "ab".repeat(32);
+        let c = parse(&format!(
+            "trust_domain = \"a.org\"\nnode_id = 2\nbind = \"0.0.0.0:9000\"\nadvertise = \"10.0.0.2:9000\"\n\
+             [join]\ntoken = \"secret-token\"\nseeds = [\"10.0.0.1:8443\"]\nbundle_sha256 = \"{}\"\n",
+            hash.to_uppercase()
+        ))
+        .expect("parse");
+        let join = c.join.clone().expect("join");
+        assert_eq!(join.bundle_sha256, hash);
+        assert_eq!(join.seeds.len(), 1);
+        assert_eq!(c.advertise.to_string(), "10.0.0.2:9000");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("secret-token"), "{shown}");
     }
 
     #[test]

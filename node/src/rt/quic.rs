@@ -46,6 +46,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use wire::codec::MESSAGE_BYTES_MAX;
 use wire::{Env, PeerId, SendError, Transport};
 
+use super::api::{serve_connection, ApiHandler, Caller};
 use super::tls::{
     client_config, server_config, IdentityCell, NodeIdentity, PeerReject, TlsError, TrustStore,
     SERVER_NAME,
@@ -160,6 +161,8 @@ pub struct QuicStats {
     pub inbound_refused: u64,
     /// Connections closed because the peer's SVID stopped verifying.
     pub revoked: u64,
+    /// Node API connections accepted.
+    pub api_accepted: u64,
 }
 
 #[derive(Debug, Default)]
@@ -172,6 +175,7 @@ struct Counters {
     accepted: AtomicU64,
     inbound_refused: AtomicU64,
     revoked: AtomicU64,
+    api_accepted: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -207,6 +211,8 @@ struct Inner {
     inbox_bytes: Arc<Semaphore>,
     shutdown: watch::Sender<bool>,
     counters: Counters,
+    /// Answers node API connections (ALPN `sigil-api/1`); refused while unset.
+    api: Mutex<Option<Arc<dyn ApiHandler>>>,
 }
 
 /// A received frame, its sender, and its share of the inbox byte budget (released on `recv`).
@@ -292,6 +298,7 @@ impl QuicTransport {
             inbox_bytes: Arc::new(Semaphore::new(inbox_bytes)),
             shutdown: watch::channel(false).0,
             counters: Counters::default(),
+            api: Mutex::new(None),
         });
         inner.env.spawn(
             "quic-accept",
@@ -357,6 +364,12 @@ impl QuicTransport {
         tracing::info!(node = self.inner.config.node_id, "TLS identity replaced");
     }
 
+    /// Serves node API connections (ALPN `sigil-api/1`) with `handler`; before this call they
+    /// are refused.
+    pub fn set_api_handler(&self, handler: Arc<dyn ApiHandler>) {
+        *lock(&self.inner.api) = Some(handler);
+    }
+
     /// The shared trust store.
     pub fn trust(&self) -> &Arc<TrustStore> {
         &self.inner.trust
@@ -375,6 +388,7 @@ impl QuicTransport {
             accepted: get(&c.accepted),
             inbound_refused: get(&c.inbound_refused),
             revoked: get(&c.revoked),
+            api_accepted: get(&c.api_accepted),
         }
     }
 
@@ -458,8 +472,9 @@ fn transport_config(
     } else {
         0
     };
+    // Raft frames use unidirectional streams, node API requests bidirectional ones.
     t.max_concurrent_uni_streams(VarInt::from_u32(streams))
-        .max_concurrent_bidi_streams(VarInt::from_u32(0))
+        .max_concurrent_bidi_streams(VarInt::from_u32(streams))
         .receive_window(VarInt::from_u32(config.receive_window_bytes))
         .stream_receive_window(VarInt::from_u32(config.stream_receive_window_bytes))
         .max_idle_timeout(Some(idle))
@@ -489,12 +504,8 @@ impl Inner {
 
     /// The verified server node ID of an established connection's peer.
     fn peer_of(&self, conn: &Connection) -> Result<PeerId, PeerReject> {
-        let certs = conn
-            .peer_identity()
-            .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
-            .map(|b| *b)
-            .unwrap_or_default();
-        self.trust.verify_server_peer(&certs, self.env.wall())
+        self.trust
+            .verify_server_peer(&peer_chain(conn), self.env.wall())
     }
 
     /// Dials `peer` at `addr` and checks that `peer` answered.
@@ -562,6 +573,14 @@ impl Inner {
     }
 }
 
+/// The certificate chain a connection's peer presented (leaf first), empty if none.
+fn peer_chain(conn: &Connection) -> Vec<Vec<u8>> {
+    conn.peer_identity()
+        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .map(|certs| certs.iter().map(|c| c.to_vec()).collect())
+        .unwrap_or_default()
+}
+
 /// Accepts connections until the endpoint closes.
 async fn accept_loop(inner: Arc<Inner>, endpoint: Endpoint) {
     let mut shutdown = inner.shutdown.subscribe();
@@ -595,10 +614,37 @@ async fn serve_inbound(inner: Arc<Inner>, incoming: quinn::Incoming) {
             return;
         }
     };
+    let alpn = conn
+        .handshake_data()
+        .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|h| h.protocol);
+    if alpn.as_deref() == Some(wire::api::API_ALPN) {
+        let handler = lock(&inner.api).clone();
+        let Some(handler) = handler else {
+            bump(&inner.counters.inbound_refused);
+            conn.close(VarInt::from_u32(CODE_REFUSED), b"node API not served yet");
+            return;
+        };
+        let caller = Caller {
+            chain: peer_chain(&conn),
+            remote: Some(remote),
+        };
+        bump(&inner.counters.api_accepted);
+        serve_connection(
+            conn,
+            caller,
+            handler,
+            inner.env.clone(),
+            inner.shutdown.subscribe(),
+        )
+        .await;
+        return;
+    }
     let peer = match inner.peer_of(&conn) {
         Ok(peer) => peer,
         Err(e) => {
-            // Unreachable while the TLS verifier runs first; kept as a second line.
+            // A Raft connection without a server SVID (client certificates are optional in the
+            // handshake because the node API shares the endpoint).
             bump(&inner.counters.inbound_refused);
             tracing::warn!(%remote, error = %e, "refused inbound peer");
             conn.close(VarInt::from_u32(CODE_REFUSED), b"refused");

@@ -2,35 +2,65 @@
 //! [`ServerNode`] loops, and the admin API on its Unix socket. This is wiring only; the logic is
 //! in the actors and the replica.
 //!
-//! Start-up of a bootstrap node: Raft starts before the node has a QUIC identity (its transport
-//! is a [`LateTransport`] until then); the node initializes a one-member cluster, publishes its
-//! CA through Raft, and once that commits mints its own server SVID and binds QUIC with it. The
-//! server SVID is renewed at half its life and the QUIC trust store follows the replicated
-//! bundle. Joining further server nodes (server join tokens, pinned bundle hash) is not built yet.
+//! **Identity.** Raft starts before the node has a QUIC identity (its transport is a
+//! [`LateTransport`] until then). The node's server SVID comes from, in order:
+//! 1. its identity files (`DATA_DIR/identity/`: the TLS key, mode 0600, and the last server
+//!    SVID) when that SVID is still valid — a restart;
+//! 2. a `[join]` section: the node connects to a seed member, fetches the bundle, checks it
+//!    against the pinned `bundle_sha256` and checks the seed's certificate against it — only
+//!    then does it send its single-use server join token; the seed consumes the token through
+//!    Raft, records the node as a server, and answers with a server SVID from its own CA;
+//! 3. its own CA, once that is published — the bootstrap node (a one-member cluster).
+//!
+//! The SVID is renewed from the node's own CA at half its life and written back to the
+//! identity files; the QUIC trust store follows the replicated bundle.
+//!
+//! **Membership.** Every node keeps its transport's peer addresses in line with Raft's
+//! membership. The leader reconciles Raft's membership towards the replicated server records
+//! ([`crate::actors::membership`]): a joined node becomes a learner, then a voter; a removed
+//! node is demoted and forgotten.
 
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::BasicNode;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use openraft::{BasicNode, ChangeMembers, ServerState};
 use raft::replica::{Replica, ReplicaConfig};
 use raft::SledKv;
 use tokio::sync::watch;
-use wire::{Env, PeerId, SendError, Transport, UnixTime};
+use wire::api::{ApiRequest, ApiResponse};
+use wire::{Bundle, Command, Env, PeerId, SendError, ServerRecord, Transport, UnixTime};
+use zeroize::Zeroizing;
 
+use crate::actors::membership::{next_step, MembershipStep};
 use crate::rt::admin::{serve_admin, AdminDefaults, AdminService};
-use crate::rt::config::ServerFileConfig;
+use crate::rt::api::{ApiClient, CONNECT_TIMEOUT};
+use crate::rt::config::{JoinConfig, ServerFileConfig};
 use crate::rt::quic::{QuicConfig, QuicTransport};
-use crate::rt::tls::{NodeIdentity, TlsKey, TrustStore};
+use crate::rt::tls::{NodeIdentity, ServerTrust, TlsKey, TrustStore};
 use crate::rt::SystemEnv;
 use crate::server::{ServerConfig, ServerNode, SERVER_SVID_TTL};
+use crate::service::NodeService;
 use crate::Error;
 
 /// How long start-up waits for this node's first CA publication to commit.
 pub const FIRST_KEY_WAIT: Duration = Duration::from_secs(60);
 /// How often the QUIC trust store is refreshed from the replicated bundle.
 pub const TRUST_REFRESH: Duration = Duration::from_secs(5);
+/// How often membership (peer addresses, reconciliation) is looked at, besides every applied
+/// change.
+pub const MEMBERSHIP_TICK: Duration = Duration::from_secs(1);
+/// Longest wait for a new learner to catch up before it is promoted (retried after).
+pub const LEARNER_CATCH_UP_MAX: Duration = Duration::from_secs(60);
+/// How long a join request may take (it commits through Raft on the seed's side).
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// A persisted server SVID is used at start-up only with at least this much life left.
+pub const IDENTITY_REUSE_MIN: Duration = Duration::from_secs(60);
 
 /// A transport that exists before its QUIC endpoint does: sends fail as "unknown peer" and
 /// receives wait until [`LateTransport::set`] provides the endpoint.
@@ -81,17 +111,91 @@ fn os(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
     }
 }
 
-/// Mints this node's server SVID for `key` and turns it into a QUIC identity.
+/// Mints this node's server SVID for `key` from its own CA and turns it into a QUIC identity.
 fn own_identity<T: Transport>(
     node: &ServerNode<T>,
     key: &TlsKey,
-) -> Result<(NodeIdentity, UnixTime), Error> {
+) -> Result<(NodeIdentity, Vec<Vec<u8>>, UnixTime), Error> {
     let svid = node.issue_own_server_svid(key.public_key_der())?;
-    let identity = NodeIdentity::new(vec![svid.cert_der], key).map_err(|e| Error::Os {
+    let chain = vec![svid.cert_der];
+    let identity = tls_identity(chain.clone(), key)?;
+    Ok((identity, chain, svid.not_after))
+}
+
+fn tls_identity(chain: Vec<Vec<u8>>, key: &TlsKey) -> Result<NodeIdentity, Error> {
+    NodeIdentity::new(chain, key).map_err(|e| Error::Os {
         what: "building the node's TLS identity",
         detail: e.to_string(),
-    })?;
-    Ok((identity, svid.not_after))
+    })
+}
+
+/// The node's TLS key and last server SVID under `DATA_DIR/identity/` (files mode 0600).
+#[derive(Debug, Clone)]
+pub struct IdentityFiles {
+    dir: PathBuf,
+}
+
+impl IdentityFiles {
+    /// The files under `data_dir`.
+    pub fn new(data_dir: &Path) -> IdentityFiles {
+        IdentityFiles {
+            dir: data_dir.join("identity"),
+        }
+    }
+
+    fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+        use std::io::Write;
+        #[cfg(unix)]
+        use std::os::unix::fs::OpenOptionsExt;
+        let tmp = path.with_extension("tmp");
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        options.mode(0o600);
+        let mut f = options
+            .open(&tmp)
+            .map_err(os("writing the node's identity files"))?;
+        f.write_all(bytes)
+            .and_then(|()| f.sync_all())
+            .map_err(os("writing the node's identity files"))?;
+        std::fs::rename(&tmp, path).map_err(os("writing the node's identity files"))
+    }
+
+    /// The stored key, or a new one (stored at once).
+    pub fn key(&self) -> Result<TlsKey, Error> {
+        std::fs::create_dir_all(&self.dir).map_err(os("creating the identity directory"))?;
+        let path = self.dir.join("key.pk8");
+        match std::fs::read(&path) {
+            Ok(bytes) => TlsKey::from_pkcs8(Zeroizing::new(bytes)).map_err(|e| Error::Os {
+                what: "loading the node's TLS key (remove DATA_DIR/identity to start over)",
+                detail: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = TlsKey::generate().map_err(|e| Error::Os {
+                    what: "generating the node's TLS key",
+                    detail: e.to_string(),
+                })?;
+                IdentityFiles::write_private(&path, key.pkcs8_der())?;
+                Ok(key)
+            }
+            Err(e) => Err(os("reading the node's TLS key")(e)),
+        }
+    }
+
+    /// The stored server SVID chain and its `NotAfter`, if any and readable.
+    pub fn svid(&self) -> Option<(Vec<Vec<u8>>, UnixTime)> {
+        let bytes = std::fs::read(self.dir.join("svid.bin")).ok()?;
+        wire::codec::decode(&bytes).ok()
+    }
+
+    /// Stores the server SVID chain.
+    pub fn store_svid(&self, chain: &[Vec<u8>], not_after: UnixTime) -> Result<(), Error> {
+        let bytes = wire::codec::encode(&(chain, not_after)).map_err(|e| Error::Os {
+            what: "encoding the node's server SVID",
+            detail: e.to_string(),
+        })?;
+        IdentityFiles::write_private(&self.dir.join("svid.bin"), &bytes)
+    }
 }
 
 /// Runs a server node until `shutdown` completes, then stops it cleanly.
@@ -117,7 +221,7 @@ pub async fn run_server(
             })?,
     );
     if cfg.bootstrap {
-        let members = [(cfg.node_id, BasicNode::new(cfg.bind.to_string()))].into();
+        let members = [(cfg.node_id, BasicNode::new(cfg.advertise.to_string()))].into();
         let created = replica.initialize(members).await.map_err(|e| Error::Os {
             what: "initializing the cluster",
             detail: e,
@@ -125,9 +229,10 @@ pub async fn run_server(
         if created {
             tracing::info!(trust_domain = %cfg.trust_domain, node_id = cfg.node_id, "bootstrapped a new trust domain with this node as its first member");
         }
-    } else if !replica.has_log(Duration::from_secs(2)).await {
+    } else if cfg.join.is_none() && !replica.has_log(Duration::from_secs(2)).await {
+        replica.shutdown().await;
         return Err(Error::Config(
-            "this node has no cluster state and `bootstrap = false`: joining an existing cluster is not supported yet; set `bootstrap = true` on the first node of a new trust domain".into(),
+            "this node has no cluster state: set `bootstrap = true` on the first node of a new trust domain, or add a [join] section (token, seeds, bundle_sha256 from `sigil token generate --server` on a member) to join a cluster".into(),
         ));
     }
 
@@ -144,7 +249,8 @@ pub async fn run_server(
         dyn_env.clone(),
         cfg.trust_domain.clone(),
         AdminDefaults::default(),
-    );
+    )
+    .with_seed_address(cfg.advertise.to_string());
     let admin_path = cfg.admin_socket.clone();
     let mut admin_stop = stop_rx.clone();
     let admin_task = {
@@ -182,19 +288,146 @@ pub async fn run_server(
     result
 }
 
-/// Waits for this node's CA, binds QUIC with its own server SVID, then keeps the SVID and the
-/// trust store fresh until stopped.
-async fn serve_quic<T: Transport>(
+/// Joins the cluster through the first seed that accepts: fetch the bundle, check it against the
+/// pinned hash and the seed's certificate against it, then present the token. Returns the
+/// server SVID chain, its `NotAfter`, the bundle and the registered servers.
+async fn join(
+    cfg: &ServerFileConfig,
+    join: &JoinConfig,
+    key: &TlsKey,
+    env: Arc<dyn Env>,
+) -> Result<(Vec<Vec<u8>>, UnixTime, Bundle, Vec<ServerRecord>), Error> {
+    let mut errors = Vec::new();
+    for seed in &join.seeds {
+        match join_via(cfg, join, *seed, key, env.clone()).await {
+            Ok(joined) => return Ok(joined),
+            Err(e) => {
+                tracing::warn!(%seed, error = %e, "joining through this seed failed; trying the next");
+                errors.push(format!("{seed}: {e}"));
+            }
+        }
+    }
+    Err(Error::Config(format!(
+        "could not join the cluster through any seed ({})",
+        errors.join("; ")
+    )))
+}
+
+async fn join_via(
+    cfg: &ServerFileConfig,
+    join: &JoinConfig,
+    seed: SocketAddr,
+    key: &TlsKey,
+    env: Arc<dyn Env>,
+) -> Result<(Vec<Vec<u8>>, UnixTime, Bundle, Vec<ServerRecord>), Error> {
+    let fail = |detail: String| Error::Os {
+        what: "joining the cluster",
+        detail,
+    };
+    let client = ApiClient::connect(
+        seed,
+        &ServerTrust::Pinned,
+        None,
+        env.clone(),
+        CONNECT_TIMEOUT,
+    )
+    .await
+    .map_err(|e| fail(e.to_string()))?;
+    let result = async {
+        let bundle = match client.call(&ApiRequest::Bundle, JOIN_TIMEOUT).await {
+            Ok(ApiResponse::Bundle(b)) => b,
+            Ok(other) => return Err(fail(format!("unexpected answer {other:?}"))),
+            Err(e) => return Err(fail(e.to_string())),
+        };
+        let got = attest::bundle::bundle_sha256(&bundle);
+        if got != join.bundle_sha256 {
+            return Err(Error::Config(format!(
+                "the seed's bundle hash is {got}, the pinned one is {}: either the cluster rotated a CA since the hash was taken (take a new one with `sigil bundle show --hash`) or this is not the cluster you meant — no token was sent",
+                join.bundle_sha256
+            )));
+        }
+        let trust = TrustStore::new(cfg.trust_domain.clone(), bundle.clone());
+        trust
+            .verify_server_peer(&client.server_chain(), env.wall())
+            .map_err(|e| fail(format!("the seed's certificate does not verify against the pinned bundle ({e}); no token was sent")))?;
+        let request = ApiRequest::JoinServer {
+            token: join.token.clone(),
+            node_id: cfg.node_id,
+            addr: cfg.advertise.to_string(),
+            public_key_der: key.public_key_der().to_vec(),
+        };
+        match client.call(&request, JOIN_TIMEOUT).await {
+            Ok(ApiResponse::Joined {
+                chain,
+                bundle,
+                servers,
+            }) => {
+                let leaf = chain.first().ok_or_else(|| fail("empty certificate chain".into()))?;
+                let id = TrustStore::new(cfg.trust_domain.clone(), bundle.clone())
+                    .verify_server_peer(&chain, env.wall())
+                    .map_err(|e| fail(format!("the server SVID received does not verify: {e}")))?;
+                if id != cfg.node_id {
+                    return Err(fail(format!("received an SVID for node {id}")));
+                }
+                let not_after = attest::x509::not_after(leaf)
+                    .map_err(|e| fail(format!("the server SVID received: {e}")))?;
+                Ok((chain, not_after, bundle, servers))
+            }
+            Ok(other) => Err(fail(format!("unexpected answer {other:?}"))),
+            Err(e) => Err(fail(e.to_string())),
+        }
+    }
+    .await;
+    client.close().await;
+    result
+}
+
+/// Obtains this node's server SVID (see the module docs for the order). Returns the identity,
+/// the chain, its `NotAfter` and, after a join, the bundle and servers the seed sent.
+async fn first_identity<T: Transport>(
     cfg: &ServerFileConfig,
     node: &ServerNode<T>,
-    late: &LateTransport,
+    key: &TlsKey,
+    files: &IdentityFiles,
     env: Arc<dyn Env>,
-    mut stop: watch::Receiver<bool>,
-) -> Result<(), Error> {
+) -> Result<
+    (
+        NodeIdentity,
+        Vec<Vec<u8>>,
+        UnixTime,
+        Option<(Bundle, Vec<ServerRecord>)>,
+    ),
+    Error,
+> {
+    let wall = env.wall();
+    if let Some((chain, not_after)) = files.svid() {
+        if not_after > wall.saturating_add(IDENTITY_REUSE_MIN) {
+            if let Ok(identity) = tls_identity(chain.clone(), key) {
+                tracing::info!("using this node's stored server SVID");
+                return Ok((identity, chain, not_after, None));
+            }
+        }
+    }
+    if let Some(join_cfg) = &cfg.join {
+        if !node.has_active_ca() {
+            let (chain, not_after, bundle, servers) = join(cfg, join_cfg, key, env.clone()).await?;
+            files.store_svid(&chain, not_after)?;
+            tracing::info!(
+                servers = servers.len(),
+                "joined the cluster; catching up with its log"
+            );
+            let identity = tls_identity(chain.clone(), key)?;
+            return Ok((identity, chain, not_after, Some((bundle, servers))));
+        }
+    }
     let mut waited = Duration::ZERO;
     while !node.has_active_ca() {
         if waited >= FIRST_KEY_WAIT {
-            return Err(Error::NoActiveKey);
+            return Err(if cfg.bootstrap {
+                Error::NoActiveKey
+            } else {
+                Error::Config("this node has no valid server SVID (its stored one expired while it was down, or none exists) and cannot publish a CA without reaching the cluster: generate a server join token on a running member (`sigil token generate --server`) and add it as a [join] section to rejoin".into())
+            });
         }
         if waited.as_millis().is_multiple_of(5000) && waited > Duration::ZERO {
             tracing::info!(
@@ -205,12 +438,125 @@ async fn serve_quic<T: Transport>(
         tokio::time::sleep(Duration::from_millis(100)).await;
         waited += Duration::from_millis(100);
     }
-    let key = TlsKey::generate().map_err(|e| Error::Os {
-        what: "generating the node's TLS key",
-        detail: e.to_string(),
-    })?;
-    let (identity, mut not_after) = own_identity(node, &key)?;
-    let trust = TrustStore::new(cfg.trust_domain.clone(), node.bundle());
+    let (identity, chain, not_after) = own_identity(node, key)?;
+    files.store_svid(&chain, not_after)?;
+    Ok((identity, chain, not_after, None))
+}
+
+/// Points the transport at every member of Raft's membership (and at `extra` servers).
+fn sync_peers(transport: &QuicTransport, addrs: &BTreeMap<u64, String>, known: &mut BTreeSet<u64>) {
+    let me = transport.node_id();
+    let mut now = BTreeSet::new();
+    for (id, addr) in addrs {
+        if *id == me {
+            continue;
+        }
+        match addr.parse::<SocketAddr>() {
+            Ok(a) => {
+                transport.set_peer(*id, a);
+                now.insert(*id);
+            }
+            Err(_) => tracing::warn!(
+                node = id,
+                addr,
+                "member address is not IP:port; cannot reach it"
+            ),
+        }
+    }
+    for gone in known.difference(&now) {
+        transport.remove_peer(*gone);
+    }
+    *known = now;
+}
+
+/// Raft's membership as (voters, learners, addresses).
+fn membership<T: Transport>(
+    node: &ServerNode<T>,
+) -> (BTreeSet<u64>, BTreeSet<u64>, BTreeMap<u64, String>, bool) {
+    let m = node.replica().raft().metrics();
+    let m = m.borrow();
+    let membership = m.membership_config.membership();
+    let voters = membership.voter_ids().collect();
+    let learners = membership.learner_ids().collect();
+    let addrs = membership
+        .nodes()
+        .map(|(id, n)| (*id, n.addr.clone()))
+        .collect();
+    (voters, learners, addrs, m.state == ServerState::Leader)
+}
+
+/// As leader, takes one step towards the desired membership.
+async fn reconcile<T: Transport>(node: &ServerNode<T>) {
+    let (voters, learners, addrs, leader) = membership(node);
+    if !leader {
+        return;
+    }
+    let desired = node.replica().read(|a| a.state.servers().clone());
+    let Some(step) = next_step(&voters, &learners, &addrs, &desired) else {
+        return;
+    };
+    let raft = node.replica().raft();
+    tracing::info!(?step, "reconciling cluster membership");
+    let result = match step {
+        MembershipStep::RegisterVoters(records) => {
+            for server in records {
+                if let Err(e) = node
+                    .replica()
+                    .write(Command::RegisterServer { server })
+                    .await
+                {
+                    tracing::info!(error = %e, "could not record a member yet; retrying");
+                }
+            }
+            return;
+        }
+        MembershipStep::AddLearner(r) => {
+            let add = raft.add_learner(r.node_id, BasicNode::new(r.addr.clone()), true);
+            match tokio::time::timeout(LEARNER_CATCH_UP_MAX, add).await {
+                Ok(r) => r.map(|_| ()).map_err(|e| e.to_string()),
+                Err(_) => Err("the new learner did not catch up in time".into()),
+            }
+        }
+        MembershipStep::Promote(id) => raft
+            .change_membership(ChangeMembers::AddVoterIds([id].into()), false)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        MembershipStep::RemoveVoter(id) => raft
+            .change_membership(ChangeMembers::RemoveVoters([id].into()), false)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        MembershipStep::RemoveLearner(id) => raft
+            .change_membership(ChangeMembers::RemoveNodes([id].into()), false)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "membership change failed; it is retried (check that the node is reachable)");
+    }
+}
+
+/// Obtains the node's server SVID, binds QUIC with it, serves the node API, then keeps the SVID,
+/// the trust store and the membership fresh until stopped.
+async fn serve_quic<T: Transport>(
+    cfg: &ServerFileConfig,
+    node: &ServerNode<T>,
+    late: &LateTransport,
+    env: Arc<dyn Env>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), Error> {
+    let files = IdentityFiles::new(&cfg.data_dir);
+    let key = files.key()?;
+    let (identity, _chain, mut not_after, joined) =
+        first_identity(cfg, node, &key, &files, env.clone()).await?;
+    let applied_bundle = node.bundle();
+    let bundle = match (&joined, applied_bundle.x509_authorities.is_empty()) {
+        (Some((b, _)), true) => b.clone(),
+        _ => applied_bundle,
+    };
+    let trust = TrustStore::new(cfg.trust_domain.clone(), bundle);
     let transport = QuicTransport::bind(
         QuicConfig::new(cfg.node_id, cfg.bind),
         &identity,
@@ -221,22 +567,59 @@ async fn serve_quic<T: Transport>(
         what: "binding the QUIC endpoint",
         detail: e.to_string(),
     })?;
-    tracing::info!(addr = %transport.local_addr(), node_id = cfg.node_id, "serving QUIC with this node's server SVID");
+    transport.set_api_handler(Arc::new(NodeService::new(node.clone())));
+    let mut known = BTreeSet::new();
+    if let Some((_, servers)) = &joined {
+        let addrs = servers
+            .iter()
+            .map(|s| (s.node_id, s.addr.clone()))
+            .collect();
+        sync_peers(&transport, &addrs, &mut known);
+    }
+    tracing::info!(addr = %transport.local_addr(), node_id = cfg.node_id, "serving QUIC (Raft and the node API) with this node's server SVID");
     late.set(transport.clone());
+
+    let mut progress = node.replica().subscribe();
+    let mut last_trust = env.mono();
+    let mut reconciling: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(TRUST_REFRESH) => {}
-            _ = stop.wait_for(|s| *s) => return Ok(()),
+            _ = tokio::time::sleep(MEMBERSHIP_TICK) => {}
+            _ = progress.changed() => {}
+            _ = stop.wait_for(|s| *s) => {
+                if let Some(task) = reconciling.take() {
+                    task.abort();
+                }
+                return Ok(());
+            }
         }
-        trust.update(node.bundle());
-        let wall = env.wall();
-        // Renew at half life.
+        let (_, _, addrs, leader) = membership(node);
+        if !addrs.is_empty() {
+            sync_peers(&transport, &addrs, &mut known);
+        }
+        if leader && reconciling.as_ref().is_none_or(|t| t.is_finished()) {
+            let n = node.clone();
+            #[allow(clippy::disallowed_methods)] // the production shell's tasks
+            let task = tokio::spawn(async move { reconcile(&n).await });
+            reconciling = Some(task);
+        }
+        if env.mono().saturating_since(last_trust) >= TRUST_REFRESH {
+            last_trust = env.mono();
+            let bundle = node.bundle();
+            if !bundle.x509_authorities.is_empty() {
+                trust.update(bundle);
+            }
+        }
+        // Renew at half life, from this node's own CA.
         let renew_at = not_after.saturating_sub(SERVER_SVID_TTL / 2);
-        if wall >= renew_at {
+        if env.wall() >= renew_at && node.has_active_ca() {
             match own_identity(node, &key) {
-                Ok((identity, na)) => {
+                Ok((identity, chain, na)) => {
                     transport.set_identity(&identity);
                     not_after = na;
+                    if let Err(e) = files.store_svid(&chain, na) {
+                        tracing::warn!(error = %e, "could not store the renewed server SVID; a restart will need a fresh one");
+                    }
                     tracing::info!("renewed this node's server SVID");
                 }
                 Err(e) => {

@@ -2,8 +2,14 @@
 //! domain, replaceable as authorities rotate), the node's own TLS identity (replaceable as its
 //! SVID rotates), and the SPIFFE-aware certificate verifiers for both sides of mutual TLS.
 //!
-//! rustls runs on the **ring** provider only, TLS 1.3 only, ALPN [`ALPN`], without session
-//! resumption (every connection is verified against the bundle of the moment) and without 0-RTT.
+//! rustls runs on the **ring** provider only, TLS 1.3 only, without session resumption (every
+//! connection is verified against the bundle of the moment) and without 0-RTT. A node's endpoint
+//! speaks two ALPNs: [`ALPN`] (node↔node Raft traffic; both sides present server SVIDs) and
+//! [`wire::api::API_ALPN`] (the node API for agents and joining servers; the client presents an
+//! agent SVID, or nothing when its request carries its own credential). Client certificates are
+//! therefore optional in the handshake; when one is presented it must be a valid SVID of a
+//! server or agent of our trust domain, and the transport refuses a Raft connection whose peer
+//! is not a server node.
 //!
 //! Peer verification: the presented chain goes through [`attest::x509::validate_x509_svid`]
 //! (the one X.509-SVID validator of the code base) against the trust store's bundle at the
@@ -40,6 +46,8 @@ pub const ALPN: &[u8] = b"sigil/1";
 pub const SERVER_NAME: &str = "sigil";
 /// The path prefix of server node identities.
 const SERVER_PATH_PREFIX: &str = "/sigil/server/";
+/// The path prefix of agent identities.
+const AGENT_PATH_PREFIX: &str = "/sigil/agent/";
 
 /// Errors building TLS material. Never contain key bytes.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +152,25 @@ impl TrustStore {
         let id = validate_x509_svid(chain, &*guard, wall).map_err(PeerReject::Svid)?;
         server_peer_id(&id, &guard.0).ok_or(PeerReject::NotAServer(id))
     }
+
+    /// Validates a presented chain (leaf first) at `wall` as a server node's or an agent's SVID
+    /// of our trust domain, and returns its SPIFFE ID.
+    pub fn verify_member<C: AsRef<[u8]>>(
+        &self,
+        chain: &[C],
+        wall: wire::UnixTime,
+    ) -> Result<SpiffeId, PeerReject> {
+        let guard = self.current.read().unwrap_or_else(|p| p.into_inner());
+        let id = validate_x509_svid(chain, &*guard, wall).map_err(PeerReject::Svid)?;
+        let member = id.trust_domain() == guard.0
+            && (server_peer_id(&id, &guard.0).is_some()
+                || id.path().starts_with(AGENT_PATH_PREFIX));
+        if member {
+            Ok(id)
+        } else {
+            Err(PeerReject::NotAMember(id))
+        }
+    }
 }
 
 /// Why a peer's certificate was refused.
@@ -156,6 +183,12 @@ pub enum PeerReject {
     /// A valid SVID, but not a server node of our trust domain.
     #[error("{0} is not a server node of this trust domain")]
     NotAServer(SpiffeId),
+    /// A valid SVID, but neither a server node nor an agent of our trust domain.
+    #[error("{0} is neither a server node nor an agent of this trust domain")]
+    NotAMember(SpiffeId),
+    /// No trust store to verify against (a deferred verifier never accepts clients).
+    #[error("no trust store")]
+    NoTrust,
     /// A server node, but not the one dialled.
     #[error("reached node {got}, dialled node {expected}")]
     WrongNode {
@@ -225,6 +258,11 @@ impl TlsKey {
     /// The public key, DER `SubjectPublicKeyInfo` (what a CA mints the SVID for).
     pub fn public_key_der(&self) -> &[u8] {
         &self.spki_der
+    }
+
+    /// The PKCS#8 document, for writing this key to its 0600 file in the data directory.
+    pub(crate) fn pkcs8_der(&self) -> &[u8] {
+        &self.pkcs8
     }
 
     /// A signer over this key (e.g. for proof of possession).
@@ -326,7 +364,9 @@ impl ResolvesClientCert for IdentityCell {
 /// Verifies peers of either role: an X.509-SVID of a server node of our trust domain under the
 /// current bundle; as a client, also the node dialled.
 pub(crate) struct PeerVerifier {
-    trust: Arc<TrustStore>,
+    /// `None`: [`ServerTrust::Pinned`] — any server certificate passes the handshake (its
+    /// signature is still checked) and the caller verifies the chain afterwards.
+    trust: Option<Arc<TrustStore>>,
     env: Arc<dyn Env>,
     provider: Arc<CryptoProvider>,
     /// As a client: the node we dialled.
@@ -349,10 +389,20 @@ impl PeerVerifier {
         expected: Option<PeerId>,
     ) -> Arc<PeerVerifier> {
         Arc::new(PeerVerifier {
-            trust,
+            trust: Some(trust),
             env,
             provider,
             expected,
+        })
+    }
+
+    /// A client-side verifier for [`ServerTrust::Pinned`].
+    fn deferred(env: Arc<dyn Env>, provider: Arc<CryptoProvider>) -> Arc<PeerVerifier> {
+        Arc::new(PeerVerifier {
+            trust: None,
+            env,
+            provider,
+            expected: None,
         })
     }
 
@@ -364,7 +414,8 @@ impl PeerVerifier {
         let chain: Vec<&[u8]> = std::iter::once(end_entity.as_ref())
             .chain(intermediates.iter().map(|c| c.as_ref()))
             .collect();
-        let peer = self.trust.verify_server_peer(&chain, self.env.wall())?;
+        let trust = self.trust.as_ref().ok_or(PeerReject::NoTrust)?;
+        let peer = trust.verify_server_peer(&chain, self.env.wall())?;
         match self.expected {
             Some(expected) if expected != peer => Err(PeerReject::WrongNode {
                 expected,
@@ -398,6 +449,10 @@ impl ServerCertVerifier for PeerVerifier {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        if self.trust.is_none() {
+            // Deferred: the caller verifies the chain after the handshake.
+            return Ok(ServerCertVerified::assertion());
+        }
         match self.verify_chain(end_entity, intermediates) {
             Ok(_) => Ok(ServerCertVerified::assertion()),
             Err(e) => {
@@ -439,13 +494,26 @@ impl ClientCertVerifier for PeerVerifier {
         &[]
     }
 
+    /// Optional: node API callers with a credential in their request present no certificate.
+    /// The transport requires a server SVID on Raft connections after the handshake.
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
     fn verify_client_cert(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        match self.verify_chain(end_entity, intermediates) {
+        let chain: Vec<&[u8]> = std::iter::once(end_entity.as_ref())
+            .chain(intermediates.iter().map(|c| c.as_ref()))
+            .collect();
+        let verified = match &self.trust {
+            Some(trust) => trust.verify_member(&chain, self.env.wall()),
+            None => Err(PeerReject::NoTrust),
+        };
+        match verified {
             Ok(_) => Ok(ClientCertVerified::assertion()),
             Err(e) => {
                 tracing::debug!(error = %e, "refused client certificate");
@@ -481,8 +549,8 @@ impl ClientCertVerifier for PeerVerifier {
     }
 }
 
-/// The rustls server configuration: TLS 1.3, client certificates required and verified, the
-/// current identity, no resumption, no early data.
+/// The rustls server configuration: TLS 1.3, both ALPNs, client certificates optional but
+/// verified when presented, the current identity, no resumption, no early data.
 pub(crate) fn server_config(
     identity: Arc<IdentityCell>,
     trust: Arc<TrustStore>,
@@ -495,7 +563,7 @@ pub(crate) fn server_config(
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(identity);
-    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.alpn_protocols = vec![ALPN.to_vec(), wire::api::API_ALPN.to_vec()];
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
     config.max_early_data_size = 0;
@@ -529,6 +597,45 @@ pub(crate) fn client_config(
         .with_custom_certificate_verifier(verifier)
         .with_client_cert_resolver(identity);
     config.alpn_protocols = vec![ALPN.to_vec()];
+    config.resumption = rustls::client::Resumption::disabled();
+    config.enable_early_data = false;
+    Ok(config)
+}
+
+/// How a node API client judges the server it reached.
+#[derive(Debug, Clone)]
+pub enum ServerTrust {
+    /// Any server node of the trust store's trust domain, verified against its bundle.
+    Bundle(Arc<TrustStore>),
+    /// Not yet: the handshake proves only that the server holds the key of the certificate it
+    /// presented; the caller must verify that chain (kept by the connection) against a bundle it
+    /// trusts — e.g. one fetched over this connection and checked against a pinned hash —
+    /// before it sends anything secret.
+    Pinned,
+}
+
+/// The rustls client configuration of a node API client (ALPN [`wire::api::API_ALPN`]):
+/// presenting `identity` when given (an agent SVID), judging the server by `server`.
+pub fn api_client_config(
+    identity: Option<&NodeIdentity>,
+    server: &ServerTrust,
+    env: Arc<dyn Env>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let provider = provider();
+    let verifier = match server {
+        ServerTrust::Bundle(trust) => PeerVerifier::new(trust.clone(), env, provider.clone(), None),
+        ServerTrust::Pinned => PeerVerifier::deferred(env, provider.clone()),
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match identity {
+        Some(identity) => builder.with_client_cert_resolver(IdentityCell::new(identity)),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![wire::api::API_ALPN.to_vec()];
     config.resumption = rustls::client::Resumption::disabled();
     config.enable_early_data = false;
     Ok(config)
