@@ -37,6 +37,10 @@ struct Cluster {
 }
 
 async fn cluster(seed: u64, n: u64, staleness_max: Duration) -> Cluster {
+    cluster_with(seed, n, staleness_max, attest::keyring::KEY_TTL_DEFAULT).await
+}
+
+async fn cluster_with(seed: u64, n: u64, staleness_max: Duration, key_ttl: Duration) -> Cluster {
     let seed = Seed::from_u64(seed);
     raft::runtime::seed_this_thread(seed.child("raft"));
     let net = SimNet::new(seed, NetConfig::calm());
@@ -65,6 +69,7 @@ async fn cluster(seed: u64, n: u64, staleness_max: Duration) -> Cluster {
         }
         let mut cfg = ServerConfig::new(id, td.clone());
         cfg.issuer.staleness_max = staleness_max;
+        cfg.key_ttl = key_ttl;
         let dyn_env: Arc<dyn Env> = env.clone();
         nodes.insert(id, ServerNode::start(cfg, dyn_env, replica));
         envs.insert(id, env);
@@ -211,6 +216,95 @@ fn a_partitioned_node_issues_until_staleness_max_then_refuses() {
         c.net.heal();
         let back = wait_until(Duration::from_secs(10), || issue(&c, 3).is_ok()).await;
         assert!(back, "after heal the node issues again");
+        for n in c.nodes.values() {
+            n.stop();
+        }
+    });
+}
+
+#[test]
+fn short_ttl_rotation_publishes_before_use_and_prunes_after_expiry() {
+    // CA keys live 2 minutes, so 15 simulated minutes see ~9 rotations per node; every node
+    // issues an X.509-SVID (capped at its CA's NotAfter) every second.
+    block_on(async {
+        let key_ttl = Duration::from_secs(120);
+        let c = cluster_with(23, 3, Duration::from_secs(600), key_ttl).await;
+        assert!(
+            wait_until(Duration::from_secs(20), || c
+                .nodes
+                .values()
+                .all(|n| n.has_active_ca()))
+            .await
+        );
+        register(&c).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let td: TrustDomain = "sim.test".parse().expect("td");
+        let mut issued: Vec<(u64, Vec<u8>, UnixTime, UnixTime)> = Vec::new();
+        let mut authorities_seen = BTreeSet::new();
+        let mut most_in_bundle = 0;
+        for second in 0..15 * 60 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            for id in 1..=3u64 {
+                let wall = c.envs[&id].wall();
+                let cert = issue(&c, id).unwrap_or_else(|e| panic!("node {id}: {e}"));
+                // Published before use: it chains to the issuing node's applied bundle.
+                validate_x509_svid(
+                    &[cert.as_slice()],
+                    &(td.clone(), c.nodes[&id].bundle()),
+                    wall,
+                )
+                .expect("an SVID chains to its issuer's applied bundle when issued");
+                let not_after = attest::x509::not_after(&cert).expect("parse");
+                issued.push((id, cert, wall, not_after));
+            }
+            // Every 5 s: every SVID issued at least 2 s ago and still valid verifies against
+            // the bundle every node serves: no key left a bundle while its SVIDs were valid.
+            if second % 5 != 0 {
+                continue;
+            }
+            for node in 1..=3u64 {
+                let wall = c.envs[&node].wall();
+                let bundle = c.nodes[&node].bundle();
+                most_in_bundle = most_in_bundle.max(bundle.x509_authorities.len());
+                for a in &bundle.x509_authorities {
+                    authorities_seen.insert(a.cert_der.clone());
+                }
+                for (from, cert, at, not_after) in &issued {
+                    if wall.saturating_sub(Duration::from_secs(2)) < *at || *not_after <= wall {
+                        continue;
+                    }
+                    validate_x509_svid(&[cert.as_slice()], &(td.clone(), bundle.clone()), wall)
+                        .unwrap_or_else(|e| {
+                            panic!("an SVID from node {from} stopped verifying on node {node}: {e}")
+                        });
+                }
+            }
+            issued.retain(|(_, _, _, not_after)| *not_after > c.envs[&1].wall());
+        }
+        // Rotation happened, and pruning keeps the bundle bounded: each node holds its active
+        // key, the next one, and retired keys until NotAfter + 5 min grace — with a new key
+        // every ~100 s that is at most (120 + 300) / 100 + 2 ≈ 6 per node; allow 8.
+        assert!(
+            authorities_seen.len() >= 3 * 7,
+            "only {} CAs seen in 15 min with 2-min keys",
+            authorities_seen.len()
+        );
+        assert!(
+            most_in_bundle <= 3 * 8,
+            "bundles grew to {most_in_bundle} CAs: expired keys are not pruned"
+        );
+        let wall = c.envs[&1].wall();
+        for a in &c.nodes[&1].bundle().x509_authorities {
+            let na = attest::x509::not_after(&a.cert_der).expect("parse");
+            assert!(
+                na.saturating_add(Duration::from_secs(300 + 30)) > wall,
+                "a CA expired more than grace + 30 s ago is still in the bundle"
+            );
+        }
+        eprintln!(
+            "rotation: {} CAs seen, at most {most_in_bundle} in a bundle",
+            authorities_seen.len()
+        );
         for n in c.nodes.values() {
             n.stop();
         }
