@@ -9,6 +9,7 @@ pub mod logging;
 pub mod quic;
 pub mod serve;
 pub mod tls;
+pub mod unix_attest;
 
 pub use env::SystemEnv;
 pub use quic::{QuicConfig, QuicError, QuicStats, QuicTransport};
