@@ -50,13 +50,13 @@ use crate::Error;
 
 /// How long start-up waits for this node's first CA publication to commit.
 pub const FIRST_KEY_WAIT: Duration = Duration::from_secs(60);
-/// How often the QUIC trust store is refreshed from the replicated bundle.
-pub const TRUST_REFRESH: Duration = Duration::from_secs(5);
 /// How often membership (peer addresses, reconciliation) is looked at, besides every applied
 /// change.
 pub const MEMBERSHIP_TICK: Duration = Duration::from_secs(1);
 /// Longest wait for a new learner to catch up before it is promoted (retried after).
 pub const LEARNER_CATCH_UP_MAX: Duration = Duration::from_secs(60);
+/// A learner this close to the leader's last log index counts as caught up.
+pub const LEARNER_LAG_MAX: u64 = 8;
 /// How long a join request may take (it commits through Raft on the seed's side).
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
 /// A persisted server SVID is used at start-up only with at least this much life left.
@@ -220,7 +220,8 @@ pub async fn run_server(
                 detail: e.to_string(),
             })?,
     );
-    if cfg.bootstrap {
+    let has_log = replica.has_log(Duration::from_secs(2)).await;
+    if cfg.bootstrap && !has_log {
         let members = [(cfg.node_id, BasicNode::new(cfg.advertise.to_string()))].into();
         let created = replica.initialize(members).await.map_err(|e| Error::Os {
             what: "initializing the cluster",
@@ -229,7 +230,7 @@ pub async fn run_server(
         if created {
             tracing::info!(trust_domain = %cfg.trust_domain, node_id = cfg.node_id, "bootstrapped a new trust domain with this node as its first member");
         }
-    } else if cfg.join.is_none() && !replica.has_log(Duration::from_secs(2)).await {
+    } else if !cfg.bootstrap && cfg.join.is_none() && !has_log {
         replica.shutdown().await;
         return Err(Error::Config(
             "this node has no cluster state: set `bootstrap = true` on the first node of a new trust domain, or add a [join] section (token, seeds, bundle_sha256 from `sigil token generate --server` on a member) to join a cluster".into(),
@@ -485,8 +486,22 @@ fn membership<T: Transport>(
     (voters, learners, addrs, m.state == ServerState::Leader)
 }
 
+/// Whether learner `id` has replicated everything the leader had when asked (up to a margin of
+/// [`LEARNER_LAG_MAX`] entries).
+fn caught_up<T: Transport>(node: &ServerNode<T>, id: u64) -> bool {
+    let m = node.replica().raft().metrics();
+    let m = m.borrow();
+    let last = m.last_log_index.unwrap_or(0);
+    let matched = m
+        .replication
+        .as_ref()
+        .and_then(|r| r.get(&id).cloned().flatten())
+        .map(|l| l.index);
+    matched.is_some_and(|i| i.saturating_add(LEARNER_LAG_MAX) >= last)
+}
+
 /// As leader, takes one step towards the desired membership.
-async fn reconcile<T: Transport>(node: &ServerNode<T>) {
+async fn reconcile<T: Transport>(node: &ServerNode<T>, transport: &QuicTransport) {
     let (voters, learners, addrs, leader) = membership(node);
     if !leader {
         return;
@@ -511,17 +526,38 @@ async fn reconcile<T: Transport>(node: &ServerNode<T>) {
             return;
         }
         MembershipStep::AddLearner(r) => {
-            let add = raft.add_learner(r.node_id, BasicNode::new(r.addr.clone()), true);
-            match tokio::time::timeout(LEARNER_CATCH_UP_MAX, add).await {
-                Ok(r) => r.map(|_| ()).map_err(|e| e.to_string()),
-                Err(_) => Err("the new learner did not catch up in time".into()),
+            // Reachable before openraft starts replicating to it.
+            if let Ok(addr) = r.addr.parse::<SocketAddr>() {
+                transport.set_peer(r.node_id, addr);
+            }
+            match raft
+                .add_learner(r.node_id, BasicNode::new(r.addr.clone()), false)
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.to_string()),
             }
         }
-        MembershipStep::Promote(id) => raft
-            .change_membership(ChangeMembers::AddVoterIds([id].into()), false)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
+        MembershipStep::Promote(id) => {
+            // Promote only once the learner holds the log: a voter that cannot vote yet would
+            // shrink the margin of failures the cluster survives.
+            let caught = async {
+                while !caught_up(node, id) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            };
+            if tokio::time::timeout(LEARNER_CATCH_UP_MAX, caught)
+                .await
+                .is_err()
+            {
+                tracing::warn!(node = id, "the new learner has not caught up yet; it is promoted once it has (check that it is reachable)");
+                return;
+            }
+            raft.change_membership(ChangeMembers::AddVoterIds([id].into()), false)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
         MembershipStep::RemoveVoter(id) => raft
             .change_membership(ChangeMembers::RemoveVoters([id].into()), false)
             .await
@@ -580,7 +616,6 @@ async fn serve_quic<T: Transport>(
     late.set(transport.clone());
 
     let mut progress = node.replica().subscribe();
-    let mut last_trust = env.mono();
     let mut reconciling: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tokio::select! {
@@ -599,16 +634,18 @@ async fn serve_quic<T: Transport>(
         }
         if leader && reconciling.as_ref().is_none_or(|t| t.is_finished()) {
             let n = node.clone();
+            let t = transport.clone();
             #[allow(clippy::disallowed_methods)] // the production shell's tasks
-            let task = tokio::spawn(async move { reconcile(&n).await });
+            let task = tokio::spawn(async move { reconcile(&n, &t).await });
             reconciling = Some(task);
         }
-        if env.mono().saturating_since(last_trust) >= TRUST_REFRESH {
-            last_trust = env.mono();
-            let bundle = node.bundle();
-            if !bundle.x509_authorities.is_empty() {
-                trust.update(bundle);
-            }
+        // The trust store follows the applied bundle at once (a CA that became active here
+        // must be trusted by this node's own TLS before it signs with it).
+        let bundle = node.bundle();
+        if !bundle.x509_authorities.is_empty()
+            && bundle.x509_authorities != trust.bundle().x509_authorities
+        {
+            trust.update(bundle);
         }
         // Renew at half life, from this node's own CA.
         let renew_at = not_after.saturating_sub(SERVER_SVID_TTL / 2);
