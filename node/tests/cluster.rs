@@ -1010,6 +1010,45 @@ fn three_nodes_survive_leader_loss_and_keep_signing_without_quorum() {
         nodes[sigkilled].id,
         ms(heal_at.elapsed())
     );
+    // ---- 8. Remove the node that is still down (SIGTERMed in step 6): the desired membership
+    // shrinks, the leader demotes it, and both survivors see two voters and two servers. ----
+    let removed_id = new_leader;
+    let remove_at = Instant::now();
+    let out = nodes[li].sigil(&[
+        "cluster",
+        "remove-server",
+        &removed_id.to_string(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "remove-server {removed_id}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for node in pair {
+        poll(WAIT, || {
+            node.status().filter(|s| {
+                voters(s) == 2
+                    && servers(s) == 2
+                    && s["members"].as_array().is_some_and(|m| {
+                        m.iter().all(|m| m["node_id"].as_u64() != Some(removed_id))
+                    })
+            })
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "node {} did not drop node {removed_id} from the membership: {:?}",
+                node.id,
+                node.status()
+            )
+        });
+    }
+    let out = nodes[li].sigil(&["cluster", "remove-server", &removed_id.to_string()]);
+    assert!(!out.status.success(), "removing it twice fails");
+    eprintln!(
+        "removed node {removed_id}: both survivors see 2 voters and 2 servers after {} ms",
+        ms(remove_at.elapsed())
+    );
     eprintln!(
         "summary: election {} ms, longest signing gap across the leader kill {} ms, NoQuorum after {} ms, whole test {} ms",
         ms(election),

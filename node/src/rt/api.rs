@@ -201,6 +201,9 @@ pub enum ApiClientError {
     /// The server refused the request.
     #[error(transparent)]
     Api(#[from] ApiError),
+    /// The server failed the pinned-bundle check.
+    #[error("{0}")]
+    Pin(String),
     /// No answer in time.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
@@ -323,6 +326,41 @@ impl ApiClient {
         Ok(ApiStream {
             recv: self.open(request).await?,
         })
+    }
+
+    /// The trust domain's bundle as this server serves it, accepted only if its hash
+    /// ([`attest::bundle::bundle_sha256`]) is `pin` and the server's own certificate is a server
+    /// SVID of `td` under it — the first contact of a newcomer that has nothing but a pinned
+    /// hash (connected with [`ServerTrust::Pinned`]). Send secrets only after this succeeded.
+    pub async fn pinned_bundle(
+        &self,
+        td: &wire::TrustDomain,
+        pin: &str,
+        wall: wire::UnixTime,
+        timeout: Duration,
+    ) -> Result<wire::Bundle, ApiClientError> {
+        let bundle = match self.call(&ApiRequest::Bundle, timeout).await? {
+            ApiResponse::Bundle(b) => b,
+            other => {
+                return Err(ApiClientError::Protocol(format!(
+                    "unexpected answer {other:?}"
+                )))
+            }
+        };
+        let got = attest::bundle::bundle_sha256(&bundle);
+        if got != pin {
+            return Err(ApiClientError::Pin(format!(
+                "the server's bundle hash is {got}, the pinned one is {pin}: either the cluster rotated a CA since the hash was taken (take a new one with `sigil bundle show --hash`) or this is not the cluster you meant"
+            )));
+        }
+        super::tls::TrustStore::new(td.clone(), bundle.clone())
+            .verify_server_peer(&self.server_chain(), wall)
+            .map_err(|e| {
+                ApiClientError::Pin(format!(
+                    "the server's certificate does not verify against the pinned bundle ({e})"
+                ))
+            })?;
+        Ok(bundle)
     }
 
     /// Closes the connection and the local endpoint.

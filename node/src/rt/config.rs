@@ -192,13 +192,7 @@ impl ServerFileConfig {
                     .iter()
                     .map(|s| socket_addr(path, "join.seeds", s))
                     .collect::<Result<Vec<_>, _>>()?;
-                let hash = j.bundle_sha256.trim().to_ascii_lowercase();
-                if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Err(config_error(
-                        path,
-                        "join.bundle_sha256: 64 hex characters, from `sigil token generate --server` or `sigil bundle show --hash`",
-                    ));
-                }
+                let hash = bundle_hash(path, "join.bundle_sha256", &j.bundle_sha256)?;
                 Some(JoinConfig {
                     token: j.token,
                     seeds,
@@ -253,6 +247,134 @@ impl ServerFileConfig {
             );
         }
         Ok(cfg)
+    }
+}
+
+/// Default agent data directory.
+pub const AGENT_DATA_DIR_DEFAULT: &str = "/var/lib/sigil-agent";
+/// Default Workload API socket.
+pub const AGENT_SOCKET_DEFAULT: &str = "/run/sigil/agent.sock";
+
+/// A parsed, checked `agent.toml`:
+///
+/// ```toml
+/// trust_domain = "example.org"            # required
+/// servers = ["10.0.0.1:8443", "…"]        # required: server nodes' QUIC addresses
+/// data_dir = "/var/lib/sigil-agent"       # default; the agent's key and SVID (0600)
+/// socket_path = "/run/sigil/agent.sock"   # default; the Workload API (mode 0666)
+/// join_token = "…"                        # first start: from `sigil token generate`
+/// bundle_sha256 = "…"                     # first start: from `sigil bundle show --hash`
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct AgentFileConfig {
+    /// The trust domain.
+    pub trust_domain: TrustDomain,
+    /// Server nodes, any order (the agent prefers the lowest round-trip time).
+    pub servers: Vec<SocketAddr>,
+    /// Where the agent keeps its key and SVID.
+    pub data_dir: PathBuf,
+    /// The Workload API socket.
+    pub socket_path: PathBuf,
+    /// A single-use agent join token (a secret: never logged).
+    pub join_token: Option<String>,
+    /// The pinned bundle hash for the first contact.
+    pub bundle_sha256: Option<String>,
+}
+
+impl std::fmt::Debug for AgentFileConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentFileConfig")
+            .field("trust_domain", &self.trust_domain)
+            .field("servers", &self.servers)
+            .field("data_dir", &self.data_dir)
+            .field("socket_path", &self.socket_path)
+            .field(
+                "join_token",
+                &self.join_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("bundle_sha256", &self.bundle_sha256)
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    trust_domain: String,
+    servers: Vec<String>,
+    data_dir: Option<PathBuf>,
+    socket_path: Option<PathBuf>,
+    join_token: Option<String>,
+    bundle_sha256: Option<String>,
+}
+
+fn bundle_hash(path: &Path, name: &str, text: &str) -> Result<String, Error> {
+    let hash = text.trim().to_ascii_lowercase();
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(config_error(
+            path,
+            format!("{name}: 64 hex characters, from `sigil token generate` or `sigil bundle show --hash`"),
+        ));
+    }
+    Ok(hash)
+}
+
+impl AgentFileConfig {
+    /// Reads and checks the file at `path`.
+    pub fn load(path: &Path) -> Result<AgentFileConfig, Error> {
+        let meta = std::fs::metadata(path).map_err(|e| config_error(path, e))?;
+        if meta.len() > CONFIG_BYTES_MAX {
+            return Err(config_error(path, "larger than 1 MiB"));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| config_error(path, e))?;
+        AgentFileConfig::parse(path, &text)
+    }
+
+    /// Parses and checks `text` (`path` only labels errors).
+    pub fn parse(path: &Path, text: &str) -> Result<AgentFileConfig, Error> {
+        let raw: RawAgent = toml::from_str(text).map_err(|e| config_error(path, e.message()))?;
+        let trust_domain: TrustDomain = raw
+            .trust_domain
+            .parse()
+            .map_err(|e| config_error(path, format!("trust_domain: {e}")))?;
+        if raw.servers.is_empty() {
+            return Err(config_error(
+                path,
+                "servers: list at least one server node's address",
+            ));
+        }
+        let servers = raw
+            .servers
+            .iter()
+            .map(|s| socket_addr(path, "servers", s))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(t) = &raw.join_token {
+            if t.is_empty() || t.len() > wire::api::TOKEN_BYTES_MAX {
+                return Err(config_error(path, "join_token: empty or too long"));
+            }
+        }
+        let bundle_sha256 = match &raw.bundle_sha256 {
+            Some(h) => Some(bundle_hash(path, "bundle_sha256", h)?),
+            None => None,
+        };
+        if raw.join_token.is_some() && bundle_sha256.is_none() {
+            return Err(config_error(
+                path,
+                "bundle_sha256: required with join_token (the agent checks the cluster before it sends the token)",
+            ));
+        }
+        Ok(AgentFileConfig {
+            trust_domain,
+            servers,
+            data_dir: raw
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(AGENT_DATA_DIR_DEFAULT)),
+            socket_path: raw
+                .socket_path
+                .unwrap_or_else(|| PathBuf::from(AGENT_SOCKET_DEFAULT)),
+            join_token: raw.join_token,
+            bundle_sha256,
+        })
     }
 }
 
@@ -390,6 +512,35 @@ mod tests {
         assert_eq!(c.advertise.to_string(), "10.0.0.2:9000");
         let shown = format!("{c:?}");
         assert!(!shown.contains("secret-token"), "{shown}");
+    }
+
+    #[test]
+    fn agent_config() {
+        let p = Path::new("agent.toml");
+        let hash = "cd".repeat(32);
+        let c = AgentFileConfig::parse(
+            p,
+            &format!("trust_domain = \"a.org\"\nservers = [\"127.0.0.1:8443\"]\njoin_token = \"sekrit\"\nbundle_sha256 = \"{hash}\"\n"),
+        )
+        .expect("parse");
+        assert_eq!(c.data_dir, PathBuf::from(AGENT_DATA_DIR_DEFAULT));
+        assert_eq!(c.socket_path, PathBuf::from(AGENT_SOCKET_DEFAULT));
+        assert!(!format!("{c:?}").contains("sekrit"));
+        for (bad, needle) in [
+            ("trust_domain = \"a.org\"\nservers = []\n", "servers"),
+            ("trust_domain = \"a.org\"\nservers = [\"x\"]\n", "servers"),
+            (
+                "trust_domain = \"a.org\"\nservers = [\"127.0.0.1:1\"]\njoin_token = \"t\"\n",
+                "bundle_sha256",
+            ),
+            (
+                "trust_domain = \"a.org\"\nservers = [\"127.0.0.1:1\"]\nnope = 1\n",
+                "nope",
+            ),
+        ] {
+            let err = AgentFileConfig::parse(p, bad).expect_err(bad).to_string();
+            assert!(err.contains(needle), "{bad:?}: {err}");
+        }
     }
 
     #[test]

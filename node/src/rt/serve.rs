@@ -335,22 +335,15 @@ async fn join_via(
     .await
     .map_err(|e| fail(e.to_string()))?;
     let result = async {
-        let bundle = match client.call(&ApiRequest::Bundle, JOIN_TIMEOUT).await {
-            Ok(ApiResponse::Bundle(b)) => b,
-            Ok(other) => return Err(fail(format!("unexpected answer {other:?}"))),
-            Err(e) => return Err(fail(e.to_string())),
-        };
-        let got = attest::bundle::bundle_sha256(&bundle);
-        if got != join.bundle_sha256 {
-            return Err(Error::Config(format!(
-                "the seed's bundle hash is {got}, the pinned one is {}: either the cluster rotated a CA since the hash was taken (take a new one with `sigil bundle show --hash`) or this is not the cluster you meant — no token was sent",
-                join.bundle_sha256
-            )));
-        }
-        let trust = TrustStore::new(cfg.trust_domain.clone(), bundle.clone());
-        trust
-            .verify_server_peer(&client.server_chain(), env.wall())
-            .map_err(|e| fail(format!("the seed's certificate does not verify against the pinned bundle ({e}); no token was sent")))?;
+        client
+            .pinned_bundle(
+                &cfg.trust_domain,
+                &join.bundle_sha256,
+                env.wall(),
+                JOIN_TIMEOUT,
+            )
+            .await
+            .map_err(|e| Error::Config(format!("{e}; no token was sent")))?;
         let request = ApiRequest::JoinServer {
             token: join.token.clone(),
             node_id: cfg.node_id,
@@ -363,7 +356,9 @@ async fn join_via(
                 bundle,
                 servers,
             }) => {
-                let leaf = chain.first().ok_or_else(|| fail("empty certificate chain".into()))?;
+                let leaf = chain
+                    .first()
+                    .ok_or_else(|| fail("empty certificate chain".into()))?;
                 let id = TrustStore::new(cfg.trust_domain.clone(), bundle.clone())
                     .verify_server_peer(&chain, env.wall())
                     .map_err(|e| fail(format!("the server SVID received does not verify: {e}")))?;
