@@ -10,6 +10,7 @@ pub mod quic;
 pub mod serve;
 pub mod tls;
 pub mod unix_attest;
+pub mod workload_api;
 
 pub use env::SystemEnv;
 pub use quic::{QuicConfig, QuicError, QuicStats, QuicTransport};
