@@ -21,11 +21,14 @@ struct Cli {
     command: Option<Command>,
 }
 
-/// sigil's commands. `server`, `agent`, `dev` and `api` join this enum as they are built.
+/// sigil's commands. `dev` and `api` join this enum as they are built.
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run one server node (Raft member, CA, issuer, admin API) from a TOML config file.
     Server(ServerArgs),
+    /// Run the agent of this host (attests to the cluster, serves the SPIFFE Workload API) from
+    /// a TOML config file.
+    Agent(ServerArgs),
     /// A local cluster and agent in one command (not built yet: says so and exits).
     Dev,
     /// Registration entries: create, update, show, list, delete (admin socket).
@@ -41,16 +44,17 @@ enum Command {
     Healthcheck(cli::HealthcheckArgs),
 }
 
-/// `sigil server` options.
+/// `sigil server` and `sigil agent` options.
 #[derive(Debug, clap::Args)]
 struct ServerArgs {
-    /// The node's configuration file (see the README for every option and its default).
+    /// The configuration file (see the README for every option and its default).
     #[arg(long, value_name = "FILE")]
     config: std::path::PathBuf,
 }
 
-/// Runs a server node on a multi-threaded runtime until Ctrl-C or SIGTERM.
-fn run_server(args: ServerArgs) -> ExitCode {
+/// Runs a server node (or with `agent`, the agent) on a multi-threaded runtime until Ctrl-C or
+/// SIGTERM.
+fn run_server(args: ServerArgs, agent: bool) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -62,7 +66,14 @@ fn run_server(args: ServerArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(node::rt::serve::run_server_from_file(&args.config)) {
+    let run = async {
+        if agent {
+            node::rt::agent::run_agent_from_file(&args.config).await
+        } else {
+            node::rt::serve::run_server_from_file(&args.config).await
+        }
+    };
+    match runtime.block_on(run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -150,14 +161,14 @@ fn main() -> ExitCode {
     match cli.command {
         None => {
             eprintln!(
-                "sigil {}: no command given. Commands: server, entry, token, bundle, cluster, \
-                 healthcheck; `sigil agent` and `sigil dev` are not built yet. \
-                 See `sigil --help`.",
+                "sigil {}: no command given. Commands: server, agent, entry, token, bundle, \
+                 cluster, healthcheck; `sigil dev` is not built yet. See `sigil --help`.",
                 env!("CARGO_PKG_VERSION")
             );
             ExitCode::from(2)
         }
-        Some(Command::Server(args)) => run_server(args),
+        Some(Command::Server(args)) => run_server(args, false),
+        Some(Command::Agent(args)) => run_server(args, true),
         Some(Command::Dev) => {
             eprintln!(
                 "error: `sigil dev` is not built yet (it needs agents and the Workload API); \

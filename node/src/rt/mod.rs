@@ -2,6 +2,7 @@
 //! open sockets (each such call carries a scoped `#[allow(clippy::disallowed_methods)]`).
 
 pub mod admin;
+pub mod agent;
 pub mod api;
 pub mod config;
 pub mod env;

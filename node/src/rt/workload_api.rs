@@ -758,6 +758,9 @@ pub fn bind_workload_socket(path: &Path) -> Result<tokio::net::UnixListener, Err
     opened
 }
 
+/// Longest wait for Workload API connections to close after shutdown.
+pub const DRAIN_MAX: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Serves the Workload API from `source` on a Unix socket at `path` until `shutdown` completes.
 ///
 /// The socket gets mode 0666 ([`WORKLOAD_SOCKET_MODE`]): workloads of every uid connect, and
@@ -775,15 +778,32 @@ pub async fn serve_workload_api(
     let listener = bind_workload_socket(path)?;
     tracing::info!(socket = %path.display(), "Workload API listening");
     let incoming = tonic::codegen::tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
         shutdown.await;
         stopper.stop();
+        let _ = fired_tx.send(());
     };
     let served = tonic::transport::Server::builder()
         .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX)
         .add_service(service.into_server())
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
+        .serve_with_incoming_shutdown(incoming, shutdown);
+    // Clients that keep an idle connection open (or stopped running) must not hold the
+    // shutdown forever: after DRAIN_MAX the remaining connections are abandoned.
+    let drain_expired = async move {
+        if fired_rx.await.is_ok() {
+            tokio::time::sleep(DRAIN_MAX).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let served = tokio::select! {
+        r = served => r,
+        () = drain_expired => {
+            tracing::warn!(drain_secs = DRAIN_MAX.as_secs(), "Workload API clients did not disconnect in time; closing anyway");
+            Ok(())
+        }
+    };
     if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
         let _ = std::fs::remove_file(path);
     }

@@ -1,0 +1,687 @@
+//! `sigil agent`: one per host. It attests to the cluster (join token, first start only), keeps a
+//! node API connection to the reachable server with the lowest round-trip time, follows its
+//! view (entries and bundles, pushed by the server on every applied change), generates a key for
+//! every entry it may serve and has the server sign an X.509-SVID for the public half, renews
+//! every SVID (and its own) at half life, mints JWT-SVIDs on demand (cached per SPIFFE ID and
+//! audience until half life), and serves all of it through the SPIFFE Workload API.
+//!
+//! **Offline.** While no server is reachable the agent keeps serving what it holds (SVIDs stay
+//! valid until their `NotAfter`) and retries with backoff, preferring the fastest server again
+//! once it answers.
+//!
+//! **On disk** (`data_dir`, files mode 0600): the agent's key, its latest agent SVID and the
+//! latest bundle, so a restart needs no token while the agent SVID is valid. Workload keys live
+//! only in memory and go only to the workloads they belong to.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use wire::api::{AgentView, ApiRequest, ApiResponse, IssuedX509, SignX509, SIGN_BATCH_MAX};
+use wire::{Bundle, EntryId, Env, Selector, SpiffeId, TrustDomain, UnixTime};
+use zeroize::Zeroizing;
+
+use crate::rt::api::{ApiClient, ApiClientError, CONNECT_TIMEOUT};
+use crate::rt::config::AgentFileConfig;
+use crate::rt::serve::IdentityFiles;
+use crate::rt::tls::{NodeIdentity, ServerTrust, TlsKey, TrustStore};
+use crate::rt::unix_attest::UnixAttestConfig;
+use crate::rt::workload_api::{serve_workload_api, WorkloadJwt, WorkloadSource, WorkloadX509};
+use crate::rt::SystemEnv;
+use crate::Error;
+
+/// Longest wait for one node API call.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often SVID lifetimes are checked.
+pub const RENEW_TICK: Duration = Duration::from_secs(1);
+/// Backoff between rounds of connection attempts while no server answers: from this …
+pub const RECONNECT_MIN: Duration = Duration::from_millis(200);
+/// … doubling up to this.
+pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
+/// How often the agent looks for a faster server than the one it uses.
+pub const REPROBE_INTERVAL: Duration = Duration::from_secs(60);
+/// A stored agent SVID is reused at start-up only with at least this much life left.
+pub const SVID_REUSE_MIN: Duration = Duration::from_secs(60);
+
+/// Completes once `stop` turns true (holding no borrow while pending).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One workload SVID the agent holds.
+struct HeldSvid {
+    revision: u64,
+    spiffe_id: SpiffeId,
+    chain: Vec<Vec<u8>>,
+    key_pkcs8: Zeroizing<Vec<u8>>,
+    issued_at: UnixTime,
+    not_after: UnixTime,
+}
+
+/// A cached JWT-SVID.
+struct HeldJwt {
+    token: String,
+    issued_at: UnixTime,
+    expires_at: UnixTime,
+}
+
+/// The agent's identity towards the servers.
+struct AgentIdentity {
+    spiffe_id: SpiffeId,
+    identity: NodeIdentity,
+    issued_at: UnixTime,
+    not_after: UnixTime,
+}
+
+#[derive(Default)]
+struct Cache {
+    view: Option<AgentView>,
+    /// Our bundle when no view arrived yet (from attestation or the data dir).
+    bundle: Bundle,
+    svids: BTreeMap<EntryId, HeldSvid>,
+    jwts: BTreeMap<(SpiffeId, Vec<String>), HeldJwt>,
+}
+
+impl Cache {
+    fn bundle(&self) -> Bundle {
+        self.view
+            .as_ref()
+            .map(|v| v.bundle.clone())
+            .unwrap_or_else(|| self.bundle.clone())
+    }
+
+    /// Entries of the view whose selectors all hold for the workload.
+    fn matching(&self, selectors: &BTreeSet<Selector>) -> Vec<&wire::RegistrationEntry> {
+        self.view
+            .iter()
+            .flat_map(|v| v.entries.iter())
+            .filter(|e| e.matches(selectors))
+            .collect()
+    }
+}
+
+/// Half-life test: renew once `wall` passed the middle of `[issued_at, not_after]`.
+fn past_half_life(issued_at: UnixTime, not_after: UnixTime, wall: UnixTime) -> bool {
+    let life = not_after.saturating_since(issued_at);
+    wall >= issued_at.saturating_add(life / 2)
+}
+
+struct Inner {
+    cfg: AgentFileConfig,
+    env: Arc<dyn Env>,
+    files: IdentityFiles,
+    key: TlsKey,
+    me: Mutex<AgentIdentity>,
+    cache: Mutex<Cache>,
+    changes: watch::Sender<u64>,
+    /// The connection in use, if any.
+    client: Mutex<Option<ApiClient>>,
+}
+
+/// A running agent (cheap to clone).
+#[derive(Clone)]
+pub struct Agent {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("trust_domain", &self.inner.cfg.trust_domain)
+            .finish_non_exhaustive()
+    }
+}
+
+fn bundle_path(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("identity").join("bundle.json")
+}
+
+/// Attests with the join token through the first server that passes the pinned-bundle check.
+async fn attest_with_token(
+    cfg: &AgentFileConfig,
+    key: &TlsKey,
+    env: Arc<dyn Env>,
+) -> Result<(SpiffeId, Vec<Vec<u8>>, UnixTime, Bundle), Error> {
+    let (Some(token), Some(pin)) = (&cfg.join_token, &cfg.bundle_sha256) else {
+        return Err(Error::Config(
+            "this agent has no valid agent SVID (none yet, or it expired while the agent was down): generate a join token with `sigil token generate` on a server and set join_token and bundle_sha256 in agent.toml".into(),
+        ));
+    };
+    let mut errors = Vec::new();
+    for server in &cfg.servers {
+        let attempt = async {
+            let client = ApiClient::connect(
+                *server,
+                &ServerTrust::Pinned,
+                None,
+                env.clone(),
+                CONNECT_TIMEOUT,
+            )
+            .await?;
+            let result = async {
+                client
+                    .pinned_bundle(&cfg.trust_domain, pin, env.wall(), CALL_TIMEOUT)
+                    .await?;
+                let request = ApiRequest::AttestJoinToken {
+                    token: token.clone(),
+                    public_key_der: key.public_key_der().to_vec(),
+                };
+                client.call(&request, CALL_TIMEOUT).await
+            }
+            .await;
+            client.close().await;
+            result
+        };
+        match attempt.await {
+            Ok(ApiResponse::AgentSvid {
+                spiffe_id,
+                chain,
+                not_after,
+                bundle,
+            }) => return Ok((spiffe_id, chain, not_after, bundle)),
+            Ok(other) => errors.push(format!("{server}: unexpected answer {other:?}")),
+            Err(e) => {
+                tracing::warn!(%server, error = %e, "attestation through this server failed; trying the next");
+                errors.push(format!("{server}: {e}"));
+            }
+        }
+    }
+    Err(Error::Config(format!(
+        "could not attest this agent ({})",
+        errors.join("; ")
+    )))
+}
+
+impl Agent {
+    /// Establishes the agent's identity (stored, or a join-token attestation).
+    pub async fn start(cfg: AgentFileConfig, env: Arc<dyn Env>) -> Result<Agent, Error> {
+        let files = IdentityFiles::new(&cfg.data_dir);
+        let key = files.key()?;
+        let wall = env.wall();
+        let stored_bundle = std::fs::read(bundle_path(&cfg.data_dir))
+            .ok()
+            .and_then(|b| Bundle::from_json(&b).ok());
+        let stored = files
+            .svid()
+            .filter(|(_, na)| *na > wall.saturating_add(SVID_REUSE_MIN));
+        let (spiffe_id, chain, not_after, bundle) = match (stored, stored_bundle) {
+            (Some((chain, not_after)), Some(bundle)) => {
+                let id = attest::x509::validate_x509_svid(
+                    &chain,
+                    &(cfg.trust_domain.clone(), bundle.clone()),
+                    wall,
+                )
+                .map_err(|e| {
+                    Error::Config(format!(
+                        "the stored agent SVID does not verify ({e}); remove {} to attest again",
+                        cfg.data_dir.display()
+                    ))
+                })?;
+                tracing::info!(agent = %id, "using this agent's stored SVID");
+                (id, chain, not_after, bundle)
+            }
+            _ => {
+                let attested = attest_with_token(&cfg, &key, env.clone()).await?;
+                tracing::info!(agent = %attested.0, "attested with a join token");
+                files.store_svid(&attested.1, attested.2)?;
+                attested
+            }
+        };
+        let identity = NodeIdentity::new(chain, &key).map_err(|e| Error::Os {
+            what: "building the agent's TLS identity",
+            detail: e.to_string(),
+        })?;
+        let agent = Agent {
+            inner: Arc::new(Inner {
+                me: Mutex::new(AgentIdentity {
+                    spiffe_id,
+                    identity,
+                    issued_at: wall,
+                    not_after,
+                }),
+                cache: Mutex::new(Cache {
+                    bundle: bundle.clone(),
+                    ..Cache::default()
+                }),
+                changes: watch::channel(0).0,
+                client: Mutex::new(None),
+                cfg,
+                env,
+                files,
+                key,
+            }),
+        };
+        agent.store_bundle(&bundle);
+        Ok(agent)
+    }
+
+    /// The agent's SPIFFE ID.
+    pub fn spiffe_id(&self) -> SpiffeId {
+        lock(&self.inner.me).spiffe_id.clone()
+    }
+
+    /// Whether a server connection is up.
+    pub fn connected(&self) -> bool {
+        lock(&self.inner.client)
+            .as_ref()
+            .is_some_and(|c| !c.is_closed())
+    }
+
+    fn store_bundle(&self, bundle: &Bundle) {
+        let path = bundle_path(&self.inner.cfg.data_dir);
+        if let Err(e) = std::fs::write(&path, bundle.to_json()) {
+            tracing::warn!(error = %e, path = %path.display(), "could not store the bundle; a restart needs a join token again");
+        }
+    }
+
+    fn bump(&self) {
+        self.inner.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn trust(&self) -> Arc<TrustStore> {
+        TrustStore::new(
+            self.inner.cfg.trust_domain.clone(),
+            lock(&self.inner.cache).bundle(),
+        )
+    }
+
+    /// Connects to every server at once and keeps the fastest that accepts the agent.
+    async fn connect_best(&self) -> Option<ApiClient> {
+        let trust = ServerTrust::Bundle(self.trust());
+        let identity = lock(&self.inner.me).identity.clone();
+        // The production shell's tasks: every server is tried at once.
+        let mut attempts = tokio::task::JoinSet::new();
+        for addr in &self.inner.cfg.servers {
+            let trust = trust.clone();
+            let identity = identity.clone();
+            let env = self.inner.env.clone();
+            let addr = *addr;
+            attempts.spawn(async move {
+                let client =
+                    ApiClient::connect(addr, &trust, Some(&identity), env, CONNECT_TIMEOUT).await;
+                match client {
+                    // A round trip that also proves the server accepted our certificate.
+                    Ok(c) => match c.call(&ApiRequest::Sync, CALL_TIMEOUT).await {
+                        Ok(ApiResponse::View(_)) => Some(c),
+                        Ok(_) | Err(_) => {
+                            c.close().await;
+                            None
+                        }
+                    },
+                    Err(e) => {
+                        tracing::debug!(server = %addr, error = %e, "server unreachable");
+                        None
+                    }
+                }
+            });
+        }
+        let mut clients: Vec<ApiClient> = attempts.join_all().await.into_iter().flatten().collect();
+        clients.sort_by_key(ApiClient::rtt);
+        let mut it = clients.into_iter();
+        let best = it.next();
+        for other in it {
+            other.close().await;
+        }
+        if let Some(c) = &best {
+            tracing::info!(server = %c.addr(), rtt_us = c.rtt().as_micros(), "connected to the nearest server");
+        }
+        best
+    }
+
+    /// Applies a new view: drops SVIDs of entries that left it, signs the ones missing or
+    /// changed.
+    async fn apply_view(&self, client: &ApiClient, view: AgentView) -> Result<(), ApiClientError> {
+        let bundle_changed;
+        {
+            let mut cache = lock(&self.inner.cache);
+            let keep: BTreeSet<&EntryId> = view.entries.iter().map(|e| &e.id).collect();
+            cache.svids.retain(|id, _| keep.contains(id));
+            bundle_changed = cache.bundle() != view.bundle;
+            cache.view = Some(view.clone());
+            let ids: BTreeSet<SpiffeId> =
+                view.entries.iter().map(|e| e.spiffe_id.clone()).collect();
+            cache.jwts.retain(|(id, _), _| ids.contains(id));
+        }
+        if bundle_changed {
+            self.store_bundle(&view.bundle);
+        }
+        self.bump();
+        self.renew_svids(client).await
+    }
+
+    /// Signs SVIDs for entries without one, whose entry changed, or past half life.
+    async fn renew_svids(&self, client: &ApiClient) -> Result<(), ApiClientError> {
+        let wall = self.inner.env.wall();
+        let due: Vec<(EntryId, u64)> = {
+            let cache = lock(&self.inner.cache);
+            cache
+                .view
+                .iter()
+                .flat_map(|v| v.entries.iter())
+                .filter(|e| match cache.svids.get(&e.id) {
+                    None => true,
+                    Some(h) => {
+                        h.revision != e.revision || past_half_life(h.issued_at, h.not_after, wall)
+                    }
+                })
+                .map(|e| (e.id.clone(), e.revision))
+                .collect()
+        };
+        for batch in due.chunks(SIGN_BATCH_MAX) {
+            let mut keys = Vec::with_capacity(batch.len());
+            let mut requests = Vec::with_capacity(batch.len());
+            for (id, _) in batch {
+                let key = TlsKey::generate().map_err(|e| ApiClientError::Io(e.to_string()))?;
+                requests.push(SignX509 {
+                    entry_id: id.clone(),
+                    public_key_der: key.public_key_der().to_vec(),
+                });
+                keys.push(key);
+            }
+            let answer = client
+                .call(&ApiRequest::SignX509 { requests }, CALL_TIMEOUT)
+                .await?;
+            let ApiResponse::X509(results) = answer else {
+                return Err(ApiClientError::Protocol("expected X.509-SVIDs".into()));
+            };
+            let mut cache = lock(&self.inner.cache);
+            for (((_, revision), key), result) in batch.iter().zip(keys).zip(results) {
+                match result {
+                    Ok(IssuedX509 {
+                        entry_id,
+                        spiffe_id,
+                        chain,
+                        not_after,
+                    }) => {
+                        cache.svids.insert(
+                            entry_id,
+                            HeldSvid {
+                                revision: *revision,
+                                spiffe_id,
+                                chain,
+                                key_pkcs8: Zeroizing::new(key.pkcs8_der().to_vec()),
+                                issued_at: wall,
+                                not_after,
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the server refused an SVID; retried on the next view or renewal")
+                    }
+                }
+            }
+        }
+        if !due.is_empty() {
+            self.bump();
+        }
+        Ok(())
+    }
+
+    /// Renews the agent's own SVID at half life; `true` when it changed (reconnect with it).
+    async fn renew_self(&self, client: &ApiClient) -> Result<bool, ApiClientError> {
+        let wall = self.inner.env.wall();
+        let due = {
+            let me = lock(&self.inner.me);
+            past_half_life(me.issued_at, me.not_after, wall)
+        };
+        if !due {
+            return Ok(false);
+        }
+        let request = ApiRequest::RenewAgent {
+            public_key_der: self.inner.key.public_key_der().to_vec(),
+        };
+        let ApiResponse::AgentSvid {
+            chain, not_after, ..
+        } = client.call(&request, CALL_TIMEOUT).await?
+        else {
+            return Err(ApiClientError::Protocol("expected an agent SVID".into()));
+        };
+        let identity = NodeIdentity::new(chain.clone(), &self.inner.key)
+            .map_err(|e| ApiClientError::Protocol(e.to_string()))?;
+        if let Err(e) = self.inner.files.store_svid(&chain, not_after) {
+            tracing::warn!(error = %e, "could not store the renewed agent SVID");
+        }
+        let mut me = lock(&self.inner.me);
+        me.identity = identity;
+        me.issued_at = wall;
+        me.not_after = not_after;
+        tracing::info!("renewed the agent SVID");
+        Ok(true)
+    }
+
+    /// Follows one server until its stream fails or the agent must reconnect.
+    async fn follow(
+        &self,
+        client: &ApiClient,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), ApiClientError> {
+        let mut stream = client.stream(&ApiRequest::Watch).await?;
+        let mut tick = tokio::time::interval(RENEW_TICK);
+        let started = self.inner.env.mono();
+        loop {
+            tokio::select! {
+                () = stopped(stop) => return Ok(()),
+                next = stream.next() => match next {
+                    Some(Ok(ApiResponse::View(view))) => self.apply_view(client, view).await?,
+                    Some(Ok(other)) => return Err(ApiClientError::Protocol(format!("unexpected {other:?}"))),
+                    Some(Err(e)) => return Err(e),
+                    None => return Err(ApiClientError::Io("the server ended the watch".into())),
+                },
+                _ = tick.tick() => {
+                    self.renew_svids(client).await?;
+                    if self.renew_self(client).await? {
+                        return Ok(()); // reconnect with the new SVID
+                    }
+                    if self.inner.env.mono().saturating_since(started) >= REPROBE_INTERVAL && self.inner.cfg.servers.len() > 1 {
+                        return Ok(()); // look for a faster server
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs the connection loop until `stop` turns true.
+    async fn run(&self, mut stop: watch::Receiver<bool>) {
+        let mut backoff = RECONNECT_MIN;
+        while !*stop.borrow() {
+            let Some(client) = self.connect_best().await else {
+                tracing::warn!(retry_ms = backoff.as_millis(), "no server reachable; serving cached SVIDs until one answers (check the servers list and the network)");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    () = stopped(&mut stop) => break,
+                }
+                backoff = (backoff * 2).min(RECONNECT_MAX);
+                continue;
+            };
+            backoff = RECONNECT_MIN;
+            *lock(&self.inner.client) = Some(client.clone());
+            if let Err(e) = self.follow(&client, &mut stop).await {
+                tracing::warn!(server = %client.addr(), error = %e, "lost the server; failing over");
+            }
+            *lock(&self.inner.client) = None;
+            client.close().await;
+        }
+    }
+
+    async fn mint_jwt(
+        &self,
+        entry_id: EntryId,
+        audience: Vec<String>,
+    ) -> Result<(String, UnixTime), tonic::Status> {
+        let client = lock(&self.inner.client).clone().ok_or_else(|| {
+            tonic::Status::unavailable("no server reachable to mint a JWT-SVID; retry")
+        })?;
+        match client
+            .call(&ApiRequest::MintJwt { entry_id, audience }, CALL_TIMEOUT)
+            .await
+        {
+            Ok(ApiResponse::Jwt { token, expires_at }) => Ok((token, expires_at)),
+            Ok(other) => Err(tonic::Status::internal(format!(
+                "unexpected answer {other:?}"
+            ))),
+            Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+        }
+    }
+}
+
+impl WorkloadSource for Agent {
+    fn trust_domain(&self) -> TrustDomain {
+        self.inner.cfg.trust_domain.clone()
+    }
+
+    fn x509_svids(&self, selectors: &BTreeSet<Selector>) -> Vec<WorkloadX509> {
+        let cache = lock(&self.inner.cache);
+        let wall = self.inner.env.wall();
+        cache
+            .matching(selectors)
+            .into_iter()
+            .filter_map(|e| {
+                let held = cache.svids.get(&e.id)?;
+                (held.not_after > wall).then(|| WorkloadX509 {
+                    spiffe_id: held.spiffe_id.clone(),
+                    chain: held.chain.clone(),
+                    key_pkcs8: held.key_pkcs8.clone(),
+                    hint: e.hint.clone(),
+                })
+            })
+            .collect()
+    }
+
+    fn bundles(&self) -> (Bundle, Vec<(TrustDomain, Bundle)>) {
+        let cache = lock(&self.inner.cache);
+        let federated = cache
+            .view
+            .as_ref()
+            .map(|v| v.federated.clone())
+            .unwrap_or_default();
+        (cache.bundle(), federated)
+    }
+
+    fn jwt_svids(
+        &self,
+        selectors: &BTreeSet<Selector>,
+        audience: Vec<String>,
+        spiffe_id: Option<SpiffeId>,
+    ) -> std::pin::Pin<
+        Box<dyn Future<Output = Result<Vec<WorkloadJwt>, tonic::Status>> + Send + 'static>,
+    > {
+        let agent = self.clone();
+        let mut audience = audience;
+        audience.sort();
+        audience.dedup();
+        let wanted: Vec<(EntryId, SpiffeId, String)> = {
+            let cache = lock(&self.inner.cache);
+            let mut seen = BTreeSet::new();
+            cache
+                .matching(selectors)
+                .into_iter()
+                .filter(|e| spiffe_id.as_ref().is_none_or(|id| *id == e.spiffe_id))
+                .filter(|e| seen.insert(e.spiffe_id.clone()))
+                .map(|e| (e.id.clone(), e.spiffe_id.clone(), e.hint.clone()))
+                .collect()
+        };
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(wanted.len());
+            for (entry_id, id, hint) in wanted {
+                let wall = agent.inner.env.wall();
+                let key = (id.clone(), audience.clone());
+                let cached = lock(&agent.inner.cache)
+                    .jwts
+                    .get(&key)
+                    .filter(|j| !past_half_life(j.issued_at, j.expires_at, wall))
+                    .map(|j| j.token.clone());
+                let token = match cached {
+                    Some(t) => t,
+                    None => {
+                        let (token, expires_at) =
+                            agent.mint_jwt(entry_id, audience.clone()).await?;
+                        lock(&agent.inner.cache).jwts.insert(
+                            key,
+                            HeldJwt {
+                                token: token.clone(),
+                                issued_at: wall,
+                                expires_at,
+                            },
+                        );
+                        token
+                    }
+                };
+                out.push(WorkloadJwt {
+                    spiffe_id: id,
+                    token,
+                    hint,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+}
+
+/// Runs an agent from `agent.toml` until `shutdown` completes.
+pub async fn run_agent(
+    cfg: AgentFileConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let env: Arc<dyn Env> = Arc::new(SystemEnv::new()?);
+    let agent = Agent::start(cfg.clone(), env).await?;
+    tracing::info!(agent = %agent.spiffe_id(), socket = %cfg.socket_path.display(), "agent running");
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let runner = {
+        let agent = agent.clone();
+        let stop = stop_rx.clone();
+        #[allow(clippy::disallowed_methods)] // the production shell's tasks
+        tokio::spawn(async move { agent.run(stop).await })
+    };
+    let mut api_stop = stop_rx.clone();
+    let served = serve_workload_api(
+        &cfg.socket_path,
+        Arc::new(agent.clone()),
+        UnixAttestConfig::default(),
+        async move {
+            let _ = api_stop.wait_for(|s| *s).await;
+        },
+    );
+    tokio::pin!(served);
+    tokio::pin!(shutdown);
+    let result = tokio::select! {
+        r = &mut served => r,
+        () = &mut shutdown => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+    };
+    stop_tx.send_replace(true);
+    let _ = (&mut served).await;
+    let _ = runner.await;
+    result
+}
+
+/// Loads `path` and runs the agent until Ctrl-C or SIGTERM.
+pub async fn run_agent_from_file(path: &Path) -> Result<(), Error> {
+    let cfg = AgentFileConfig::load(path)?;
+    run_agent(cfg, crate::rt::serve::shutdown_signal()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_life() {
+        let t = |s| UnixTime::from_secs(s);
+        assert!(!past_half_life(t(100), t(200), t(149)));
+        assert!(past_half_life(t(100), t(200), t(150)));
+        assert!(past_half_life(t(100), t(100), t(100)));
+    }
+}

@@ -1,0 +1,319 @@
+//! `sigil agent` end to end: a real `sigil server` and a real `sigil agent` process; the standard
+//! rust `spiffe` client fetches an X.509-SVID and a JWT-SVID from the agent's Workload API
+//! socket, validates the JWT, sees a wrong audience refused, receives a newly created entry
+//! without restarting anything, and loses an identity whose entry was deleted.
+
+#![allow(clippy::disallowed_methods)] // tests run their own runtime, processes and wall-clock deadlines
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use spiffe::WorkloadApiClient;
+
+const TD: &str = "agent.test";
+const WAIT: Duration = Duration::from_secs(30);
+
+fn sigil(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sigil"))
+        .args(args)
+        .output()
+        .expect("run sigil")
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON output")
+}
+
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+/// A child process killed on drop; its stderr goes to `log`.
+struct Proc {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn start(what: &str, config: &Path, log: PathBuf) -> Proc {
+        let err = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_sigil"))
+            .args([what, "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .expect("spawn sigil");
+        Proc {
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// SIGTERM; true if it exits with 0 within 20 s.
+    fn terminate(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let ok = wait_for(Duration::from_secs(20), || {
+            matches!(child.try_wait(), Ok(Some(_)))
+        });
+        if !ok {
+            let _ = child.kill();
+            let _ = child.wait();
+            return false;
+        }
+        child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn my_uid() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|r| r.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .expect("uid")
+}
+
+fn create_entry(sock: &str, spiffe_id: &str, parent: &str, uid: u32) -> String {
+    let out = json(&sigil(&[
+        "entry",
+        "create",
+        "--admin-socket",
+        sock,
+        "--spiffe-id",
+        spiffe_id,
+        "--parent-id",
+        parent,
+        "--selector",
+        &format!("unix:uid:{uid}"),
+        "--json",
+    ]));
+    out["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("entry id in {out}"))
+        .to_owned()
+}
+
+#[test]
+fn agent_serves_the_workload_api_to_a_standard_client() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let admin = dir.path().join("admin.sock");
+    let sock = admin.to_str().expect("utf8").to_owned();
+    let port = free_port();
+    let server_cfg = dir.path().join("server.toml");
+    std::fs::write(
+        &server_cfg,
+        format!(
+            "trust_domain = \"{TD}\"\nnode_id = 1\ndata_dir = \"{}\"\nbind = \"127.0.0.1:{port}\"\n\
+             admin_socket = \"{sock}\"\nbootstrap = true\n",
+            dir.path().join("server").display()
+        ),
+    )
+    .expect("server config");
+    let mut server = Proc::start("server", &server_cfg, dir.path().join("server.log"));
+    assert!(
+        wait_for(WAIT, || sigil(&[
+            "bundle",
+            "show",
+            "--hash",
+            "--admin-socket",
+            &sock
+        ])
+        .status
+        .success()),
+        "server up with a CA: {}",
+        server.log()
+    );
+    let hash =
+        String::from_utf8(sigil(&["bundle", "show", "--hash", "--admin-socket", &sock]).stdout)
+            .expect("utf8")
+            .trim()
+            .to_owned();
+    let token = json(&sigil(&[
+        "token",
+        "generate",
+        "--json",
+        "--admin-socket",
+        &sock,
+    ]));
+    let agent_id = token["agent_spiffe_id"]
+        .as_str()
+        .expect("agent id")
+        .to_owned();
+    let workload_sock = dir.path().join("agent.sock");
+    let agent_cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &agent_cfg,
+        format!(
+            "trust_domain = \"{TD}\"\nservers = [\"127.0.0.1:{port}\"]\ndata_dir = \"{}\"\n\
+             socket_path = \"{}\"\njoin_token = \"{}\"\nbundle_sha256 = \"{hash}\"\n",
+            dir.path().join("agent").display(),
+            workload_sock.display(),
+            token["token"].as_str().expect("token"),
+        ),
+    )
+    .expect("agent config");
+    let uid = my_uid();
+    let first = create_entry(&sock, &format!("spiffe://{TD}/me"), &agent_id, uid);
+    let mut agent = Proc::start("agent", &agent_cfg, dir.path().join("agent.log"));
+    assert!(
+        wait_for(WAIT, || workload_sock.exists()),
+        "agent socket: {}",
+        agent.log()
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let endpoint = format!("unix:{}", workload_sock.display());
+        let client = tokio::time::timeout(WAIT, WorkloadApiClient::connect_to(endpoint))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        // The first SVID arrives once the agent has followed its view and had it signed.
+        let start = Instant::now();
+        let svid = loop {
+            match client.fetch_x509_svid().await {
+                Ok(s) => break s,
+                Err(e) if start.elapsed() < WAIT => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!(
+                    "no X.509-SVID within {WAIT:?}: {e}; agent log:\n{}",
+                    agent.log()
+                ),
+            }
+        };
+        assert_eq!(svid.spiffe_id().to_string(), format!("spiffe://{TD}/me"));
+        eprintln!("first X.509-SVID after {} ms", start.elapsed().as_millis());
+
+        let jwt = client.fetch_jwt_svid(["db"], None).await.expect("JWT-SVID");
+        assert_eq!(jwt.spiffe_id().to_string(), format!("spiffe://{TD}/me"));
+        let validated = client
+            .validate_jwt_token("db", jwt.token())
+            .await
+            .expect("valid for its audience");
+        assert_eq!(validated.spiffe_id(), jwt.spiffe_id());
+        assert!(
+            client
+                .validate_jwt_token("other", jwt.token())
+                .await
+                .is_err(),
+            "a wrong audience is refused"
+        );
+        // A cache hit: same token for the same audience.
+        let again = client.fetch_jwt_svid(["db"], None).await.expect("JWT-SVID");
+        assert_eq!(again.token(), jwt.token());
+
+        // Push: an entry created now reaches the waiting workload without polling intervals.
+        let created_at = Instant::now();
+        create_entry(&sock, &format!("spiffe://{TD}/second"), &agent_id, uid);
+        let arrived = loop {
+            let svids = client.fetch_all_x509_svids().await.unwrap_or_default();
+            if svids
+                .iter()
+                .any(|s| s.spiffe_id().to_string() == format!("spiffe://{TD}/second"))
+            {
+                break created_at.elapsed();
+            }
+            assert!(created_at.elapsed() < WAIT, "the new entry never arrived");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        eprintln!(
+            "entry created with the CLI → SVID at the workload: {} ms (includes the CLI process)",
+            arrived.as_millis()
+        );
+
+        // Delete both entries: the workload loses its identity.
+        let second_id = json(&sigil(&[
+            "entry",
+            "list",
+            "--spiffe-id",
+            &format!("spiffe://{TD}/second"),
+            "--json",
+            "--admin-socket",
+            &sock,
+        ]))["entries"][0]["id"]
+            .as_str()
+            .map(str::to_owned);
+        let mut ids = vec![first.clone()];
+        ids.extend(second_id);
+        let mut args = vec!["entry", "delete", "--admin-socket", sock.as_str()];
+        for id in &ids {
+            args.extend(["--entry-id", id.as_str()]);
+        }
+        let out = sigil(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let start = Instant::now();
+        loop {
+            if client.fetch_x509_svid().await.is_err() {
+                break;
+            }
+            assert!(start.elapsed() < WAIT, "deleted entries are still served");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        eprintln!(
+            "identity gone {} ms after the delete",
+            start.elapsed().as_millis()
+        );
+    });
+
+    assert!(
+        agent.terminate(),
+        "agent exits cleanly on SIGTERM: {}",
+        agent.log()
+    );
+    assert!(
+        !workload_sock.exists(),
+        "the Workload API socket is removed"
+    );
+    assert!(server.terminate(), "server exits cleanly");
+}
