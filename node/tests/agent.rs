@@ -317,3 +317,242 @@ fn agent_serves_the_workload_api_to_a_standard_client() {
     );
     assert!(server.terminate(), "server exits cleanly");
 }
+
+/// A server node process with its admin socket and QUIC address.
+struct Server {
+    proc: Proc,
+    admin: String,
+    addr: String,
+}
+
+fn start_server(dir: &Path, id: u64, join: Option<(&str, &str, &str)>) -> Server {
+    let port = free_port();
+    let admin = dir.join(format!("admin-{id}.sock"));
+    let admin = admin.to_str().expect("utf8").to_owned();
+    let mut text = format!(
+        "trust_domain = \"{TD}\"\nnode_id = {id}\ndata_dir = \"{}\"\nbind = \"127.0.0.1:{port}\"\n\
+         admin_socket = \"{admin}\"\n",
+        dir.join(format!("server-{id}")).display()
+    );
+    match join {
+        None => text.push_str("bootstrap = true\n"),
+        Some((token, seed, hash)) => text.push_str(&format!(
+            "[join]\ntoken = \"{token}\"\nseeds = [\"{seed}\"]\nbundle_sha256 = \"{hash}\"\n"
+        )),
+    }
+    let cfg = dir.join(format!("server-{id}.toml"));
+    std::fs::write(&cfg, text).expect("server config");
+    Server {
+        proc: Proc::start("server", &cfg, dir.join(format!("server-{id}.log"))),
+        admin,
+        addr: format!("127.0.0.1:{port}"),
+    }
+}
+
+/// X.509 CAs in the bundle served by `admin`.
+fn ca_count(admin: &str) -> usize {
+    let out = sigil(&[
+        "bundle",
+        "show",
+        "--format",
+        "spiffe",
+        "--admin-socket",
+        admin,
+    ]);
+    if !out.status.success() {
+        return 0;
+    }
+    let b: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    b["keys"]
+        .as_array()
+        .map(|k| k.iter().filter(|k| k["use"] == "x509-svid").count())
+        .unwrap_or(0)
+}
+
+/// The server the agent's log says it connected to last.
+fn agent_server(agent: &Proc) -> Option<String> {
+    agent
+        .log()
+        .lines()
+        .rev()
+        .find(|l| l.contains("connected to the nearest server"))
+        .and_then(|l| l.split("server=").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .map(str::to_owned)
+}
+
+#[test]
+fn agent_fails_over_and_serves_from_cache_without_servers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let mut servers = vec![start_server(d, 1, None)];
+    assert!(
+        wait_for(WAIT, || ca_count(&servers[0].admin) == 1),
+        "bootstrap: {}",
+        servers[0].proc.log()
+    );
+    for id in 2..=3u64 {
+        let token = json(&sigil(&[
+            "token",
+            "generate",
+            "--server",
+            "--json",
+            "--admin-socket",
+            &servers[0].admin,
+        ]));
+        let seed = servers[0].addr.clone();
+        let joined = start_server(
+            d,
+            id,
+            Some((
+                token["token"].as_str().expect("token"),
+                &seed,
+                token["bundle_sha256"].as_str().expect("hash"),
+            )),
+        );
+        servers.push(joined);
+        let n = servers.len();
+        assert!(
+            wait_for(WAIT, || ca_count(&servers[0].admin) == n),
+            "node {id} joined and published its CA: {}",
+            servers[n - 1].proc.log()
+        );
+    }
+    let hash = String::from_utf8(
+        sigil(&[
+            "bundle",
+            "show",
+            "--hash",
+            "--admin-socket",
+            &servers[0].admin,
+        ])
+        .stdout,
+    )
+    .expect("utf8")
+    .trim()
+    .to_owned();
+    let token = json(&sigil(&[
+        "token",
+        "generate",
+        "--json",
+        "--admin-socket",
+        &servers[0].admin,
+    ]));
+    let agent_id = token["agent_spiffe_id"]
+        .as_str()
+        .expect("agent id")
+        .to_owned();
+    let uid = my_uid();
+    create_entry(
+        &servers[0].admin,
+        &format!("spiffe://{TD}/me"),
+        &agent_id,
+        uid,
+    );
+    let workload_sock = d.join("agent.sock");
+    let list: Vec<String> = servers.iter().map(|s| format!("\"{}\"", s.addr)).collect();
+    let agent_cfg = d.join("agent.toml");
+    std::fs::write(
+        &agent_cfg,
+        format!(
+            "trust_domain = \"{TD}\"\nservers = [{}]\ndata_dir = \"{}\"\nsocket_path = \"{}\"\n\
+             join_token = \"{}\"\nbundle_sha256 = \"{hash}\"\n",
+            list.join(", "),
+            d.join("agent").display(),
+            workload_sock.display(),
+            token["token"].as_str().expect("token"),
+        ),
+    )
+    .expect("agent config");
+    let mut agent = Proc::start("agent", &agent_cfg, d.join("agent.log"));
+    assert!(wait_for(WAIT, || workload_sock.exists()), "{}", agent.log());
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let endpoint = format!("unix:{}", workload_sock.display());
+        let client = tokio::time::timeout(WAIT, WorkloadApiClient::connect_to(endpoint))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        let start = Instant::now();
+        while client.fetch_x509_svid().await.is_err() {
+            assert!(start.elapsed() < WAIT, "first SVID: {}", agent.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Kill the server the agent uses; the workload keeps its SVID the whole time and the
+        // agent moves to another server.
+        let used = agent_server(&agent).expect("the agent logged its server");
+        let victim = servers
+            .iter_mut()
+            .find(|s| s.addr == used)
+            .expect("a configured server");
+        if let Some(mut child) = victim.proc.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let killed_at = Instant::now();
+        let mut fetches = 0;
+        let moved = loop {
+            let svid = client.fetch_x509_svid().await;
+            assert!(svid.is_ok(), "the workload kept a valid SVID: {svid:?}");
+            fetches += 1;
+            match agent_server(&agent) {
+                Some(now) if now != used => break now,
+                _ => {}
+            }
+            assert!(
+                killed_at.elapsed() < WAIT,
+                "the agent did not fail over: {}",
+                agent.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        eprintln!(
+            "failover from {used} to {moved} in {} ms; {fetches} fetches meanwhile, all served",
+            killed_at.elapsed().as_millis()
+        );
+        // The new connection works: a new entry arrives through it.
+        let alive = servers
+            .iter()
+            .find(|s| s.addr == moved)
+            .expect("the new server");
+        create_entry(
+            &alive.admin,
+            &format!("spiffe://{TD}/after"),
+            &agent_id,
+            uid,
+        );
+        let start = Instant::now();
+        loop {
+            let all = client.fetch_all_x509_svids().await.unwrap_or_default();
+            if all
+                .iter()
+                .any(|s| s.spiffe_id().to_string() == format!("spiffe://{TD}/after"))
+            {
+                break;
+            }
+            assert!(start.elapsed() < WAIT, "entry after failover never arrived");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Every server down: the workload is still served from the agent's cache.
+        for s in &mut servers {
+            if let Some(mut child) = s.proc.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let all = client
+            .fetch_all_x509_svids()
+            .await
+            .expect("cached SVIDs with no server");
+        assert_eq!(all.len(), 2, "both cached SVIDs are served");
+        let jwt = client.fetch_jwt_svid(["cached"], None).await;
+        assert!(jwt.is_err(), "a new JWT-SVID needs a server");
+        eprintln!("all servers down: {} cached SVIDs still served", all.len());
+    });
+    assert!(agent.terminate(), "agent exits cleanly: {}", agent.log());
+}

@@ -41,6 +41,8 @@ pub const RENEW_TICK: Duration = Duration::from_secs(1);
 pub const RECONNECT_MIN: Duration = Duration::from_millis(200);
 /// … doubling up to this.
 pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
+/// After the first server answers, how long the others may still answer faster.
+pub const RTT_GRACE: Duration = Duration::from_millis(200);
 /// How often the agent looks for a faster server than the one it uses.
 pub const REPROBE_INTERVAL: Duration = Duration::from_secs(60);
 /// A stored agent SVID is reused at start-up only with at least this much life left.
@@ -322,7 +324,32 @@ impl Agent {
                 }
             });
         }
-        let mut clients: Vec<ApiClient> = attempts.join_all().await.into_iter().flatten().collect();
+        // The first server to answer wins unless another answers within RTT_GRACE with a
+        // lower round-trip time; a dead server does not hold the choice up.
+        let mut clients: Vec<ApiClient> = Vec::new();
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let next = match deadline {
+                None => attempts.join_next().await,
+                Some(d) => match tokio::time::timeout_at(d, attempts.join_next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+            };
+            match next {
+                None => break,
+                Some(Ok(Some(client))) => {
+                    clients.push(client);
+                    if deadline.is_none() {
+                        #[allow(clippy::disallowed_methods)] // the production shell's clock
+                        let now = tokio::time::Instant::now();
+                        deadline = Some(now + RTT_GRACE);
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        attempts.abort_all();
         clients.sort_by_key(ApiClient::rtt);
         let mut it = clients.into_iter();
         let best = it.next();

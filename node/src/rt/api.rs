@@ -32,6 +32,11 @@ use super::tls::{api_client_config, NodeIdentity, ServerTrust, SERVER_NAME};
 pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Responses a handler may queue ahead of a slow reader.
 pub const RESPONSE_QUEUE: usize = 8;
+/// An [`ApiClient`] sends a keep-alive this often …
+pub const CLIENT_KEEP_ALIVE: Duration = Duration::from_millis(500);
+/// … and declares the server gone after this long without any packet from it (so an agent
+/// fails over within about this time after its server dies).
+pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest handshake of an [`ApiClient`] (default for [`ApiClient::connect`]).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -235,9 +240,9 @@ impl ApiClient {
         transport
             .max_concurrent_uni_streams(VarInt::from_u32(0))
             .max_concurrent_bidi_streams(VarInt::from_u32(0))
-            .keep_alive_interval(Some(Duration::from_secs(2)))
+            .keep_alive_interval(Some(CLIENT_KEEP_ALIVE))
             .max_idle_timeout(Some(
-                quinn::IdleTimeout::try_from(Duration::from_secs(10))
+                quinn::IdleTimeout::try_from(CLIENT_IDLE_TIMEOUT)
                     .map_err(|e| fail(e.to_string()))?,
             ));
         client.transport_config(Arc::new(transport));
