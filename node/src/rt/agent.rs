@@ -519,7 +519,12 @@ impl Agent {
         let mut backoff = RECONNECT_MIN;
         while !*stop.borrow() {
             let Some(client) = self.connect_best().await else {
-                tracing::warn!(retry_ms = backoff.as_millis(), "no server reachable; serving cached SVIDs until one answers (check the servers list and the network)");
+                let expired = lock(&self.inner.me).not_after <= self.inner.env.wall();
+                if expired {
+                    tracing::error!("this agent's SVID expired while no server was reachable: servers refuse it now; give the agent a new join token (join_token in agent.toml, from `sigil token generate`) and restart it — cached workload SVIDs are served until they expire");
+                } else {
+                    tracing::warn!(retry_ms = backoff.as_millis(), "no server reachable; serving cached SVIDs until one answers (check the servers list and the network)");
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     () = stopped(&mut stop) => break,
