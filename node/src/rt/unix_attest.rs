@@ -19,6 +19,56 @@ use std::path::{Path, PathBuf};
 
 use wire::Selector;
 
+/// Most executables whose hash is remembered.
+pub const HASH_CACHE_MAX: usize = 1024;
+
+/// A file's identity: device, inode, size, modification time (seconds, nanoseconds).
+type FileKey = (u64, u64, u64, i64, i64);
+
+/// Executable hashes remembered by file identity (device, inode, size, modification time), so
+/// a busy workload does not make the agent hash its executable on every call. Cheap to clone
+/// (shared).
+#[derive(Debug, Clone, Default)]
+pub struct HashCache {
+    map: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<FileKey, String>>>,
+}
+
+impl HashCache {
+    fn key(meta: &std::fs::Metadata) -> FileKey {
+        use std::os::unix::fs::MetadataExt;
+        (
+            meta.dev(),
+            meta.ino(),
+            meta.size(),
+            meta.mtime(),
+            meta.mtime_nsec(),
+        )
+    }
+
+    /// The hash of the file at `path` (at most `max` bytes), from the cache when its identity
+    /// is unchanged.
+    fn sha256(&self, path: &Path, max: u64) -> Option<String> {
+        let meta = std::fs::metadata(path).ok()?;
+        let key = HashCache::key(&meta);
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = map.get(&key) {
+            return Some(h.clone());
+        }
+        drop(map);
+        let hash = file_sha256(path, max)?;
+        // Keep it only if the file did not change while it was read.
+        let after = std::fs::metadata(path).ok()?;
+        if HashCache::key(&after) == key {
+            map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            if map.len() >= HASH_CACHE_MAX {
+                map.clear();
+            }
+            map.insert(key, hash.clone());
+        }
+        Some(hash)
+    }
+}
+
 /// Limits of unix attestation.
 #[derive(Debug, Clone)]
 pub struct UnixAttestConfig {
@@ -30,6 +80,8 @@ pub struct UnixAttestConfig {
     pub passwd: PathBuf,
     /// See `passwd`.
     pub group: PathBuf,
+    /// Remembered executable hashes.
+    pub hash_cache: HashCache,
 }
 
 impl Default for UnixAttestConfig {
@@ -39,6 +91,7 @@ impl Default for UnixAttestConfig {
             proc_root: PathBuf::from("/proc"),
             passwd: PathBuf::from("/etc/passwd"),
             group: PathBuf::from("/etc/group"),
+            hash_cache: HashCache::default(),
         }
     }
 }
@@ -159,7 +212,9 @@ pub fn attest(
         });
     }
     let exe = std::fs::read_link(proc_dir.join("exe")).ok();
-    let hash = file_sha256(&proc_dir.join("exe"), cfg.hash_bytes_max);
+    let hash = cfg
+        .hash_cache
+        .sha256(&proc_dir.join("exe"), cfg.hash_bytes_max);
     // Still the same process? Otherwise everything read above may describe another one.
     if start_time(&proc_dir) != Some(started) {
         return Err(UnixAttestError::Gone(pid));
@@ -265,6 +320,25 @@ mod tests {
         assert!(got
             .iter()
             .all(|s| !s.to_string().starts_with("unix:sha256:")));
+    }
+
+    #[test]
+    fn hashes_are_cached_by_file_identity() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let f = dir.path().join("bin");
+        std::fs::write(&f, b"one").expect("write");
+        let cache = HashCache::default();
+        let first = cache.sha256(&f, 1 << 20).expect("hash");
+        assert_eq!(first, attest::sha256_hex(b"one"));
+        assert_eq!(cache.sha256(&f, 1 << 20).as_deref(), Some(first.as_str()));
+        // A changed file (size and mtime differ) is hashed again.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::fs::write(&f, b"other").expect("write");
+        assert_eq!(
+            cache.sha256(&f, 1 << 20),
+            Some(attest::sha256_hex(b"other"))
+        );
+        assert_eq!(cache.sha256(&dir.path().join("missing"), 1 << 20), None);
     }
 
     #[test]
