@@ -1,8 +1,10 @@
 //! The admin commands of the `sigil` CLI (DESIGN.md §6): `entry`, `token` (agent and server join
 //! tokens), `bundle` (incl. the pinnable hash), `cluster` (status, remove-server) and
-//! `healthcheck`, each a client of the admin API on a server node's Unix socket.
+//! `healthcheck`, each a client of the admin API on a server node's Unix socket; and `api`
+//! (`fetch x509|jwt`, `validate jwt`, `watch`), a client of the SPIFFE Workload API on the
+//! agent's socket (`--socket`, else `$SPIFFE_ENDPOINT_SOCKET`).
 //!
-//! The socket is `--admin-socket PATH`, else `$SIGIL_ADMIN_SOCKET`, else
+//! The admin socket is `--admin-socket PATH`, else `$SIGIL_ADMIN_SOCKET`, else
 //! [`ADMIN_SOCKET_DEFAULT`]. Every failure is one line on stderr (`error: …`) and exit code 1;
 //! usage errors exit with 2.
 
@@ -1083,6 +1085,833 @@ impl HealthcheckArgs {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// `sigil api`: a Workload API client for humans and scripts.
+
+/// The environment variable every SPIFFE client reads for the Workload API endpoint.
+pub const ENDPOINT_SOCKET_ENV: &str = "SPIFFE_ENDPOINT_SOCKET";
+/// Bound on each Workload API call unless `--timeout` says otherwise.
+pub const API_TIMEOUT_DEFAULT: &str = "10s";
+
+/// `sigil api`: talks to the SPIFFE Workload API of the local agent, as the calling process.
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// The Workload API socket: a path or a `unix:/path` / `unix:///path` URI
+    /// [default: $SPIFFE_ENDPOINT_SOCKET].
+    #[arg(long, value_name = "PATH", global = true)]
+    socket: Option<String>,
+    /// Bound on every call: connecting and the answer (for `watch`: the first update), e.g.
+    /// `10s`, `1m`.
+    #[arg(long, value_name = "DURATION", default_value = API_TIMEOUT_DEFAULT, global = true)]
+    timeout: String,
+    #[command(subcommand)]
+    command: ApiCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum ApiCommand {
+    /// Fetch this process's X.509-SVIDs or JWT-SVIDs.
+    Fetch(ApiFetchArgs),
+    /// Validate a JWT-SVID through the Workload API.
+    Validate(ApiValidateArgs),
+    /// Print a line per X.509-SVID update (time, SPIFFE IDs, expiry) until Ctrl-C.
+    Watch(ApiWatch),
+}
+
+#[derive(Debug, Args)]
+struct ApiFetchArgs {
+    #[command(subcommand)]
+    what: ApiFetch,
+}
+
+#[derive(Debug, Subcommand)]
+enum ApiFetch {
+    /// X.509-SVIDs: SPIFFE ID, serial, expiry and hint of each; `--write DIR` saves the files.
+    X509(FetchX509),
+    /// JWT-SVIDs for one or more audiences: prints each token on its own line.
+    Jwt(FetchJwt),
+}
+
+#[derive(Debug, Args)]
+struct FetchX509 {
+    /// Write svid.pem (certificate chain, leaf first), svid.key (PKCS#8 PEM, mode 0600) and
+    /// bundle.pem (this trust domain's CAs) into DIR (created if missing; files are replaced
+    /// atomically). Further SVIDs go to svid.1.pem / svid.1.key, svid.2.pem / …
+    #[arg(long, value_name = "DIR")]
+    write: Option<PathBuf>,
+    /// Print JSON: {"svids": [{"spiffe_id", "hint", "serial", "not_after", "not_after_secs",
+    /// "chain_certs"}], "bundle_certs", "federated_bundles", "written"}.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct FetchJwt {
+    /// An audience of the token (repeat for several).
+    #[arg(long, value_name = "AUD", required = true)]
+    audience: Vec<String>,
+    /// Only the SVID of this SPIFFE ID (default: every identity of this process).
+    #[arg(long, value_name = "ID")]
+    spiffe_id: Option<String>,
+    /// Print JSON: {"svids": [{"spiffe_id", "hint", "token", "expires_at", "expires_at_secs"}]}.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ApiValidateArgs {
+    #[command(subcommand)]
+    what: ApiValidate,
+}
+
+#[derive(Debug, Subcommand)]
+enum ApiValidate {
+    /// Validate a JWT-SVID for an audience: prints its SPIFFE ID and claims; exit 1 if invalid.
+    Jwt(ValidateJwt),
+}
+
+#[derive(Debug, Args)]
+struct ValidateJwt {
+    /// The audience the token must carry.
+    #[arg(long, value_name = "AUD")]
+    audience: String,
+    /// The token (`-`: read it from stdin).
+    #[arg(long, value_name = "TOKEN")]
+    svid: String,
+    /// Print JSON: {"spiffe_id", "claims"}.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ApiWatch {
+    /// Print each update as one JSON object per line: {"time", "time_secs", "svids":
+    /// [{"spiffe_id", "hint", "serial", "not_after", "not_after_secs"}]}.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The Workload API socket path from `--socket` (a path or a `unix:` URI) or, without it, from
+/// `$SPIFFE_ENDPOINT_SOCKET` (a `unix:` URI, as for every SPIFFE client).
+pub fn workload_socket(
+    flag: Option<&str>,
+    env: Option<&std::ffi::OsStr>,
+) -> Result<PathBuf, CliError> {
+    if let Some(text) = flag {
+        if text.is_empty() {
+            return Err(fail("--socket: empty path"));
+        }
+        if text.contains(':') && !text.starts_with('/') {
+            return parse_unix_uri(text).map_err(|e| fail(format!("--socket {text}: {e}")));
+        }
+        return Ok(PathBuf::from(text));
+    }
+    let hint = "pass --socket PATH or set SPIFFE_ENDPOINT_SOCKET=unix:///path/to/agent.sock \
+                (the agent's socket_path, default /run/sigil/agent.sock)";
+    let text = match env {
+        Some(v) if !v.is_empty() => v
+            .to_str()
+            .ok_or_else(|| fail(format!("{ENDPOINT_SOCKET_ENV} is not valid UTF-8")))?,
+        _ => {
+            return Err(fail(format!(
+                "no Workload API socket given: {ENDPOINT_SOCKET_ENV} is not set; {hint}"
+            )))
+        }
+    };
+    parse_unix_uri(text).map_err(|e| fail(format!("{ENDPOINT_SOCKET_ENV}={text}: {e}")))
+}
+
+/// `unix:/path` or `unix:///path` → `/path`.
+fn parse_unix_uri(text: &str) -> Result<PathBuf, String> {
+    let Some((scheme, rest)) = text.split_once(':') else {
+        return Err(format!("not a unix: URI (write unix://{text})"));
+    };
+    if !scheme.eq_ignore_ascii_case("unix") {
+        return Err(if scheme.eq_ignore_ascii_case("tcp") {
+            "TCP endpoints are not supported: the sigil agent serves the Workload API on a Unix \
+             socket (unix:///path)"
+                .to_owned()
+        } else {
+            format!("unsupported scheme `{scheme}` (use unix:///path)")
+        });
+    }
+    if rest.contains(['?', '#']) {
+        return Err("a unix: URI takes no query or fragment".to_owned());
+    }
+    let path = match rest.strip_prefix("//") {
+        Some(after) if after.starts_with('/') => after,
+        Some(_) => return Err("has a host part; use unix:///absolute/path".to_owned()),
+        None => rest,
+    };
+    if !path.starts_with('/') || path.len() < 2 {
+        return Err("the socket path must be absolute (unix:///path)".to_owned());
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// This process's user ID (the owner of `/proc/self`), for error messages.
+fn own_uid() -> String {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").map_or_else(|_| "unknown".to_owned(), |m| m.uid().to_string())
+}
+
+/// A Workload API error as one line.
+fn workload_status(s: tonic::Status) -> CliError {
+    let msg = s.message().replace(['\n', '\r'], " ");
+    match s.code() {
+        Code::PermissionDenied if msg.contains(node::rt::workload_api::NO_IDENTITY) => {
+            let uid = own_uid();
+            fail(format!(
+                "no identity issued for this process (uid {uid}): no registration entry matches \
+                 it under this agent (see `sigil entry list --selector unix:uid:{uid}`)"
+            ))
+        }
+        Code::PermissionDenied => fail(format!("the Workload API refused this process: {msg}")),
+        Code::InvalidArgument => fail(msg),
+        Code::Unavailable => fail(format!("Workload API unavailable: {msg}")),
+        Code::Unimplemented => fail(format!(
+            "the Workload API does not support this call: {msg}"
+        )),
+        _ => fail(format!("Workload API error ({:?}): {msg}", s.code())),
+    }
+}
+
+/// A request carrying the `workload.spiffe.io: true` header.
+fn workload_request<T>(msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert(
+        wire::workload::SECURITY_HEADER,
+        tonic::metadata::MetadataValue::from_static(wire::workload::SECURITY_HEADER_VALUE),
+    );
+    req
+}
+
+type WorkloadClient = wire::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient<Channel>;
+
+/// Connects to the Workload API on `path` (a precise error if it is missing or nobody listens).
+async fn workload_connect(path: &std::path::Path) -> Result<WorkloadClient, CliError> {
+    use std::os::unix::fs::FileTypeExt;
+    let shown = path.display();
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(fail(format!(
+                "the Workload API socket {shown} does not exist (is `sigil agent` running, and \
+                 is this its socket_path?)"
+            )))
+        }
+        Err(e) => {
+            return Err(fail(format!(
+                "cannot reach the Workload API socket {shown}: {}",
+                admin::io_text(&e.to_string())
+            )))
+        }
+        Ok(m) if !m.file_type().is_socket() => {
+            return Err(fail(format!("{shown} is not a socket")));
+        }
+        Ok(_) => {}
+    }
+    let unreachable = |e: &dyn std::fmt::Display| {
+        fail(format!(
+            "cannot connect to the Workload API socket {shown}: {} (is `sigil agent` running?)",
+            admin::io_text(&e.to_string())
+        ))
+    };
+    // Connect once here for a precise error; the channel takes over this stream.
+    let first = tokio::net::UnixStream::connect(path)
+        .await
+        .map_err(|e| unreachable(&e))?;
+    let first = std::sync::Arc::new(std::sync::Mutex::new(Some(first)));
+    let socket = path.to_path_buf();
+    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+        let first = first.clone();
+        let socket = socket.clone();
+        async move {
+            let ready = first.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let stream = match ready {
+                Some(stream) => stream,
+                None => tokio::net::UnixStream::connect(&socket).await?,
+            };
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    });
+    let channel = tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| unreachable(&e))?;
+    Ok(WorkloadClient::new(channel))
+}
+
+/// Runs `f`, failing with a clear line if it takes longer than `limit`.
+async fn bounded<T>(
+    limit: std::time::Duration,
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, CliError>>,
+) -> Result<T, CliError> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(r) => r,
+        Err(_) => Err(fail(format!(
+            "{what}: no answer from the Workload API within {}s (--timeout)",
+            limit.as_secs()
+        ))),
+    }
+}
+
+/// Wall-clock seconds since the epoch.
+fn now_secs() -> u64 {
+    // The CLI is the production shell: it may read the OS clock (only for display).
+    #[allow(clippy::disallowed_methods)]
+    let now = std::time::SystemTime::now();
+    now.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `1h2m3s` style, for "expires in".
+fn span_text(secs: u64) -> String {
+    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m{s:02}s"),
+        _ => format!("{h}h{m:02}m"),
+    }
+}
+
+/// One DER TLV at the start of `input`: (tag, content, total length).
+fn der_tlv(input: &[u8]) -> Option<(u8, &[u8], usize)> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, header) = if first < 0x80 {
+        (usize::from(first), 2)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+        (len, 2 + n)
+    };
+    let total = header.checked_add(len)?;
+    let content = input.get(header..total)?;
+    Some((tag, content, total))
+}
+
+/// Splits concatenated DER certificates (a Workload API chain or bundle).
+fn der_certs(mut bytes: &[u8]) -> Result<Vec<&[u8]>, CliError> {
+    let mut certs = Vec::new();
+    while !bytes.is_empty() {
+        match der_tlv(bytes) {
+            Some((0x30, _, total)) => {
+                certs.push(&bytes[..total]);
+                bytes = &bytes[total..];
+            }
+            _ => return Err(fail("the Workload API sent a malformed certificate list")),
+        }
+    }
+    Ok(certs)
+}
+
+/// A certificate's serial number as lowercase hex (no sign padding).
+fn cert_serial(cert: &[u8]) -> Option<String> {
+    let (_, body, _) = der_tlv(cert)?;
+    let (_, tbs, _) = der_tlv(body)?;
+    let (mut tag, mut content, used) = der_tlv(tbs)?;
+    if tag == 0xa0 {
+        (tag, content, _) = der_tlv(&tbs[used..])?;
+    }
+    if tag != 0x02 {
+        return None;
+    }
+    while content.len() > 1 && content[0] == 0 {
+        content = &content[1..];
+    }
+    Some(attest::hex(content))
+}
+
+/// What `fetch x509` and `watch` show about one SVID.
+struct SvidSummary {
+    spiffe_id: String,
+    hint: String,
+    serial: String,
+    not_after: u64,
+    chain_certs: usize,
+}
+
+impl SvidSummary {
+    fn of(svid: &wire::workload::X509svid) -> Result<SvidSummary, CliError> {
+        let chain = der_certs(&svid.x509_svid)?;
+        let leaf = chain.first().ok_or_else(|| {
+            fail(format!(
+                "the Workload API sent {} without a certificate",
+                svid.spiffe_id
+            ))
+        })?;
+        let not_after = attest::x509::not_after(leaf)
+            .map_err(|e| {
+                fail(format!(
+                    "the SVID of {} does not parse: {e}",
+                    svid.spiffe_id
+                ))
+            })?
+            .as_secs();
+        Ok(SvidSummary {
+            spiffe_id: svid.spiffe_id.clone(),
+            hint: svid.hint.clone(),
+            serial: cert_serial(leaf).unwrap_or_default(),
+            not_after,
+            chain_certs: chain.len(),
+        })
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "spiffe_id": self.spiffe_id,
+            "hint": self.hint,
+            "serial": self.serial,
+            "not_after": rfc3339(self.not_after),
+            "not_after_secs": self.not_after,
+        })
+    }
+}
+
+/// Writes `bytes` to `dir/name` with `mode`, replacing any old file atomically.
+fn write_atomic(
+    dir: &std::path::Path,
+    name: &str,
+    bytes: &[u8],
+    mode: u32,
+) -> Result<(), CliError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let failed = |what: &str, e: std::io::Error| {
+        fail(format!(
+            "{what} {}: {}",
+            path.display(),
+            admin::io_text(&e.to_string())
+        ))
+    };
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(|e| failed("cannot write", e))?;
+    let written = file
+        .write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(failed("cannot write", e));
+    }
+    Ok(())
+}
+
+/// PEM blocks for concatenated DER certificates.
+fn certs_pem(der: &[u8]) -> Result<String, CliError> {
+    Ok(der_certs(der)?
+        .into_iter()
+        .map(|c| pem("CERTIFICATE", c))
+        .collect())
+}
+
+/// Writes each SVID's chain and key and the bundle into `dir`; the file names written.
+fn write_svids(
+    dir: &std::path::Path,
+    resp: &wire::workload::X509svidResponse,
+) -> Result<Vec<String>, CliError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .map_err(|e| {
+            fail(format!(
+                "cannot create {}: {}",
+                dir.display(),
+                admin::io_text(&e.to_string())
+            ))
+        })?;
+    let mut names = Vec::new();
+    for (i, svid) in resp.svids.iter().enumerate() {
+        let suffix = if i == 0 {
+            String::new()
+        } else {
+            format!(".{i}")
+        };
+        let (cert_name, key_name) = (format!("svid{suffix}.pem"), format!("svid{suffix}.key"));
+        write_atomic(
+            dir,
+            &cert_name,
+            certs_pem(&svid.x509_svid)?.as_bytes(),
+            0o644,
+        )?;
+        let key = zeroize::Zeroizing::new(pem("PRIVATE KEY", &svid.x509_svid_key));
+        write_atomic(dir, &key_name, key.as_bytes(), 0o600)?;
+        names.extend([cert_name, key_name]);
+    }
+    if let Some(first) = resp.svids.first() {
+        write_atomic(
+            dir,
+            "bundle.pem",
+            certs_pem(&first.bundle)?.as_bytes(),
+            0o644,
+        )?;
+        names.push("bundle.pem".to_owned());
+    }
+    Ok(names)
+}
+
+/// The claims (payload) of a compact JWS, as JSON.
+fn jwt_claims(token: &str) -> Option<serde_json::Map<String, Value>> {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let payload = token.split('.').nth(1)?;
+    let bytes = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    match serde_json::from_slice(&bytes).ok()? {
+        Value::Object(map) => Some(map),
+        _ => None,
+    }
+}
+
+impl ApiArgs {
+    /// Runs the command, writing results to `out`.
+    pub async fn run(self, out: &mut impl Write) -> Result<(), CliError> {
+        let timeout = match parse_duration_secs(&self.timeout) {
+            Ok(0) => return Err(fail("--timeout: must be at least 1s")),
+            Ok(secs) => std::time::Duration::from_secs(secs),
+            Err(e) => return Err(fail(format!("--timeout: {e}"))),
+        };
+        let env = std::env::var_os(ENDPOINT_SOCKET_ENV);
+        let socket = workload_socket(self.socket.as_deref(), env.as_deref())?;
+        match self.command {
+            ApiCommand::Fetch(ApiFetchArgs {
+                what: ApiFetch::X509(args),
+            }) => args.run(&socket, timeout, out).await,
+            ApiCommand::Fetch(ApiFetchArgs {
+                what: ApiFetch::Jwt(args),
+            }) => args.run(&socket, timeout, out).await,
+            ApiCommand::Validate(ApiValidateArgs {
+                what: ApiValidate::Jwt(args),
+            }) => args.run(&socket, timeout, out).await,
+            ApiCommand::Watch(args) => args.run(&socket, timeout, out).await,
+        }
+    }
+}
+
+/// Connects and reads the first `FetchX509SVID` message.
+async fn first_x509(
+    socket: &std::path::Path,
+) -> Result<
+    (
+        wire::workload::X509svidResponse,
+        tonic::Streaming<wire::workload::X509svidResponse>,
+    ),
+    CliError,
+> {
+    let mut client = workload_connect(socket).await?;
+    let mut stream = client
+        .fetch_x509svid(workload_request(wire::workload::X509svidRequest {}))
+        .await
+        .map_err(workload_status)?
+        .into_inner();
+    match stream.message().await.map_err(workload_status)? {
+        Some(first) if !first.svids.is_empty() => Ok((first, stream)),
+        Some(_) => Err(fail("the Workload API sent no X.509-SVID")),
+        None => Err(fail(
+            "the Workload API closed the stream without sending an X.509-SVID",
+        )),
+    }
+}
+
+impl FetchX509 {
+    async fn run(
+        self,
+        socket: &std::path::Path,
+        timeout: std::time::Duration,
+        out: &mut impl Write,
+    ) -> Result<(), CliError> {
+        let (resp, _) = bounded(timeout, "fetch x509", first_x509(socket)).await?;
+        let svids = resp
+            .svids
+            .iter()
+            .map(SvidSummary::of)
+            .collect::<Result<Vec<_>, _>>()?;
+        let bundle_certs = der_certs(&resp.svids[0].bundle)?.len();
+        let federated: Vec<&String> = resp.federated_bundles.keys().collect();
+        let written = match &self.write {
+            Some(dir) => write_svids(dir, &resp)?,
+            None => Vec::new(),
+        };
+        if self.json {
+            let list: Vec<Value> = svids
+                .iter()
+                .map(|s| {
+                    let mut v = s.json();
+                    v["chain_certs"] = json!(s.chain_certs);
+                    v
+                })
+                .collect();
+            let written: Vec<String> = match &self.write {
+                Some(dir) => written
+                    .iter()
+                    .map(|n| dir.join(n).display().to_string())
+                    .collect(),
+                None => Vec::new(),
+            };
+            return print_json(
+                out,
+                &json!({
+                    "svids": list,
+                    "bundle_certs": bundle_certs,
+                    "federated_bundles": federated,
+                    "written": written,
+                }),
+            );
+        }
+        let now = now_secs();
+        for (i, s) in svids.iter().enumerate() {
+            if i > 0 {
+                writeln!(out)?;
+            }
+            writeln!(out, "SPIFFE ID        : {}", s.spiffe_id)?;
+            writeln!(out, "Serial           : {}", s.serial)?;
+            let left = if s.not_after > now {
+                format!("in {}", span_text(s.not_after - now))
+            } else {
+                "expired".to_owned()
+            };
+            writeln!(out, "Expires at       : {} ({left})", rfc3339(s.not_after))?;
+            writeln!(out, "Chain            : {} certificate(s)", s.chain_certs)?;
+            if !s.hint.is_empty() {
+                writeln!(out, "Hint             : {}", s.hint)?;
+            }
+        }
+        writeln!(out)?;
+        writeln!(out, "Bundle           : {bundle_certs} CA certificate(s)")?;
+        for td in &federated {
+            writeln!(out, "Federated bundle : {td}")?;
+        }
+        if let Some(dir) = &self.write {
+            writeln!(out, "Written to {}: {}", dir.display(), written.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+impl FetchJwt {
+    async fn run(
+        self,
+        socket: &std::path::Path,
+        timeout: std::time::Duration,
+        out: &mut impl Write,
+    ) -> Result<(), CliError> {
+        if self.audience.iter().any(String::is_empty) {
+            return Err(fail("--audience: must not be empty"));
+        }
+        let spiffe_id = match &self.spiffe_id {
+            Some(id) => check_id("spiffe-id", id)?,
+            None => String::new(),
+        };
+        let req = wire::workload::JwtsvidRequest {
+            audience: self.audience.clone(),
+            spiffe_id,
+        };
+        let resp = bounded(timeout, "fetch jwt", async {
+            let mut client = workload_connect(socket).await?;
+            client
+                .fetch_jwtsvid(workload_request(req))
+                .await
+                .map_err(workload_status)
+        })
+        .await?
+        .into_inner();
+        if resp.svids.is_empty() {
+            return Err(fail("the Workload API sent no JWT-SVID"));
+        }
+        if self.json {
+            let list: Vec<Value> = resp
+                .svids
+                .iter()
+                .map(|s| {
+                    let exp =
+                        jwt_claims(&s.svid).and_then(|c| c.get("exp").and_then(Value::as_u64));
+                    json!({
+                        "spiffe_id": s.spiffe_id,
+                        "hint": s.hint,
+                        "token": s.svid,
+                        "expires_at": exp.map(rfc3339),
+                        "expires_at_secs": exp,
+                    })
+                })
+                .collect();
+            return print_json(out, &json!({ "svids": list }));
+        }
+        for s in &resp.svids {
+            writeln!(out, "{}", s.svid)?;
+        }
+        Ok(())
+    }
+}
+
+impl ValidateJwt {
+    async fn run(
+        self,
+        socket: &std::path::Path,
+        timeout: std::time::Duration,
+        out: &mut impl Write,
+    ) -> Result<(), CliError> {
+        let token = if self.svid == "-" {
+            let mut text = String::new();
+            std::io::Read::read_to_string(
+                &mut std::io::Read::take(std::io::stdin(), 64 * 1024),
+                &mut text,
+            )
+            .map_err(|e| fail(format!("reading the token from stdin: {e}")))?;
+            text.trim().to_owned()
+        } else {
+            self.svid.trim().to_owned()
+        };
+        if token.is_empty() {
+            return Err(fail("--svid: empty token"));
+        }
+        if self.audience.is_empty() {
+            return Err(fail("--audience: must not be empty"));
+        }
+        let req = wire::workload::ValidateJwtsvidRequest {
+            audience: self.audience.clone(),
+            svid: token.clone(),
+        };
+        let resp = bounded(timeout, "validate jwt", async {
+            let mut client = workload_connect(socket).await?;
+            client
+                .validate_jwtsvid(workload_request(req))
+                .await
+                .map_err(workload_status)
+        })
+        .await?
+        .into_inner();
+        // The agent validated this very token: its payload is the claims it answers with
+        // (top-level nulls left out, as the agent does).
+        let mut claims = jwt_claims(&token).unwrap_or_default();
+        claims.retain(|_, v| !v.is_null());
+        let claims = Value::Object(claims);
+        if self.json {
+            return print_json(
+                out,
+                &json!({ "spiffe_id": resp.spiffe_id, "claims": claims }),
+            );
+        }
+        writeln!(out, "SPIFFE ID        : {}", resp.spiffe_id)?;
+        writeln!(out, "Claims           :")?;
+        print_json(out, &claims)
+    }
+}
+
+impl ApiWatch {
+    async fn run(
+        self,
+        socket: &std::path::Path,
+        timeout: std::time::Duration,
+        out: &mut impl Write,
+    ) -> Result<(), CliError> {
+        let (first, mut stream) = bounded(timeout, "watch", first_x509(socket)).await?;
+        if !emit(out, &self.update_line(&first)?)? {
+            return Ok(());
+        }
+        let ctrl_c = tokio::signal::ctrl_c();
+        tokio::pin!(ctrl_c);
+        let second = std::time::Duration::from_secs(1);
+        loop {
+            let next = tokio::select! {
+                _ = &mut ctrl_c => return Ok(()),
+                next = stream.message() => next,
+            };
+            let mut why = match next {
+                Ok(Some(update)) => {
+                    if !emit(out, &self.update_line(&update)?)? {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Ok(None) => fail("the Workload API closed the stream"),
+                Err(s) => workload_status(s),
+            };
+            // Reconnect until the stream is back (the agent restarted, or an identity returns);
+            // losing every identity is an update of its own, printed once.
+            let (mut backoff, mut lost) = (second, false);
+            loop {
+                if why.0.starts_with("no identity issued") {
+                    if !lost {
+                        lost = true;
+                        let now = now_secs();
+                        let line = if self.json {
+                            json!({"time": rfc3339(now), "time_secs": now, "svids": [],
+                                   "error": why.0})
+                            .to_string()
+                        } else {
+                            format!("{}  {}", rfc3339(now), why.0)
+                        };
+                        if !emit(out, &line)? {
+                            return Ok(());
+                        }
+                    }
+                } else {
+                    eprintln!(
+                        "sigil api watch: {why}; reconnecting in {}s",
+                        backoff.as_secs()
+                    );
+                }
+                tokio::select! {
+                    _ = &mut ctrl_c => return Ok(()),
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(10 * second);
+                match bounded(timeout, "watch", first_x509(socket)).await {
+                    Ok((update, s)) => {
+                        stream = s;
+                        if !emit(out, &self.update_line(&update)?)? {
+                            return Ok(());
+                        }
+                        break;
+                    }
+                    Err(e) => why = e,
+                }
+            }
+        }
+    }
+
+    /// The line for one stream message.
+    fn update_line(&self, update: &wire::workload::X509svidResponse) -> Result<String, CliError> {
+        let svids = update
+            .svids
+            .iter()
+            .map(SvidSummary::of)
+            .collect::<Result<Vec<_>, _>>()?;
+        let now = now_secs();
+        Ok(if self.json {
+            let list: Vec<Value> = svids.iter().map(SvidSummary::json).collect();
+            json!({"time": rfc3339(now), "time_secs": now, "svids": list}).to_string()
+        } else {
+            let ids: Vec<String> = svids
+                .iter()
+                .map(|s| format!("{} (expires {})", s.spiffe_id, rfc3339(s.not_after)))
+                .collect();
+            format!("{}  {}", rfc3339(now), ids.join(", "))
+        })
+    }
+}
+
+/// Writes and flushes one line; false once stdout is closed (`sigil api watch | head -1`).
+fn emit(out: &mut impl Write, line: &str) -> Result<bool, CliError> {
+    match writeln!(out, "{line}").and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1123,5 +1952,81 @@ mod tests {
         assert_eq!(lines[0], "-----BEGIN CERTIFICATE-----");
         assert_eq!(lines[1].len(), 64);
         assert_eq!(*lines.last().expect("end"), "-----END CERTIFICATE-----");
+    }
+
+    #[test]
+    fn workload_sockets() {
+        use std::ffi::OsStr;
+        let path = |flag: Option<&str>, env: Option<&str>| {
+            workload_socket(flag, env.map(OsStr::new)).map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            path(None, Some("unix:/run/a.sock")),
+            Ok("/run/a.sock".into())
+        );
+        assert_eq!(
+            path(None, Some("unix:///run/a.sock")),
+            Ok("/run/a.sock".into())
+        );
+        assert_eq!(
+            path(Some("/tmp/x.sock"), Some("unix:/run/a.sock")),
+            Ok("/tmp/x.sock".into())
+        );
+        assert_eq!(
+            path(Some("unix:///tmp/x.sock"), None),
+            Ok("/tmp/x.sock".into())
+        );
+        assert_eq!(path(Some("rel.sock"), None), Ok("rel.sock".into()));
+        for (env, says) in [
+            (None, "SPIFFE_ENDPOINT_SOCKET is not set"),
+            (Some(""), "SPIFFE_ENDPOINT_SOCKET is not set"),
+            (Some("/run/a.sock"), "not a unix: URI"),
+            (
+                Some("tcp://127.0.0.1:8081"),
+                "TCP endpoints are not supported",
+            ),
+            (Some("unix://host/a.sock"), "host part"),
+            (Some("unix:a.sock"), "absolute"),
+            (Some("unix:///a.sock?x=1"), "no query"),
+            (Some("http:///a.sock"), "unsupported scheme"),
+        ] {
+            let err = path(None, env).expect_err("refused");
+            assert!(err.contains(says), "{env:?}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+    }
+
+    #[test]
+    fn der_walking() {
+        // SEQUENCE { SEQUENCE { [0] { INTEGER 2 }, INTEGER 00 ff 01, ... } }
+        let tbs = [0xa0, 3, 2, 1, 2, 0x02, 3, 0x00, 0xff, 0x01, 0x05, 0x00];
+        let mut cert = vec![0x30, 2 + tbs.len() as u8, 0x30, tbs.len() as u8];
+        cert.extend_from_slice(&tbs);
+        assert_eq!(cert_serial(&cert).as_deref(), Some("ff01"));
+        let mut two = cert.clone();
+        two.extend_from_slice(&cert);
+        assert_eq!(der_certs(&two).expect("two certs").len(), 2);
+        assert!(der_certs(&two[..two.len() - 1]).is_err());
+        // Long-form length.
+        let mut long = vec![0x30, 0x81, 200];
+        long.extend(std::iter::repeat_n(0u8, 200));
+        assert_eq!(
+            der_tlv(&long).map(|(t, c, n)| (t, c.len(), n)),
+            Some((0x30, 200, 203))
+        );
+        assert!(der_tlv(&[0x30, 0x85, 1, 1, 1, 1, 1]).is_none());
+    }
+
+    #[test]
+    fn spans_and_claims() {
+        assert_eq!(span_text(59), "59s");
+        assert_eq!(span_text(61), "1m01s");
+        assert_eq!(span_text(3 * 3600 + 120), "3h02m");
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(br#"{"sub":"spiffe://td/w","exp":7,"x":null}"#);
+        let claims = jwt_claims(&format!("e30.{payload}.sig")).expect("claims");
+        assert_eq!(claims["sub"], "spiffe://td/w");
+        assert_eq!(claims["exp"], 7);
+        assert!(jwt_claims("not-a-token").is_none());
     }
 }

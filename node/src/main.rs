@@ -21,7 +21,7 @@ struct Cli {
     command: Option<Command>,
 }
 
-/// sigil's commands. `dev` and `api` join this enum as they are built.
+/// sigil's commands. `dev` joins this enum when it is built.
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run one server node (Raft member, CA, issuer, admin API) from a TOML config file.
@@ -42,6 +42,9 @@ enum Command {
     Cluster(cli::ClusterArgs),
     /// Exit 0 if the server node behind the admin socket is up and serving.
     Healthcheck(cli::HealthcheckArgs),
+    /// The SPIFFE Workload API as this process sees it: fetch X.509-/JWT-SVIDs, validate a
+    /// JWT-SVID, watch X.509-SVID updates (socket: --socket or $SPIFFE_ENDPOINT_SOCKET).
+    Api(cli::ApiArgs),
 }
 
 /// `sigil server` and `sigil agent` options.
@@ -162,7 +165,7 @@ fn main() -> ExitCode {
         None => {
             eprintln!(
                 "sigil {}: no command given. Commands: server, agent, entry, token, bundle, \
-                 cluster, healthcheck; `sigil dev` is not built yet. See `sigil --help`.",
+                 cluster, healthcheck, api; `sigil dev` is not built yet. See `sigil --help`.",
                 env!("CARGO_PKG_VERSION")
             );
             ExitCode::from(2)
@@ -185,5 +188,6 @@ fn main() -> ExitCode {
         Some(Command::Healthcheck(args)) => {
             run_admin(|mut out| async move { args.run(&mut out).await })
         }
+        Some(Command::Api(args)) => run_admin(|mut out| async move { args.run(&mut out).await }),
     }
 }
