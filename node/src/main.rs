@@ -174,7 +174,7 @@ fn main() -> ExitCode {
         Some(Command::Agent(args)) => run_server(args, true),
         Some(Command::Dev) => {
             eprintln!(
-                "error: `sigil dev` is not built yet (it needs agents and the Workload API); \
+                "error: `sigil dev` is not built yet (a one-command local cluster + agent); \
                  run a single server node with `sigil server --config FILE` as the README shows"
             );
             ExitCode::from(2)
