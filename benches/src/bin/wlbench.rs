@@ -1,0 +1,1003 @@
+//! `wlbench`: issue 6's Workload API latency benchmark, in one run on this machine.
+//!
+//! 1. A real `sigil server` (bootstrap) and `sigil agent` in this process
+//!    (`node::rt::serve::run_server`, `node::rt::agent::run_agent`; temp dirs, a free loopback
+//!    UDP port). The agent attests with a join token from the admin API; one entry
+//!    `spiffe://bench.test/bench`, parented by the agent, selects `unix:uid:<this process's uid>`.
+//! 2. Waits until the agent serves that SVID on its Workload API socket.
+//! 3. FetchX509SVID for a new workload: `--workloads` concurrent callers, each opening a new
+//!    Unix-socket connection and timing until the stream's first message; rounds for `--seconds`.
+//! 4. FetchJWTSVID cache hits: after one warm-up call (the mint), `--workloads` concurrent
+//!    callers, one connection each, call FetchJWTSVID{audience: ["bench"]} for `--seconds`.
+//! 5. Baselines in the same run: one unix attestation (`node::rt::unix_attest::attest` of this
+//!    process, hash cache warm), and a raw gRPC round trip to the agent (ValidateJWTSVID with an
+//!    invalid token: header check, attestation, a parse failure).
+//! 6. Clean shutdown, temp dirs removed, a results table.
+//!
+//! Every caller is this one process: one uid, one executable, so each call's attestation does
+//! the same work (the executable's hash is cached by file identity after the first call).
+//!
+//! ```sh
+//! cargo run -p benches --release --bin wlbench -- [--workloads 200] [--seconds 5]
+//! ```
+//!
+//! This is a benchmark, not node logic: it reads the OS clock to time calls and starts tasks
+//! directly, each under a scoped `#[allow(clippy::disallowed_methods)]`.
+
+#![forbid(unsafe_code)]
+
+use std::error::Error as StdError;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use node::rt::config::{AgentFileConfig, ServerFileConfig};
+use node::rt::unix_attest::{PeerCred, UnixAttestConfig};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use wire::admin::admin_client::AdminClient;
+use wire::admin::{self as pb, JoinTokenPurpose};
+use wire::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use wire::workload::{
+    JwtsvidRequest, ValidateJwtsvidRequest, X509svidRequest, SECURITY_HEADER, SECURITY_HEADER_VALUE,
+};
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+type Res<T> = Result<T, BoxError>;
+type Admin = AdminClient<Channel>;
+type Workload = SpiffeWorkloadApiClient<Channel>;
+
+const TRUST_DOMAIN: &str = "bench.test";
+const AUDIENCE: &str = "bench";
+/// How long start-up steps (the CA commit, the agent's first SVID) may take.
+const STEP_TIMEOUT: Duration = Duration::from_secs(90);
+/// One Workload API call's limit (connect included).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Unix attestations timed for the baseline.
+const ATTEST_SAMPLES: usize = 2000;
+/// ValidateJWTSVID round trips timed for the baseline.
+const VALIDATE_SAMPLES: usize = 2000;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wlbench",
+    about = "sigil Workload API latency: FetchX509SVID for new workloads and FetchJWTSVID cache hits against an in-process server and agent, with attestation and round-trip baselines from the same run"
+)]
+struct Args {
+    /// Concurrent workloads in each phase.
+    #[arg(long, default_value_t = 200)]
+    workloads: usize,
+    /// Length of each measured phase, in seconds.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+}
+
+impl Args {
+    fn check(&self) -> Res<()> {
+        if self.workloads == 0 || self.workloads > 10_000 {
+            return Err("--workloads: 1 to 10000".into());
+        }
+        if self.seconds == 0 {
+            return Err("--seconds must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// The OS monotonic clock: this binary measures wall-clock latency.
+#[allow(clippy::disallowed_methods)] // a benchmark times real calls
+fn now() -> Instant {
+    Instant::now()
+}
+
+/// Spawns a task on the current runtime.
+#[allow(clippy::disallowed_methods)] // a benchmark runs its callers, server and agent as tasks
+fn spawn<F>(fut: F) -> JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(fut)
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Latency statistics
+
+#[derive(Debug, Default)]
+struct Samples {
+    /// Per successful call, in microseconds.
+    micros: Vec<u64>,
+    /// Calls that failed.
+    failed: u64,
+    /// The first error seen, for the report.
+    first_error: Option<String>,
+}
+
+impl Samples {
+    fn merge(&mut self, other: Samples) {
+        self.micros.extend(other.micros);
+        self.failed += other.failed;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+
+    fn fail(&mut self, e: impl std::fmt::Display) {
+        self.failed += 1;
+        if self.first_error.is_none() {
+            self.first_error = Some(e.to_string());
+        }
+    }
+
+    fn percentile_ms(sorted: &[u64], q: f64) -> f64 {
+        if sorted.is_empty() {
+            return f64::NAN;
+        }
+        let rank = (q * sorted.len() as f64).ceil() as usize;
+        let i = rank.clamp(1, sorted.len()) - 1;
+        sorted[i] as f64 / 1000.0
+    }
+
+    /// (p50, p99, max) in milliseconds.
+    fn latency_ms(&self) -> (f64, f64, f64) {
+        let mut sorted = self.micros.clone();
+        sorted.sort_unstable();
+        (
+            Samples::percentile_ms(&sorted, 0.50),
+            Samples::percentile_ms(&sorted, 0.99),
+            Samples::percentile_ms(&sorted, 1.0),
+        )
+    }
+
+    fn errors_note(&self) -> String {
+        match &self.first_error {
+            Some(e) => format!("; {} failed, first error: {e}", self.failed),
+            None if self.failed > 0 => format!("; {} failed", self.failed),
+            None => String::new(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Baseline: one unix attestation of this process
+
+/// This process's peer credentials, as the kernel would report them (effective uid and gid).
+fn own_cred() -> Res<PeerCred> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let field = |name: &str| -> Res<u32> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|r| r.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("/proc/self/status: no {name} line").into())
+    };
+    Ok(PeerCred {
+        pid: Some(i32::try_from(std::process::id())?),
+        uid: field("Uid:")?,
+        gid: field("Gid:")?,
+    })
+}
+
+struct AttestBaseline {
+    cold: Duration,
+    warm: Samples,
+    selectors: usize,
+}
+
+/// Attests this process once cold (the executable is hashed) and [`ATTEST_SAMPLES`] times warm.
+fn attest_baseline(cred: PeerCred) -> Res<AttestBaseline> {
+    let cfg = UnixAttestConfig::default();
+    let start = now();
+    let selectors = node::rt::unix_attest::attest(cred, &cfg)?;
+    let cold = start.elapsed();
+    let mut warm = Samples::default();
+    for _ in 0..ATTEST_SAMPLES {
+        let start = now();
+        let got = node::rt::unix_attest::attest(cred, &cfg);
+        let took = start.elapsed();
+        match got {
+            Ok(s) if s.len() == selectors.len() => warm.micros.push(micros(took)),
+            Ok(s) => warm.fail(format!(
+                "{} selectors, the cold call had {}",
+                s.len(),
+                selectors.len()
+            )),
+            Err(e) => warm.fail(e),
+        }
+    }
+    Ok(AttestBaseline {
+        cold,
+        warm,
+        selectors: selectors.len(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The in-process server and agent
+
+/// A TOML basic string (paths and tokens here are plain ASCII; escape anyway).
+fn toml_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn free_udp_port() -> Res<SocketAddr> {
+    // Bind port 0, read the port, release it: the server binds it a moment later.
+    let socket = UdpSocket::bind("127.0.0.1:0")?;
+    Ok(socket.local_addr()?)
+}
+
+/// One in-process `sigil server` or `sigil agent`.
+struct Proc {
+    name: &'static str,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), node::Error>>>,
+}
+
+impl Proc {
+    fn start<F>(name: &'static str, run: impl FnOnce(Shutdown) -> F) -> Proc
+    where
+        F: std::future::Future<Output = Result<(), node::Error>> + Send + 'static,
+    {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let shutdown: Shutdown = Box::pin(async move {
+            let _ = stopped.await;
+        });
+        Proc {
+            name,
+            stop: Some(stop),
+            task: Some(spawn(run(shutdown))),
+        }
+    }
+
+    /// Fails if the task has ended (it reports why).
+    async fn check_running(&mut self) -> Res<()> {
+        if self.task.as_ref().is_some_and(|t| t.is_finished()) {
+            let name = self.name;
+            let result = match self.task.take() {
+                Some(t) => t.await,
+                None => return Err(format!("the {name} stopped").into()),
+            };
+            return Err(match result {
+                Ok(Ok(())) => format!("the {name} stopped unexpectedly"),
+                Ok(Err(e)) => format!("the {name} failed: {e}"),
+                Err(e) => format!("the {name}'s task failed: {e}"),
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Stops the task and waits for it; `Some(problem)` if it did not stop cleanly.
+    async fn stop(&mut self) -> Option<String> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let task = self.task.take()?;
+        let name = self.name;
+        match tokio::time::timeout(Duration::from_secs(30), task).await {
+            Ok(Ok(Ok(()))) => None,
+            Ok(Ok(Err(e))) => Some(format!("the {name} stopped with: {e}")),
+            Ok(Err(e)) => Some(format!("the {name}'s task failed: {e}")),
+            Err(_) => Some(format!("the {name} did not stop within 30 s")),
+        }
+    }
+}
+
+type Shutdown = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+struct Bench {
+    dir: Option<tempfile::TempDir>,
+    server: Option<Proc>,
+    agent: Option<Proc>,
+    agent_cfg: Option<AgentFileConfig>,
+    admin_socket: PathBuf,
+    agent_socket: PathBuf,
+}
+
+impl Bench {
+    fn new() -> Res<Bench> {
+        let dir = tempfile::Builder::new()
+            .prefix("sigil-wlbench-")
+            .tempdir()?;
+        let admin_socket = dir.path().join("server").join("admin.sock");
+        let agent_socket = dir.path().join("agent").join("agent.sock");
+        Ok(Bench {
+            dir: Some(dir),
+            server: None,
+            agent: None,
+            agent_cfg: None,
+            admin_socket,
+            agent_socket,
+        })
+    }
+
+    fn root(&self) -> Res<&Path> {
+        Ok(self.dir.as_ref().ok_or("already shut down")?.path())
+    }
+
+    /// Starts the bootstrap server; returns its QUIC address.
+    fn start_server(&mut self) -> Res<SocketAddr> {
+        let home = self.root()?.join("server");
+        std::fs::create_dir_all(&home)?;
+        let addr = free_udp_port()?;
+        let text = format!(
+            "trust_domain = {}\nnode_id = 1\ndata_dir = {}\nbind = {}\nadmin_socket = {}\nbootstrap = true\n",
+            toml_str(TRUST_DOMAIN),
+            toml_str(&home.join("data").display().to_string()),
+            toml_str(&addr.to_string()),
+            toml_str(&self.admin_socket.display().to_string()),
+        );
+        let cfg = ServerFileConfig::parse(Path::new("wlbench server.toml"), &text)?;
+        self.server = Some(Proc::start("server", move |shutdown| {
+            node::rt::serve::run_server(cfg, shutdown)
+        }));
+        Ok(addr)
+    }
+
+    /// Starts the agent with a join token.
+    fn start_agent(&mut self, server: SocketAddr, token: &str, bundle_sha256: &str) -> Res<()> {
+        let home = self.root()?.join("agent");
+        std::fs::create_dir_all(&home)?;
+        let text = format!(
+            "trust_domain = {}\nservers = [{}]\ndata_dir = {}\nsocket_path = {}\njoin_token = {}\nbundle_sha256 = {}\n",
+            toml_str(TRUST_DOMAIN),
+            toml_str(&server.to_string()),
+            toml_str(&home.join("data").display().to_string()),
+            toml_str(&self.agent_socket.display().to_string()),
+            toml_str(token),
+            toml_str(bundle_sha256),
+        );
+        let cfg = AgentFileConfig::parse(Path::new("wlbench agent.toml"), &text)?;
+        self.agent_cfg = Some(cfg);
+        self.restart_agent()
+    }
+
+    /// (Re)starts the agent from its config (a retry with the same join token is idempotent).
+    fn restart_agent(&mut self) -> Res<()> {
+        let cfg = self.agent_cfg.clone().ok_or("no agent config")?;
+        self.agent = Some(Proc::start("agent", move |shutdown| {
+            node::rt::agent::run_agent(cfg, shutdown)
+        }));
+        Ok(())
+    }
+
+    async fn check_running(&mut self) -> Res<()> {
+        for p in [self.server.as_mut(), self.agent.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            p.check_running().await?;
+        }
+        Ok(())
+    }
+
+    /// An admin client, once the server's socket accepts and its CA is committed.
+    async fn admin(&mut self) -> Res<Admin> {
+        let start = now();
+        loop {
+            self.check_running().await?;
+            if self.admin_socket.exists() {
+                if let Ok(mut admin) = node::rt::admin::connect(&self.admin_socket).await {
+                    let status = admin.cluster_status(pb::ClusterStatusRequest {}).await;
+                    let bundle = admin.get_bundle(pb::GetBundleRequest {}).await;
+                    if let (Ok(s), Ok(b)) = (status, bundle) {
+                        if s.get_ref().leader_id == Some(1) && !b.get_ref().bundle_sha256.is_empty()
+                        {
+                            return Ok(admin);
+                        }
+                    }
+                }
+            }
+            if start.elapsed() > STEP_TIMEOUT {
+                return Err("the server's admin API and CA did not come up".into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Polls the Workload API (a new connection each time) until it serves `want`. An agent
+    /// that exits because the fresh server refused to issue while its replica counted as stale
+    /// (see the report) is started again, as a supervisor would; returns those refusals.
+    async fn wait_svid(&mut self, want: &str) -> Res<Vec<String>> {
+        let start = now();
+        let mut last = String::from("the socket does not exist yet");
+        let mut refusals = Vec::new();
+        loop {
+            if let Some(server) = self.server.as_mut() {
+                server.check_running().await?;
+            }
+            if let Some(agent) = self.agent.as_mut() {
+                if let Err(e) = agent.check_running().await {
+                    let text = e.to_string();
+                    if !text.contains("replica is stale") || start.elapsed() > STEP_TIMEOUT {
+                        return Err(e);
+                    }
+                    refusals.push(format!("{:.2} s: {text}", start.elapsed().as_secs_f64()));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    self.restart_agent()?;
+                    continue;
+                }
+            }
+            if self.agent_socket.exists() {
+                match first_x509(&self.agent_socket, want).await {
+                    Ok(_) => return Ok(refusals),
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            if start.elapsed() > STEP_TIMEOUT {
+                return Err(format!("the agent never served {want}: {last}").into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the agent, then the server, and removes the temp dir. One line per problem.
+    async fn shutdown(&mut self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for p in [self.agent.as_mut(), self.server.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            problems.extend(p.stop().await);
+        }
+        if let Some(dir) = self.dir.take() {
+            let path = dir.path().to_path_buf();
+            if let Err(e) = dir.close() {
+                problems.push(format!("removing {}: {e}", path.display()));
+            } else if path.exists() {
+                problems.push(format!("{} still exists", path.display()));
+            }
+        }
+        problems
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workload API clients
+
+/// A request carrying the `workload.spiffe.io: true` header.
+fn workload_request<T>(msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert(
+        SECURITY_HEADER,
+        tonic::metadata::MetadataValue::from_static(SECURITY_HEADER_VALUE),
+    );
+    req
+}
+
+/// A new connection to the Workload API on `path` (connected: the HTTP/2 handshake is done).
+async fn workload_connect(path: &Path) -> Res<Workload> {
+    let first = tokio::net::UnixStream::connect(path).await?;
+    let first = Arc::new(Mutex::new(Some(first)));
+    let socket = path.to_path_buf();
+    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+        let first = first.clone();
+        let socket = socket.clone();
+        async move {
+            let ready = first.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let stream = match ready {
+                Some(stream) => stream,
+                None => tokio::net::UnixStream::connect(&socket).await?,
+            };
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    });
+    let channel = tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(connector)
+        .await?;
+    Ok(Workload::new(channel))
+}
+
+/// Connects anew, opens FetchX509SVID and waits for its first message, which must hold `want`.
+/// Returns (connected after, first message after).
+async fn first_x509(path: &Path, want: &str) -> Res<(Duration, Duration)> {
+    let start = now();
+    let call = async {
+        let mut client = workload_connect(path).await?;
+        let connected = start.elapsed();
+        let mut stream = client
+            .fetch_x509svid(workload_request(X509svidRequest {}))
+            .await?
+            .into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or("the stream ended before its first message")?;
+        let took = start.elapsed();
+        match first.svids.first() {
+            Some(s) if s.spiffe_id == want && !s.x509_svid.is_empty() => Ok((connected, took)),
+            Some(s) => Err(format!("the first SVID is {}", s.spiffe_id).into()),
+            None => Err("a message without SVIDs".into()),
+        }
+    };
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .map_err(|_| BoxError::from("timed out"))?
+}
+
+/// One FetchJWTSVID for [`AUDIENCE`]; returns the token.
+async fn fetch_jwt(client: &mut Workload, want: &str) -> Res<String> {
+    let call = client.fetch_jwtsvid(workload_request(JwtsvidRequest {
+        audience: vec![AUDIENCE.into()],
+        spiffe_id: String::new(),
+    }));
+    let resp = tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .map_err(|_| BoxError::from("timed out"))??
+        .into_inner();
+    match resp.svids.into_iter().next() {
+        Some(s) if s.spiffe_id == want => Ok(s.svid),
+        Some(s) => Err(format!("a JWT-SVID for {}", s.spiffe_id).into()),
+        None => Err("no JWT-SVID".into()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Phases
+
+struct X509Result {
+    first: Samples,
+    connect: Samples,
+    rounds: u64,
+    elapsed: Duration,
+}
+
+/// Rounds of `n` new workloads at once until `length` has passed.
+async fn x509_phase(socket: &Path, want: &str, n: usize, length: Duration) -> Res<X509Result> {
+    let start = now();
+    let mut first = Samples::default();
+    let mut connect = Samples::default();
+    let mut rounds = 0;
+    while start.elapsed() < length {
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let socket = socket.to_path_buf();
+                let want = want.to_owned();
+                spawn(async move { first_x509(&socket, &want).await })
+            })
+            .collect();
+        for t in tasks {
+            match t.await? {
+                Ok((c, f)) => {
+                    connect.micros.push(micros(c));
+                    first.micros.push(micros(f));
+                }
+                Err(e) => first.fail(e),
+            }
+        }
+        rounds += 1;
+    }
+    Ok(X509Result {
+        first,
+        connect,
+        rounds,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// One JWT caller on its own connection until `deadline`; counts tokens other than `expected`.
+async fn jwt_caller(
+    mut client: Workload,
+    want: String,
+    expected: String,
+    deadline: Instant,
+) -> (Samples, u64) {
+    let mut s = Samples::default();
+    let mut other_tokens = 0;
+    while now() < deadline {
+        let start = now();
+        let got = fetch_jwt(&mut client, &want).await;
+        let took = start.elapsed();
+        match got {
+            Ok(token) => {
+                s.micros.push(micros(took));
+                if token != expected {
+                    other_tokens += 1;
+                }
+            }
+            Err(e) => s.fail(e),
+        }
+    }
+    (s, other_tokens)
+}
+
+struct JwtResult {
+    warmup: Duration,
+    calls: Samples,
+    other_tokens: u64,
+    elapsed: Duration,
+}
+
+async fn jwt_phase(socket: &Path, want: &str, n: usize, length: Duration) -> Res<JwtResult> {
+    let mut warm_client = workload_connect(socket).await?;
+    let start = now();
+    let expected = fetch_jwt(&mut warm_client, want).await?;
+    let warmup = start.elapsed();
+    drop(warm_client);
+    // Connections first, outside the timed window.
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        clients.push(workload_connect(socket).await?);
+    }
+    let start = now();
+    let deadline = start + length;
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|c| spawn(jwt_caller(c, want.to_owned(), expected.clone(), deadline)))
+        .collect();
+    let mut calls = Samples::default();
+    let mut other_tokens = 0;
+    for t in tasks {
+        let (s, o) = t.await?;
+        calls.merge(s);
+        other_tokens += o;
+    }
+    Ok(JwtResult {
+        warmup,
+        calls,
+        other_tokens,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// Sequential ValidateJWTSVID calls with an invalid token on one connection (InvalidArgument
+/// is the expected answer).
+async fn validate_baseline(socket: &Path) -> Res<(Samples, Duration)> {
+    let mut client = workload_connect(socket).await?;
+    let mut s = Samples::default();
+    let mut timed = now();
+    // Warm-up (the first call pays for the connection's first stream).
+    for i in 0..(VALIDATE_SAMPLES + 20) {
+        let start = now();
+        let call = client.validate_jwtsvid(workload_request(ValidateJwtsvidRequest {
+            audience: AUDIENCE.into(),
+            svid: "not-a-jwt".into(),
+        }));
+        let got = tokio::time::timeout(CALL_TIMEOUT, call).await;
+        let took = start.elapsed();
+        if i < 20 {
+            timed = now();
+            continue;
+        }
+        match got {
+            Ok(Err(status)) if status.code() == tonic::Code::InvalidArgument => {
+                s.micros.push(micros(took));
+            }
+            Ok(Err(status)) => s.fail(format!("{:?}: {}", status.code(), status.message())),
+            Ok(Ok(_)) => s.fail("an invalid token validated"),
+            Err(_) => s.fail("timed out"),
+        }
+    }
+    Ok((s, timed.elapsed()))
+}
+
+/// This process's thread count (`Threads:` in `/proc/self/status`).
+fn threads_now() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+struct Row {
+    what: String,
+    count: String,
+    rate: String,
+    p50: String,
+    p99: String,
+    max: String,
+    note: String,
+}
+
+fn ms(v: f64) -> String {
+    if v.is_nan() {
+        "-".into()
+    } else if v < 1.0 {
+        format!("{:.0} µs", v * 1000.0)
+    } else {
+        format!("{v:.2} ms")
+    }
+}
+
+fn row(what: String, s: &Samples, rate: String, note: String) -> Row {
+    let (p50, p99, max) = s.latency_ms();
+    Row {
+        what,
+        count: s.micros.len().to_string(),
+        rate,
+        p50: ms(p50),
+        p99: ms(p99),
+        max: ms(max),
+        note: format!("{note}{}", s.errors_note()),
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    let headers = ["measurement", "count", "rate", "p50", "p99", "max", "notes"];
+    let cols: Vec<Vec<&str>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                &*r.what, &*r.count, &*r.rate, &*r.p50, &*r.p99, &*r.max, &*r.note,
+            ]
+        })
+        .collect();
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for c in &cols {
+        for (w, cell) in widths.iter_mut().zip(c) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[&str]| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (c, w))| {
+                let pad = w.saturating_sub(c.chars().count());
+                if (1..=5).contains(&i) {
+                    format!("{}{c}", " ".repeat(pad))
+                } else {
+                    format!("{c}{}", " ".repeat(pad))
+                }
+            })
+            .collect();
+        println!("| {} |", parts.join(" | "));
+    };
+    line(&headers);
+    let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+    println!("|-{}-|", rule.join("-|-"));
+    for c in &cols {
+        line(c);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run
+
+async fn run_phases(
+    args: &Args,
+    bench: &mut Bench,
+    cred: PeerCred,
+    rows: &mut Vec<Row>,
+) -> Res<()> {
+    let want = format!("spiffe://{TRUST_DOMAIN}/bench");
+    let t0 = now();
+    let server = bench.start_server()?;
+    let mut admin = bench.admin().await?;
+    println!(
+        "server: up with its CA in {:.1} s on {server}, data under {}",
+        t0.elapsed().as_secs_f64(),
+        bench.root()?.display()
+    );
+    let token = admin
+        .create_join_token(pb::CreateJoinTokenRequest {
+            ttl_secs: 600,
+            spiffe_id: String::new(),
+            purpose: JoinTokenPurpose::Agent.into(),
+        })
+        .await?
+        .into_inner();
+    if token.agent_spiffe_id.is_empty() || token.bundle_sha256.is_empty() {
+        return Err("CreateJoinToken answered no agent ID or no bundle hash".into());
+    }
+    let selector = format!("unix:uid:{}", cred.uid);
+    let created = admin
+        .create_entries(pb::CreateEntriesRequest {
+            entries: vec![pb::Entry {
+                spiffe_id: want.clone(),
+                parent_id: token.agent_spiffe_id.clone(),
+                selectors: vec![selector.clone()],
+                ..pb::Entry::default()
+            }],
+        })
+        .await?
+        .into_inner();
+    match created.results.into_iter().next().and_then(|r| r.result) {
+        Some(pb::entry_result::Result::Entry(_)) => {}
+        Some(pb::entry_result::Result::Error(e)) => {
+            return Err(format!("creating the entry: {} ({})", e.message, e.code).into())
+        }
+        None => return Err("creating the entry: no result".into()),
+    }
+    let t1 = now();
+    bench.start_agent(server, &token.token, &token.bundle_sha256)?;
+    let refusals = bench.wait_svid(&want).await?;
+    println!(
+        "agent: {} serves {want} (selector {selector}) on {} after {:.2} s",
+        token.agent_spiffe_id,
+        bench.agent_socket.display(),
+        t1.elapsed().as_secs_f64()
+    );
+    if let Some(first) = refusals.first() {
+        println!(
+            "note: the agent exited {} time(s) at start-up and was started again: the server, leader with its CA committed, refused to issue (first at {first})",
+            refusals.len()
+        );
+    }
+    let socket = bench.agent_socket.clone();
+    println!("threads in this process: {}", threads_now());
+
+    // --- 5b. baseline: a raw round trip
+    println!("baseline: {VALIDATE_SAMPLES} sequential ValidateJWTSVID calls with an invalid token on one connection…");
+    let (validate, took) = validate_baseline(&socket).await?;
+    rows.push(row(
+        "baseline: ValidateJWTSVID, invalid token, sequential".into(),
+        &validate,
+        format!(
+            "{:.0} calls/s",
+            validate.micros.len() as f64 / took.as_secs_f64()
+        ),
+        "1 connection, c=1; header check + attestation + parse failure (InvalidArgument)".into(),
+    ));
+
+    // --- 3. FetchX509SVID for new workloads
+    let n = args.workloads;
+    let length = Duration::from_secs(args.seconds);
+    println!(
+        "x509: rounds of {n} new workloads at once (new connection + FetchX509SVID until the first message) for {} s…",
+        args.seconds
+    );
+    let x = x509_phase(&socket, &want, n, length).await?;
+    let (c50, c99, _) = x.connect.latency_ms();
+    println!(
+        "x509: {} first messages in {} rounds, {:.2} s; {} threads in this process now{}",
+        x.first.micros.len(),
+        x.rounds,
+        x.elapsed.as_secs_f64(),
+        threads_now(),
+        x.first.errors_note()
+    );
+    rows.push(row(
+        "FetchX509SVID first message, new workload".into(),
+        &x.first,
+        format!(
+            "{:.0} wl/s",
+            x.first.micros.len() as f64 / x.elapsed.as_secs_f64()
+        ),
+        format!(
+            "{n} at once per round, {} rounds; incl. connect (p50 {}, p99 {})",
+            x.rounds,
+            ms(c50),
+            ms(c99)
+        ),
+    ));
+
+    // --- 4. FetchJWTSVID cache hits
+    println!(
+        "jwt: {n} callers, one connection each, FetchJWTSVID{{audience: [{AUDIENCE:?}]}} for {} s…",
+        args.seconds
+    );
+    let j = jwt_phase(&socket, &want, n, length).await?;
+    println!(
+        "jwt: warm-up (mint) {}; {} calls in {:.2} s, {} answered another token than the warm-up's; {} threads in this process now{}",
+        ms(j.warmup.as_secs_f64() * 1000.0),
+        j.calls.micros.len(),
+        j.elapsed.as_secs_f64(),
+        j.other_tokens,
+        threads_now(),
+        j.calls.errors_note()
+    );
+    rows.push(row(
+        "FetchJWTSVID, cache hit".into(),
+        &j.calls,
+        format!(
+            "{:.0} calls/s",
+            j.calls.micros.len() as f64 / j.elapsed.as_secs_f64()
+        ),
+        format!(
+            "{n} callers, 1 connection each; warm-up mint {}; {} other tokens",
+            ms(j.warmup.as_secs_f64() * 1000.0),
+            j.other_tokens
+        ),
+    ));
+    Ok(())
+}
+
+fn run(args: Args) -> Res<()> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let cred = own_cred()?;
+    let exe_bytes = std::env::current_exe()
+        .and_then(std::fs::metadata)
+        .map(|m| m.len())
+        .unwrap_or(0);
+    println!(
+        "wlbench: {} workloads, {} s phases, {threads} core(s), pid {}, uid {}, gid {}, executable {:.1} MB",
+        args.workloads,
+        args.seconds,
+        cred.pid.unwrap_or(0),
+        cred.uid,
+        cred.gid,
+        exe_bytes as f64 / 1e6
+    );
+
+    // --- 5a. baseline: attestation, before anything else runs
+    let a = attest_baseline(cred)?;
+    let mut rows = vec![row(
+        "baseline: unix attestation of this process".into(),
+        &a.warm,
+        "-".into(),
+        format!(
+            "direct call, hash cache warm, {} selectors; cold first call {} (hashes the executable)",
+            a.selectors,
+            ms(a.cold.as_secs_f64() * 1000.0)
+        ),
+    )];
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let outcome = runtime.block_on(async {
+        let mut bench = Bench::new()?;
+        let result = run_phases(&args, &mut bench, cred, &mut rows).await;
+        let t = now();
+        let problems = bench.shutdown().await;
+        println!(
+            "shutdown: agent and server stopped in {:.1} s, temp dir removed{}",
+            t.elapsed().as_secs_f64(),
+            if problems.is_empty() {
+                String::new()
+            } else {
+                format!(" — PROBLEMS: {}", problems.join("; "))
+            }
+        );
+        match (result, problems.is_empty()) {
+            (Err(e), _) => Err(e),
+            (Ok(()), true) => Ok(()),
+            (Ok(()), false) => Err(BoxError::from(problems.join("; "))),
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    println!();
+    print_table(&rows);
+    outcome
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,openraft=error"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    if let Err(e) = args.check() {
+        eprintln!("wlbench: {e}");
+        return std::process::ExitCode::from(2);
+    }
+    match run(args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wlbench: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
