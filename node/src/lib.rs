@@ -16,6 +16,14 @@ pub mod rt;
 pub mod server;
 pub mod service;
 
+fn stale_message(since_ms: u64) -> String {
+    if since_ms == u64::MAX {
+        "this node has not been in contact with a Raft leader yet, so it does not issue; retry shortly (if it persists, check connectivity to a majority of server nodes)".into()
+    } else {
+        format!("this node's replica is stale ({since_ms} ms without leader contact); it stops issuing past staleness_max — check connectivity to a majority of server nodes")
+    }
+}
+
 /// Errors of the node layer.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -34,8 +42,8 @@ pub enum Error {
     /// The requester may not have this identity.
     #[error("not authorized: {0}")]
     NotAuthorized(String),
-    /// This node has not heard from a leader for longer than `staleness_max`.
-    #[error("this node's replica is stale ({since_ms} ms without leader contact); it stops issuing past staleness_max — check connectivity to a majority of server nodes")]
+    /// This node has not heard from a leader for longer than `staleness_max` (or not yet).
+    #[error("{}", stale_message(*since_ms))]
     Stale {
         /// Time since the last leader contact (u64::MAX: never).
         since_ms: u64,

@@ -139,6 +139,17 @@ impl<T: Transport> ServerNode<T> {
             .is_some()
     }
 
+    /// Whether this node would issue now: in contact with a leader within `staleness_max` and
+    /// holding an active CA.
+    pub fn ready_to_issue(&self) -> Result<(), Error> {
+        lock(&self.inner.issuer).check_fresh(self.inner.env.mono())?;
+        if self.has_active_ca() {
+            Ok(())
+        } else {
+            Err(Error::NoActiveKey)
+        }
+    }
+
     /// Signs a workload X.509-SVID for `agent`'s entry `entry_id` from the local replica.
     pub fn issue_x509(
         &self,

@@ -303,6 +303,8 @@ impl<T: Transport> NodeService<T> {
         token: &str,
         public_key_der: &[u8],
     ) -> Result<ApiResponse, ApiError> {
+        // Refuse before the token is consumed when this node could not issue the SVID anyway.
+        self.node.ready_to_issue().map_err(|e| api_error(&e))?;
         let token_sha256 = attest::sha256_hex(token.as_bytes());
         let agent_id = join_token_agent_id(self.td(), &token_sha256).map_err(|e| api_error(&e))?;
         let record = AgentRecord {

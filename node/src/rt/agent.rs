@@ -45,6 +45,10 @@ pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
 pub const RTT_GRACE: Duration = Duration::from_millis(200);
 /// How often the agent looks for a faster server than the one it uses.
 pub const REPROBE_INTERVAL: Duration = Duration::from_secs(60);
+/// Most cached JWT-SVIDs (per SPIFFE ID and audience set); the cache starts over when full.
+pub const JWT_CACHE_MAX: usize = 4096;
+/// How long a first attestation keeps retrying while servers answer "unavailable".
+pub const ATTEST_RETRY_MAX: Duration = Duration::from_secs(60);
 /// A stored agent SVID is reused at start-up only with at least this much life left.
 pub const SVID_REUSE_MIN: Duration = Duration::from_secs(60);
 
@@ -125,6 +129,8 @@ struct Inner {
     changes: watch::Sender<u64>,
     /// The connection in use, if any.
     client: Mutex<Option<ApiClient>>,
+    /// Serializes JWT-SVID mints so concurrent misses cost one mint.
+    mint_gate: tokio::sync::Mutex<()>,
 }
 
 /// A running agent (cheap to clone).
@@ -201,6 +207,35 @@ async fn attest_with_token(
     )))
 }
 
+/// [`attest_with_token`], retried with backoff for up to [`ATTEST_RETRY_MAX`] while the
+/// servers answer "unavailable" (no quorum yet, a fresh node not ready to issue): such a refusal
+/// leaves the token usable by the same agent.
+async fn attest_retrying(
+    cfg: &AgentFileConfig,
+    key: &TlsKey,
+    env: Arc<dyn Env>,
+) -> Result<(SpiffeId, Vec<Vec<u8>>, UnixTime, Bundle), Error> {
+    let started = env.mono();
+    let mut backoff = RECONNECT_MIN;
+    loop {
+        match attest_with_token(cfg, key, env.clone()).await {
+            Ok(a) => return Ok(a),
+            Err(e)
+                if e.to_string().contains("Unavailable")
+                    && env.mono().saturating_since(started) < ATTEST_RETRY_MAX =>
+            {
+                tracing::info!(
+                    retry_ms = backoff.as_millis(),
+                    "servers not ready to attest yet; retrying"
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RECONNECT_MAX);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 impl Agent {
     /// Establishes the agent's identity (stored, or a join-token attestation).
     pub async fn start(cfg: AgentFileConfig, env: Arc<dyn Env>) -> Result<Agent, Error> {
@@ -230,7 +265,7 @@ impl Agent {
                 (id, chain, not_after, bundle)
             }
             _ => {
-                let attested = attest_with_token(&cfg, &key, env.clone()).await?;
+                let attested = attest_retrying(&cfg, &key, env.clone()).await?;
                 tracing::info!(agent = %attested.0, "attested with a join token");
                 files.store_svid(&attested.1, attested.2)?;
                 attested
@@ -254,6 +289,7 @@ impl Agent {
                 }),
                 changes: watch::channel(0).0,
                 client: Mutex::new(None),
+                mint_gate: tokio::sync::Mutex::new(()),
                 cfg,
                 env,
                 files,
@@ -624,17 +660,33 @@ impl WorkloadSource for Agent {
             for (entry_id, id, hint) in wanted {
                 let wall = agent.inner.env.wall();
                 let key = (id.clone(), audience.clone());
-                let cached = lock(&agent.inner.cache)
-                    .jwts
-                    .get(&key)
-                    .filter(|j| !past_half_life(j.issued_at, j.expires_at, wall))
-                    .map(|j| j.token.clone());
-                let token = match cached {
+                let cached = |agent: &Agent| {
+                    lock(&agent.inner.cache)
+                        .jwts
+                        .get(&key)
+                        .filter(|j| !past_half_life(j.issued_at, j.expires_at, wall))
+                        .map(|j| j.token.clone())
+                };
+                let mut hit = cached(&agent);
+                // One mint at a time: concurrent misses for the same key wait and then hit.
+                let _gate = match hit {
+                    Some(_) => None,
+                    None => {
+                        let gate = agent.inner.mint_gate.lock().await;
+                        hit = cached(&agent);
+                        Some(gate)
+                    }
+                };
+                let token = match hit {
                     Some(t) => t,
                     None => {
                         let (token, expires_at) =
                             agent.mint_jwt(entry_id, audience.clone()).await?;
-                        lock(&agent.inner.cache).jwts.insert(
+                        let mut cache = lock(&agent.inner.cache);
+                        if cache.jwts.len() >= JWT_CACHE_MAX {
+                            cache.jwts.clear();
+                        }
+                        cache.jwts.insert(
                             key,
                             HeldJwt {
                                 token: token.clone(),
@@ -686,15 +738,17 @@ pub async fn run_agent(
     );
     tokio::pin!(served);
     tokio::pin!(shutdown);
-    let result = tokio::select! {
-        r = &mut served => r,
+    let (result, served_done) = tokio::select! {
+        r = &mut served => (r, true),
         () = &mut shutdown => {
             tracing::info!("shutting down");
-            Ok(())
+            (Ok(()), false)
         }
     };
     stop_tx.send_replace(true);
-    let _ = (&mut served).await;
+    if !served_done {
+        let _ = (&mut served).await;
+    }
     let _ = runner.await;
     result
 }
