@@ -1316,26 +1316,8 @@ async fn workload_connect(path: &std::path::Path) -> Result<WorkloadClient, CliE
             admin::io_text(&e.to_string())
         ))
     };
-    // Connect once here for a precise error; the channel takes over this stream.
-    let first = tokio::net::UnixStream::connect(path)
-        .await
-        .map_err(|e| unreachable(&e))?;
-    let first = std::sync::Arc::new(std::sync::Mutex::new(Some(first)));
-    let socket = path.to_path_buf();
-    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
-        let first = first.clone();
-        let socket = socket.clone();
-        async move {
-            let ready = first.lock().unwrap_or_else(|p| p.into_inner()).take();
-            let stream = match ready {
-                Some(stream) => stream,
-                None => tokio::net::UnixStream::connect(&socket).await?,
-            };
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-        }
-    });
-    let channel = tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(connector)
+    let endpoint = tonic::transport::Endpoint::from_static("http://localhost");
+    let channel = admin::uds_channel(path, endpoint)
         .await
         .map_err(|e| unreachable(&e))?;
     Ok(WorkloadClient::new(channel))

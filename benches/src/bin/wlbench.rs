@@ -29,7 +29,6 @@
 use std::error::Error as StdError;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -486,24 +485,8 @@ fn workload_request<T>(msg: T) -> tonic::Request<T> {
 
 /// A new connection to the Workload API on `path` (connected: the HTTP/2 handshake is done).
 async fn workload_connect(path: &Path) -> Res<Workload> {
-    let first = tokio::net::UnixStream::connect(path).await?;
-    let first = Arc::new(Mutex::new(Some(first)));
-    let socket = path.to_path_buf();
-    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
-        let first = first.clone();
-        let socket = socket.clone();
-        async move {
-            let ready = first.lock().unwrap_or_else(|p| p.into_inner()).take();
-            let stream = match ready {
-                Some(stream) => stream,
-                None => tokio::net::UnixStream::connect(&socket).await?,
-            };
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-        }
-    });
-    let channel = tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(connector)
-        .await?;
+    let endpoint = tonic::transport::Endpoint::from_static("http://localhost");
+    let channel = node::rt::admin::uds_channel(path, endpoint).await?;
     Ok(Workload::new(channel))
 }
 

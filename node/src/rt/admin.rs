@@ -966,21 +966,16 @@ pub async fn serve_admin_with_mode<T: Transport>(
 /// How long the client waits for one admin call (writes may wait for a quorum).
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Connects to the admin API on the Unix socket at `path`. The error names the socket and asks
-/// whether the server is running.
-pub async fn connect(path: &Path) -> Result<AdminClient<tonic::transport::Channel>, Error> {
-    let unreachable = |e: &dyn std::fmt::Display| Error::Os {
-        what: "cannot reach the admin socket",
-        detail: format!(
-            "{}: {} (is `sigil server` running?)",
-            path.display(),
-            io_text(&e.to_string())
-        ),
-    };
-    // Connect once here for a precise error; the channel takes over this stream.
+/// A gRPC channel over the Unix socket at `path` (tonic over hyper): connects once at once, so
+/// a missing or refused socket is an error here rather than on the first call, and reconnects
+/// later as needed. The error is the OS's text.
+pub async fn uds_channel(
+    path: &Path,
+    endpoint: tonic::transport::Endpoint,
+) -> Result<tonic::transport::Channel, String> {
     let first = tokio::net::UnixStream::connect(path)
         .await
-        .map_err(|e| unreachable(&e))?;
+        .map_err(|e| e.to_string())?;
     let first = Arc::new(std::sync::Mutex::new(Some(first)));
     let socket = path.to_path_buf();
     let connector = tower::service_fn(move |_: tonic::transport::Uri| {
@@ -995,10 +990,27 @@ pub async fn connect(path: &Path) -> Result<AdminClient<tonic::transport::Channe
             Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
         }
     });
-    let channel = tonic::transport::Endpoint::from_static("http://sigil-admin.local")
-        .timeout(CLIENT_TIMEOUT)
-        .connect_timeout(Duration::from_secs(5))
+    endpoint
         .connect_with_connector(connector)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Connects to the admin API on the Unix socket at `path`. The error names the socket and asks
+/// whether the server is running.
+pub async fn connect(path: &Path) -> Result<AdminClient<tonic::transport::Channel>, Error> {
+    let unreachable = |e: &dyn std::fmt::Display| Error::Os {
+        what: "cannot reach the admin socket",
+        detail: format!(
+            "{}: {} (is `sigil server` running?)",
+            path.display(),
+            io_text(&e.to_string())
+        ),
+    };
+    let endpoint = tonic::transport::Endpoint::from_static("http://sigil-admin.local")
+        .timeout(CLIENT_TIMEOUT)
+        .connect_timeout(Duration::from_secs(5));
+    let channel = uds_channel(path, endpoint)
         .await
         .map_err(|e| unreachable(&e))?;
     Ok(AdminClient::new(channel))
