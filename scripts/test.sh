@@ -14,6 +14,9 @@ step() { printf '\n==> %s\n' "$*"; }
 need=()
 command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+# py-spiffe interop (node/tests/api_cli.rs) runs in a venv: python3 with venv + ensurepip.
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 if ((${#need[@]})); then
   if [ "$(id -u)" -ne 0 ]; then
     echo "error: missing packages ${need[*]} and not root; install them with apt-get" >&2
@@ -23,6 +26,19 @@ if ((${#need[@]})); then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 fi
+
+# Unmodified py-spiffe 0.3.2 for the interop test, in a venv under the target dir (reused
+# when it already has the pinned version). Run outside this script, the test says it skipped.
+PYSPIFFE_VERSION=0.3.2
+venv="${CARGO_TARGET_DIR:-target}/pyspiffe-venv"
+if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('spiffe') != '$PYSPIFFE_VERSION')" >/dev/null 2>&1; then
+  step "installing py-spiffe $PYSPIFFE_VERSION into $venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "spiffe==$PYSPIFFE_VERSION"
+fi
+SIGIL_PYSPIFFE_PYTHON="$(cd "$venv/bin" && pwd)/python"
+export SIGIL_PYSPIFFE_PYTHON
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -736,3 +736,74 @@ fn second_uid(dir: &Path, workload: &Path, me: &str) {
     ));
     assert_eq!(mine["svids"][0]["spiffe_id"], me, "root keeps its SVID");
 }
+
+/// The Python interpreter of the venv with py-spiffe 0.3.2 that `scripts/test.sh` prepares.
+fn pyspiffe_python() -> Option<PathBuf> {
+    let python = PathBuf::from(std::env::var_os("SIGIL_PYSPIFFE_PYTHON")?);
+    assert!(
+        python.exists(),
+        "SIGIL_PYSPIFFE_PYTHON={} does not exist",
+        python.display()
+    );
+    Some(python)
+}
+
+/// Unmodified py-spiffe 0.3.2 (grpc-python underneath, which names the socket path as the
+/// HTTP/2 `:authority`) against a real agent: X.509-SVID, X.509 context, X.509 bundles,
+/// JWT-SVID, JWT bundles, validation locally and through the agent, a wrong audience rejected
+/// by both, and repeated calls on one connection. The checks live in `pyspiffe_interop.py`.
+#[test]
+fn py_spiffe_against_a_real_agent() {
+    let Some(python) = pyspiffe_python() else {
+        eprintln!(
+            "skipped: SIGIL_PYSPIFFE_PYTHON is not set (scripts/test.sh installs py-spiffe into a venv and sets it)"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plane = start_plane(dir.path());
+    let me = format!("spiffe://{TD}/python");
+    create_entry(&plane.admin, &me, &plane.agent_id, my_uid(), "py");
+    let endpoint = format!("unix://{}", plane.workload.display());
+    assert!(
+        wait_for(WAIT, || api(&endpoint, &["fetch", "x509"]).status.success()),
+        "no SVID for this uid: {}",
+        plane.agent.log()
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pyspiffe_interop.py");
+    let mut cmd = Command::new(&python);
+    cmd.arg(&script)
+        .arg(&plane.workload)
+        .arg(TD)
+        .arg(&me)
+        .stdin(Stdio::null());
+    let started = Instant::now();
+    let out = run_bounded(cmd, CALL_LIMIT);
+    assert!(
+        out.status.success(),
+        "py-spiffe interop failed: {}\n{}\nagent log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        plane.agent.log()
+    );
+    let seen = json(&out);
+    eprintln!(
+        "py-spiffe 0.3.2 interop passed in {} ms: {seen}",
+        started.elapsed().as_millis()
+    );
+    assert_eq!(seen["x509_spiffe_id"], me.as_str());
+    assert_eq!(seen["jwt_spiffe_id"], me.as_str());
+    assert!(seen["x509_authorities"].as_u64().expect("count") >= 1);
+    assert!(seen["jwt_authorities"].as_u64().expect("count") >= 1);
+    let local = seen["wrong_audience_local"].as_str().expect("local");
+    assert!(
+        local.starts_with("InvalidTokenError") && local.to_lowercase().contains("audience"),
+        "{local}"
+    );
+    let agent = seen["wrong_audience_agent"].as_str().expect("agent");
+    assert!(
+        agent.starts_with("ValidateJwtSvidError") && agent.contains("audience"),
+        "{agent}"
+    );
+    assert_eq!(seen["repeated_fetches"], 20);
+}

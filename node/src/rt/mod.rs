@@ -6,6 +6,7 @@ pub mod agent;
 pub mod api;
 pub mod config;
 pub mod env;
+pub mod h2_authority;
 pub mod logging;
 pub mod quic;
 pub mod serve;

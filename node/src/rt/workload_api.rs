@@ -777,7 +777,11 @@ pub async fn serve_workload_api(
     let stopper = service.stopper();
     let listener = bind_workload_socket(path)?;
     tracing::info!(socket = %path.display(), "Workload API listening");
-    let incoming = tonic::codegen::tokio_stream::wrappers::UnixListenerStream::new(listener);
+    // grpc-python sends an `:authority` the HTTP/2 server refuses; see h2_authority.
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::UnixListenerStream::new(listener),
+        |conn| conn.map(super::h2_authority::AuthorityFix::new),
+    );
     let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
         shutdown.await;
