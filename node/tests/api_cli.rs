@@ -807,3 +807,168 @@ fn py_spiffe_against_a_real_agent() {
     );
     assert_eq!(seen["repeated_fetches"], 20);
 }
+
+/// The `greeter` example (built by `cargo test` next to the test binaries).
+fn greeter_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("examples/greeter");
+    assert!(
+        bin.exists(),
+        "{} is missing: `cargo test` builds it; with a target filter run `cargo build -p node --example greeter` first",
+        bin.display()
+    );
+    bin
+}
+
+fn greeter(endpoint: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(greeter_bin());
+    cmd.args(args).env("SPIFFE_ENDPOINT_SOCKET", endpoint);
+    cmd
+}
+
+/// examples/greeter.rs: two workloads authenticate each other with mutual TLS using their
+/// X.509-SVIDs (rustls + a SPIFFE verifier) and the client calls the server with a JWT-SVID
+/// whose audience is the server's ID; each prints the peer's SPIFFE ID. A client the server
+/// does not allow is refused, and a client expecting another server ID refuses the server.
+#[test]
+fn greeter_example_does_mtls_and_a_jwt_call() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plane = start_plane(dir.path());
+    let uid = my_uid();
+    let server_id = format!("spiffe://{TD}/greeter-server");
+    let client_id = format!("spiffe://{TD}/greeter-client");
+    let stranger_id = format!("spiffe://{TD}/stranger");
+    for (id, hint) in [
+        (&server_id, "server"),
+        (&client_id, "client"),
+        (&stranger_id, "stranger"),
+    ] {
+        create_entry(&plane.admin, id, &plane.agent_id, uid, hint);
+    }
+    let endpoint = format!("unix://{}", plane.workload.display());
+    assert!(
+        wait_for(WAIT, || {
+            let out = api(&endpoint, &["fetch", "x509", "--json"]);
+            out.status.success() && json(&out)["svids"].as_array().is_some_and(|s| s.len() == 3)
+        }),
+        "three SVIDs: {}",
+        plane.agent.log()
+    );
+
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let server_log = dir.path().join("greeter-server.log");
+    let mut server = greeter(
+        &endpoint,
+        &[
+            "server", "--listen", &listen, "--svid", &server_id, "--allow", &client_id,
+        ],
+    );
+    server
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&server_log).expect("log"))
+        .stderr(Stdio::inherit());
+    let server = Proc {
+        child: Some(server.spawn().expect("spawn greeter server")),
+        log: server_log,
+    };
+    assert!(
+        wait_for(WAIT, || server.log().contains("listening on")),
+        "greeter server up: {}",
+        server.log()
+    );
+
+    let started = Instant::now();
+    let out = run_bounded(
+        greeter(
+            &endpoint,
+            &[
+                "client",
+                "--connect",
+                &listen,
+                "--server-id",
+                &server_id,
+                "--svid",
+                &client_id,
+            ],
+        ),
+        CALL_LIMIT,
+    );
+    let said = stdout(&out);
+    eprintln!(
+        "greeter client ({} ms):\n{said}greeter server:\n{}",
+        started.elapsed().as_millis(),
+        server.log()
+    );
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains(&format!("mTLS peer: {server_id}")), "{said}");
+    assert!(
+        said.contains(&format!("hello {client_id} (JWT-SVID subject {client_id})")),
+        "{said}"
+    );
+    assert!(
+        wait_for(WAIT, || server.log().contains(&format!(
+            "JWT-SVID subject: {client_id} (audience {server_id})"
+        ))),
+        "{}",
+        server.log()
+    );
+    assert!(server.log().contains(&format!("mTLS peer: {client_id}")));
+
+    // Not on the server's --allow list: the handshake fails on both sides.
+    let out = run_bounded(
+        greeter(
+            &endpoint,
+            &[
+                "client",
+                "--connect",
+                &listen,
+                "--server-id",
+                &server_id,
+                "--svid",
+                &stranger_id,
+            ],
+        ),
+        CALL_LIMIT,
+    );
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(
+        wait_for(WAIT, || server
+            .log()
+            .contains(&format!("{stranger_id} is not authorized here"))),
+        "{}",
+        server.log()
+    );
+
+    // The client wants another server: it refuses this one before sending its JWT-SVID.
+    let out = run_bounded(
+        greeter(
+            &endpoint,
+            &[
+                "client",
+                "--connect",
+                &listen,
+                "--server-id",
+                &stranger_id,
+                "--svid",
+                &client_id,
+            ],
+        ),
+        CALL_LIMIT,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!("{server_id} is not authorized here")),
+        "{err}"
+    );
+    drop(server);
+}
