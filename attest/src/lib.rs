@@ -10,10 +10,11 @@
 //! - [`jwt`]: JWT-SVID minting (ES256) and validation (JWT-SVID.md);
 //! - [`bundle`]: bundle lookup by trust domain and assembly of the published authorities;
 //! - [`keys`]: the production key source (ring) and the simulator's deterministic one (p256,
-//!   RFC 6979).
+//!   RFC 6979);
+//! - [`x509pop`]: x509pop node attestation — verification of a channel-bound proof of possession
+//!   of a certificate's key against CAs trusted for it, and the agent's signing side.
 //!
-//! Later: node-attestation verification (join token, x509pop, TPM quote) and workload selector
-//! matching.
+//! Later: TPM quote verification and workload selector matching.
 //!
 //! Wall time arrives as an argument, randomness as a `&mut impl rand_core::RngCore`, keys through
 //! the [`wire::KeySource`] / [`wire::Signer`] seam. Security invariants (never sign an ID other
@@ -21,7 +22,8 @@
 //! hold in release builds; bad input from peers and files is always an [`Error`], never a panic.
 //!
 //! Never opens a socket, touches the disk, reads `/proc` or an OS clock. The one OS resource it
-//! uses is the CSPRNG inside [`keys::RingKeySource`], the production key source. Private keys are
+//! uses is the CSPRNG inside [`keys::RingKeySource`], the production key source (and inside
+//! [`x509pop::X509PopKey`], the agent's x509pop signing key). Private keys are
 //! never serialized (a sealed-at-rest format for the node's own disk does not exist yet).
 
 #![forbid(unsafe_code)]
@@ -33,11 +35,13 @@ pub mod jwt;
 pub mod keyring;
 pub mod keys;
 pub mod x509;
+pub mod x509pop;
 
 pub use bundle::{BundleSource, PublishedAuthorities};
 pub use jwt::{JwtKey, JwtReject, JwtSvidClaims, JwtSvidRequest};
 pub use keyring::{Action, KeyMaterial, Keyring, KeyringConfig, NodeKeyring};
 pub use x509::{X509Ca, X509Reject, X509Svid, X509SvidRequest};
+pub use x509pop::{X509PopError, X509PopIdentity, X509PopKey};
 
 use wire::{SpiffeId, TrustDomain};
 
@@ -84,4 +88,7 @@ pub enum Error {
     /// A JWT-SVID failed validation.
     #[error("JWT-SVID rejected: {0}")]
     Jwt(#[from] JwtReject),
+    /// An x509pop proof (or its key or CA) was refused.
+    #[error("x509pop: {0}")]
+    X509Pop(#[from] X509PopError),
 }

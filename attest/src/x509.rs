@@ -671,7 +671,7 @@ impl KeyMaterial for X509Ca {
 // Validation
 
 /// Parses one certificate, the whole input.
-fn parse_cert(der: &[u8]) -> Result<X509Certificate<'_>, X509Reject> {
+pub(crate) fn parse_cert(der: &[u8]) -> Result<X509Certificate<'_>, X509Reject> {
     if der.len() > CERT_BYTES_MAX {
         return Err(X509Reject::TooLarge);
     }
@@ -694,7 +694,7 @@ pub fn not_after(der: &[u8]) -> Result<UnixTime, crate::Error> {
 }
 
 /// Rejects certificates with a critical extension we do not process.
-fn check_critical_extensions(cert: &X509Certificate<'_>) -> Result<(), X509Reject> {
+pub(crate) fn check_critical_extensions(cert: &X509Certificate<'_>) -> Result<(), X509Reject> {
     for ext in cert.extensions() {
         match ext.parsed_extension() {
             ParsedExtension::ParseError { .. } => return Err(X509Reject::Malformed),
@@ -707,7 +707,8 @@ fn check_critical_extensions(cert: &X509Certificate<'_>) -> Result<(), X509Rejec
     Ok(())
 }
 
-fn check_validity(cert: &X509Certificate<'_>, wall: UnixTime) -> Result<(), X509Reject> {
+/// Whether `wall` is inside the certificate's validity window.
+pub(crate) fn check_validity(cert: &X509Certificate<'_>, wall: UnixTime) -> Result<(), X509Reject> {
     let now = i64::try_from(wall.as_secs()).unwrap_or(i64::MAX);
     let validity = cert.validity();
     if now < validity.not_before.timestamp() {
@@ -769,7 +770,7 @@ fn verification_algorithm(
 }
 
 /// Whether `cert` is signed by `issuer` (name chaining and signature).
-fn signed_by(cert: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> bool {
+pub(crate) fn signed_by(cert: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> bool {
     if cert.issuer().as_raw() != issuer.subject().as_raw() {
         return false;
     }
@@ -865,25 +866,52 @@ pub fn validate_x509_svid<C: AsRef<[u8]>>(
         .filter_map(|a| parse_cert(&a.cert_der).ok())
         .collect();
 
-    let mut current = &leaf;
-    let mut used = vec![false; intermediates.len()];
+    let path = chain_path(
+        &leaf,
+        &intermediates,
+        &roots,
+        |cand, _| usable_intermediate(cand, &td, wall),
+        |root, _| check_validity(root, wall).is_ok(),
+    );
+    match path {
+        Some(_) => Ok(id),
+        None => Err(X509Reject::UntrustedChain.into()),
+    }
+}
+
+/// A path of signatures from `leaf` through some of `intermediates` (each used at most once) to
+/// one of `roots`: the indexes of the intermediates used, leaf side first, and the index of the
+/// root. At every step a root that signed the current certificate and passes `usable_root` ends
+/// the path; otherwise the first unused intermediate that passes `usable_intermediate` and signed
+/// it is taken. Both predicates also get the number of intermediates already below the
+/// candidate (for path length constraints). Shared by X.509-SVID validation and x509pop.
+pub(crate) fn chain_path(
+    leaf: &X509Certificate<'_>,
+    intermediates: &[X509Certificate<'_>],
+    roots: &[X509Certificate<'_>],
+    usable_intermediate: impl Fn(&X509Certificate<'_>, usize) -> bool,
+    usable_root: impl Fn(&X509Certificate<'_>, usize) -> bool,
+) -> Option<(Vec<usize>, usize)> {
+    let mut current = leaf;
+    let mut path: Vec<usize> = Vec::with_capacity(intermediates.len());
     for _ in 0..=intermediates.len() {
-        if roots
+        let below = path.len();
+        if let Some(root) = roots
             .iter()
-            .any(|root| signed_by(current, root) && check_validity(root, wall).is_ok())
+            .position(|root| signed_by(current, root) && usable_root(root, below))
         {
-            return Ok(id);
+            return Some((path, root));
         }
         let next = intermediates.iter().enumerate().find(|(i, cand)| {
-            !used[*i] && usable_intermediate(cand, &td, wall) && signed_by(current, cand)
+            !path.contains(i) && usable_intermediate(cand, below) && signed_by(current, cand)
         });
         match next {
             Some((i, cand)) => {
-                used[i] = true;
+                path.push(i);
                 current = cand;
             }
             None => break,
         }
     }
-    Err(X509Reject::UntrustedChain.into())
+    None
 }

@@ -1,7 +1,9 @@
 //! [`NodeService`]: the server side of the node API ([`wire::api`]) — what a server node answers
-//! to agents and to server nodes that join. Onboarding (consuming a join token) goes through
-//! Raft; everything an attested agent asks afterwards (its entries, SVID signing, renewal, the
-//! watch stream) is answered from the local replica with no Raft write (DESIGN.md §2).
+//! to agents and to server nodes that join. Onboarding (consuming a join token, registering an
+//! agent attested by x509pop) goes through Raft; everything an attested agent asks afterwards
+//! (its entries, SVID signing, renewal, the watch stream) is answered from the local replica
+//! with no Raft write (DESIGN.md §2). An x509pop re-attestation of an agent the replica already
+//! holds with the same selectors is a renewal in that sense: no Raft write either.
 //!
 //! Every agent request re-verifies the caller's certificate chain against the bundle *now*, so
 //! an agent SVID that expired, was issued by a pruned authority, or belongs to a banned agent
@@ -9,7 +11,10 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use attest::x509::validate_x509_svid;
+use attest::x509pop::EXPORTER_BYTES;
 use raft::replica::WriteError;
 use raft::store::Applied;
 use tokio::sync::mpsc;
@@ -29,6 +34,13 @@ pub const LOCAL_APPLY_WAIT: Duration = Duration::from_secs(5);
 /// The SPIFFE ID of an agent attested with the join token whose hash is `token_sha256`.
 pub fn join_token_agent_id(td: &TrustDomain, token_sha256: &str) -> Result<SpiffeId, Error> {
     td.join(&["sigil", "agent", "join_token", token_sha256])
+        .map_err(|e| Error::Config(e.to_string()))
+}
+
+/// The SPIFFE ID of the agent attested by x509pop with the certificate whose fingerprint
+/// (lowercase hex SHA-256 of its DER) is `fingerprint`.
+pub fn x509pop_agent_id(td: &TrustDomain, fingerprint: &str) -> Result<SpiffeId, Error> {
+    td.join(&["sigil", "agent", "x509pop", fingerprint])
         .map_err(|e| Error::Config(e.to_string()))
 }
 
@@ -75,31 +87,46 @@ fn token_error(e: &CommandError) -> ApiError {
 #[derive(Debug)]
 pub struct NodeService<T: Transport> {
     node: ServerNode<T>,
+    /// CA certificates (DER) trusted for x509pop; empty: x509pop is disabled.
+    x509pop_cas: Arc<Vec<Vec<u8>>>,
 }
 
 impl<T: Transport> Clone for NodeService<T> {
     fn clone(&self) -> Self {
         NodeService {
             node: self.node.clone(),
+            x509pop_cas: self.x509pop_cas.clone(),
         }
     }
 }
 
 impl<T: Transport> NodeService<T> {
-    /// The service of `node`.
+    /// The service of `node` (x509pop disabled).
     pub fn new(node: ServerNode<T>) -> NodeService<T> {
-        NodeService { node }
+        NodeService {
+            node,
+            x509pop_cas: Arc::new(Vec::new()),
+        }
+    }
+
+    /// Enables x509pop agent attestation with these trusted CA certificates (DER); an empty
+    /// list disables it.
+    pub fn with_x509pop_cas(mut self, cas: Vec<Vec<u8>>) -> NodeService<T> {
+        self.x509pop_cas = Arc::new(cas);
+        self
     }
 
     fn td(&self) -> &TrustDomain {
         &self.node.config().issuer.trust_domain
     }
 
-    /// Handles one request from a caller that presented `chain` (empty: no certificate),
+    /// Handles one request from a caller that presented `chain` (empty: no certificate) on a
+    /// connection whose exported keying material for x509pop is `exporter` (`None`: unknown),
     /// sending the answer(s) into `out`.
     pub async fn handle(
         &self,
         chain: &[Vec<u8>],
+        exporter: Option<&[u8; EXPORTER_BYTES]>,
         request: ApiRequest,
         out: mpsc::Sender<ApiResponse>,
     ) {
@@ -118,6 +145,14 @@ impl<T: Transport> NodeService<T> {
                 token,
                 public_key_der,
             } => self.attest_join_token(&token, &public_key_der).await,
+            ApiRequest::AttestX509Pop {
+                chain: pop_chain,
+                signature,
+                public_key_der,
+            } => {
+                self.attest_x509pop(exporter, &pop_chain, &signature, &public_key_der)
+                    .await
+            }
             ApiRequest::Watch => {
                 match self.agent(chain) {
                     Ok(agent) => self.watch(chain, &agent, &out).await,
@@ -192,6 +227,7 @@ impl<T: Transport> NodeService<T> {
             ApiRequest::Bundle
             | ApiRequest::JoinServer { .. }
             | ApiRequest::AttestJoinToken { .. }
+            | ApiRequest::AttestX509Pop { .. }
             | ApiRequest::Watch => Err(ApiError::new(ApiCode::Internal, "misrouted request")),
         }
     }
@@ -335,6 +371,19 @@ impl<T: Transport> NodeService<T> {
             Ok(Err(e)) => return Err(token_error(&e)),
             Err(e) => return Err(write_error(&e)),
         }
+        self.issue_attested(agent_id, public_key_der, "a join token")
+            .await
+    }
+
+    /// The common tail of every agent attestation, once the agent is registered through Raft:
+    /// waits until this node applied the registration, issues the agent SVID from the local
+    /// replica and answers with it.
+    async fn issue_attested(
+        &self,
+        agent_id: SpiffeId,
+        public_key_der: &[u8],
+        method: &'static str,
+    ) -> Result<ApiResponse, ApiError> {
         if !self
             .wait_applied(|a| a.state.agent(&agent_id).is_some())
             .await
@@ -349,13 +398,90 @@ impl<T: Transport> NodeService<T> {
             .issue_agent_svid(&agent_id, public_key_der)
             .map_err(|e| api_error(&e))?;
         self.record_renewal(&agent_id, &svid);
-        tracing::info!(agent = %agent_id, "agent attested with a join token");
+        tracing::info!(agent = %agent_id, method, "agent attested");
         Ok(ApiResponse::AgentSvid {
             spiffe_id: agent_id,
             chain: vec![svid.cert_der],
             not_after: svid.not_after,
             bundle: self.node.bundle(),
         })
+    }
+
+    /// x509pop: the proof must verify against the configured CAs and this connection's exporter
+    /// value; the agent is registered (or re-registered, never unbanned) through Raft unless the
+    /// replica already holds it unchanged.
+    async fn attest_x509pop(
+        &self,
+        exporter: Option<&[u8; EXPORTER_BYTES]>,
+        chain: &[Vec<u8>],
+        signature: &[u8],
+        public_key_der: &[u8],
+    ) -> Result<ApiResponse, ApiError> {
+        if self.x509pop_cas.is_empty() {
+            return Err(denied(
+                "x509pop attestation is not enabled on this server (no [x509pop] ca_bundle in its server.toml)",
+            ));
+        }
+        let exporter = exporter.ok_or_else(|| {
+            ApiError::new(
+                ApiCode::Internal,
+                "this connection has no exported keying material to bind an x509pop proof to",
+            )
+        })?;
+        let message = attest::x509pop::message(exporter, public_key_der);
+        let wall = self.node.env().wall();
+        let identity = attest::x509pop::verify(chain, &self.x509pop_cas, wall, &message, signature)
+            .map_err(|e| {
+                tracing::info!(error = %e, "x509pop attestation refused");
+                denied(format!("x509pop attestation refused: {e}"))
+            })?;
+        self.node.ready_to_issue().map_err(|e| api_error(&e))?;
+        let agent_id =
+            x509pop_agent_id(self.td(), &identity.fingerprint).map_err(|e| api_error(&e))?;
+        let known = self.node.replica().read(|a| {
+            a.state.agent(&agent_id).map(|r| {
+                (
+                    r.banned,
+                    r.method == AttestationMethod::X509Pop && r.selectors == identity.selectors,
+                )
+            })
+        });
+        match known {
+            Some((true, _)) => return Err(denied(format!("agent {agent_id} is banned"))),
+            // Already registered exactly so: a renewal, answered from the local replica.
+            Some((false, true)) => {}
+            _ => {
+                let record = AgentRecord {
+                    spiffe_id: agent_id.clone(),
+                    method: AttestationMethod::X509Pop,
+                    selectors: identity.selectors,
+                    banned: false,
+                    svid_serial: String::new(),
+                    svid_not_after: wire::UnixTime::from_secs(0),
+                };
+                match self
+                    .node
+                    .replica()
+                    .write(Command::RegisterAgent { agent: record })
+                    .await
+                {
+                    Ok(Ok(Outcome::Agent(_))) => {}
+                    Ok(Ok(other)) => {
+                        return Err(ApiError::new(
+                            ApiCode::Internal,
+                            format!("unexpected outcome {other:?}"),
+                        ))
+                    }
+                    Ok(Err(CommandError::AgentBanned(_))) => {
+                        return Err(denied(format!("agent {agent_id} is banned")))
+                    }
+                    Ok(Err(e)) => return Err(ApiError::invalid(e.to_string())),
+                    Err(e) => return Err(write_error(&e)),
+                }
+            }
+        }
+        self.issue_attested(agent_id, public_key_der, "x509pop")
+            .await
     }
 
     /// Whether the token `token_sha256` was consumed by `id` and has not expired (an

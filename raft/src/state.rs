@@ -952,6 +952,76 @@ mod tests {
         ));
     }
 
+    /// x509pop re-attests with `RegisterAgent` as often as it likes: it replaces the record of
+    /// a known agent, but never revives a banned one (and the refusal changes nothing).
+    #[test]
+    fn register_agent_reattests_but_never_unbans() {
+        let mut s = State::new();
+        let id: SpiffeId = "spiffe://example.org/sigil/agent/x509pop/ab12"
+            .parse()
+            .expect("id");
+        let pop = |cn: &str| AgentRecord {
+            spiffe_id: id.clone(),
+            method: AttestationMethod::X509Pop,
+            selectors: vec![Selector::new("x509pop", &format!("subject:cn:{cn}")).expect("sel")],
+            banned: false,
+            svid_serial: String::new(),
+            svid_not_after: UnixTime::from_secs(0),
+        };
+        apply(&mut s, Command::RegisterAgent { agent: pop("a") }).expect("first");
+        apply(&mut s, Command::RegisterAgent { agent: pop("b") }).expect("again");
+        assert_eq!(s.agents.len(), 1);
+        assert_eq!(s.agent(&id).expect("agent").selectors, pop("b").selectors);
+        // A register command cannot ban either.
+        let mut banned_record = pop("c");
+        banned_record.banned = true;
+        apply(
+            &mut s,
+            Command::RegisterAgent {
+                agent: banned_record,
+            },
+        )
+        .expect("register");
+        assert!(!s.agent(&id).expect("agent").banned);
+
+        apply(
+            &mut s,
+            Command::SetAgentBanned {
+                spiffe_id: id.clone(),
+                banned: true,
+            },
+        )
+        .expect("ban");
+        let before = s.agent(&id).cloned();
+        assert!(matches!(
+            apply(&mut s, Command::RegisterAgent { agent: pop("d") }),
+            Err(CommandError::AgentBanned(_))
+        ));
+        assert_eq!(
+            s.agent(&id).cloned(),
+            before,
+            "a refused re-attestation changes nothing"
+        );
+        assert!(s.agent(&id).expect("agent").banned);
+
+        apply(
+            &mut s,
+            Command::SetAgentBanned {
+                spiffe_id: id.clone(),
+                banned: false,
+            },
+        )
+        .expect("unban");
+        apply(&mut s, Command::RegisterAgent { agent: pop("e") }).expect("after unban");
+        // Agent IDs must live under /sigil/agent/.
+        let mut outside = pop("f");
+        outside.spiffe_id = "spiffe://example.org/x509pop/ab12".parse().expect("id");
+        assert!(matches!(
+            apply(&mut s, Command::RegisterAgent { agent: outside }),
+            Err(CommandError::Invalid(_))
+        ));
+    }
+
     fn x509_authority(id: &str, node: u64, not_after: u64) -> Authority {
         Authority {
             id: id.into(),

@@ -9,7 +9,8 @@
 //!
 //! Who may ask what is decided by the caller's TLS identity:
 //! - anyone (no client certificate): [`ApiRequest::Bundle`], [`ApiRequest::JoinServer`],
-//!   [`ApiRequest::AttestJoinToken`] — the secret in the request is the credential;
+//!   [`ApiRequest::AttestJoinToken`] — the secret in the request is the credential — and
+//!   [`ApiRequest::AttestX509Pop`], whose credential is a signature bound to the connection;
 //! - an attested agent (its agent SVID as client certificate): everything else.
 //!
 //! Private keys never travel: requests carry public keys (DER `SubjectPublicKeyInfo`) and the
@@ -31,6 +32,12 @@ pub const AUDIENCES_MAX: usize = 16;
 pub const AUDIENCE_BYTES_MAX: usize = 512;
 /// Longest public key, in bytes (a 4096-bit RSA SPKI is ~550).
 pub const PUBLIC_KEY_BYTES_MAX: usize = 2048;
+/// Most certificates in an [`ApiRequest::AttestX509Pop`] chain (the leaf and intermediates).
+pub const X509POP_CHAIN_CERTS_MAX: usize = 8;
+/// Largest certificate of an [`ApiRequest::AttestX509Pop`] chain, in bytes.
+pub const X509POP_CERT_BYTES_MAX: usize = 16 * 1024;
+/// Largest x509pop proof-of-possession signature, in bytes (RSA-8192 needs 1024).
+pub const X509POP_SIGNATURE_BYTES_MAX: usize = 1024;
 
 /// A request to a server node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +60,21 @@ pub enum ApiRequest {
     AttestJoinToken {
         /// The token text.
         token: String,
+        /// The public key the agent SVID is for.
+        public_key_der: Vec<u8>,
+    },
+    /// Attest an agent by proof of possession of the private key of an X.509 certificate that
+    /// chains to a CA the servers trust for x509pop (repeatable: the same certificate always
+    /// yields the same agent ID). The signature covers `attest::x509pop::message` — a value
+    /// exported from this very TLS connection and the hash of `public_key_der` — so it cannot
+    /// be relayed or replayed on another connection. Answers with the agent SVID.
+    AttestX509Pop {
+        /// The certificate chain, DER, leaf first, then intermediates: 1 to
+        /// [`X509POP_CHAIN_CERTS_MAX`] certificates of at most [`X509POP_CERT_BYTES_MAX`] bytes.
+        chain: Vec<Vec<u8>>,
+        /// The leaf key's signature over the channel-bound message, at most
+        /// [`X509POP_SIGNATURE_BYTES_MAX`] bytes.
+        signature: Vec<u8>,
         /// The public key the agent SVID is for.
         public_key_der: Vec<u8>,
     },
@@ -115,6 +137,31 @@ impl ApiRequest {
                 token(t)?;
                 key(public_key_der)
             }
+            ApiRequest::AttestX509Pop {
+                chain,
+                signature,
+                public_key_der,
+            } => {
+                if chain.is_empty() || chain.len() > X509POP_CHAIN_CERTS_MAX {
+                    return Err(ApiError::invalid(format!(
+                        "an x509pop chain must have 1 to {X509POP_CHAIN_CERTS_MAX} certificates"
+                    )));
+                }
+                if chain
+                    .iter()
+                    .any(|c| c.is_empty() || c.len() > X509POP_CERT_BYTES_MAX)
+                {
+                    return Err(ApiError::invalid(format!(
+                        "an x509pop certificate must be 1 to {X509POP_CERT_BYTES_MAX} bytes"
+                    )));
+                }
+                if signature.is_empty() || signature.len() > X509POP_SIGNATURE_BYTES_MAX {
+                    return Err(ApiError::invalid(format!(
+                        "an x509pop signature must be 1 to {X509POP_SIGNATURE_BYTES_MAX} bytes"
+                    )));
+                }
+                key(public_key_der)
+            }
             ApiRequest::RenewAgent { public_key_der } => key(public_key_der),
             ApiRequest::SignX509 { requests } => {
                 if requests.is_empty() || requests.len() > SIGN_BATCH_MAX {
@@ -147,7 +194,10 @@ impl ApiRequest {
     pub fn needs_agent(&self) -> bool {
         !matches!(
             self,
-            ApiRequest::Bundle | ApiRequest::JoinServer { .. } | ApiRequest::AttestJoinToken { .. }
+            ApiRequest::Bundle
+                | ApiRequest::JoinServer { .. }
+                | ApiRequest::AttestJoinToken { .. }
+                | ApiRequest::AttestX509Pop { .. }
         )
     }
 }
@@ -327,6 +377,79 @@ mod tests {
             .is_err());
         assert!(!ApiRequest::Bundle.needs_agent());
         assert!(ApiRequest::Watch.needs_agent());
+    }
+
+    #[test]
+    fn x509pop_limits_are_checked() {
+        let pop = |chain: Vec<Vec<u8>>, signature: Vec<u8>, public_key_der: Vec<u8>| {
+            ApiRequest::AttestX509Pop {
+                chain,
+                signature,
+                public_key_der,
+            }
+        };
+        let (cert, sig, key) = (vec![0x30; 600], vec![7; 72], vec![1u8; 91]);
+        assert!(pop(vec![cert.clone()], sig.clone(), key.clone())
+            .check()
+            .is_ok());
+        let most = pop(
+            vec![vec![0x30; X509POP_CERT_BYTES_MAX]; X509POP_CHAIN_CERTS_MAX],
+            vec![7; X509POP_SIGNATURE_BYTES_MAX],
+            vec![1; PUBLIC_KEY_BYTES_MAX],
+        );
+        assert!(most.check().is_ok(), "every limit is inclusive");
+        assert!(!most.needs_agent(), "anyone may attest");
+        for (bad, needle) in [
+            (pop(vec![], sig.clone(), key.clone()), "chain"),
+            (
+                pop(
+                    vec![cert.clone(); X509POP_CHAIN_CERTS_MAX + 1],
+                    sig.clone(),
+                    key.clone(),
+                ),
+                "chain",
+            ),
+            (
+                pop(
+                    vec![cert.clone(), vec![0x30; X509POP_CERT_BYTES_MAX + 1]],
+                    sig.clone(),
+                    key.clone(),
+                ),
+                "certificate",
+            ),
+            (
+                pop(vec![cert.clone(), vec![]], sig.clone(), key.clone()),
+                "certificate",
+            ),
+            (pop(vec![cert.clone()], vec![], key.clone()), "signature"),
+            (
+                pop(
+                    vec![cert.clone()],
+                    vec![7; X509POP_SIGNATURE_BYTES_MAX + 1],
+                    key.clone(),
+                ),
+                "signature",
+            ),
+            (pop(vec![cert.clone()], sig.clone(), vec![]), "public key"),
+            (
+                pop(
+                    vec![cert.clone()],
+                    sig.clone(),
+                    vec![1; PUBLIC_KEY_BYTES_MAX + 1],
+                ),
+                "public key",
+            ),
+        ] {
+            let err = bad.check().expect_err(needle);
+            assert_eq!(err.code, ApiCode::InvalidArgument);
+            assert!(err.message.contains(needle), "{needle}: {}", err.message);
+        }
+        let request = pop(vec![cert.clone(), cert], sig, key);
+        let bytes = codec::encode(&request).expect("encode");
+        assert_eq!(
+            codec::decode::<ApiRequest>(&bytes).expect("decode"),
+            request
+        );
     }
 
     #[test]

@@ -26,6 +26,8 @@ use wire::api::{ApiError, ApiRequest, ApiResponse};
 use wire::codec::{self, MESSAGE_BYTES_MAX};
 use wire::Env;
 
+use attest::x509pop::EXPORTER_BYTES;
+
 use super::tls::{api_client_config, NodeIdentity, ServerTrust, SERVER_NAME};
 
 /// Longest wait for a request once its stream opened.
@@ -53,6 +55,19 @@ pub struct Caller {
     pub chain: Vec<Vec<u8>>,
     /// The caller's address.
     pub remote: Option<SocketAddr>,
+    /// The connection's exported keying material for x509pop channel binding (see
+    /// [`exporter`]); filled in by the connection server.
+    pub exporter: Option<[u8; EXPORTER_BYTES]>,
+}
+
+/// The x509pop channel-binding value of `conn`: [`EXPORTER_BYTES`] of TLS keying material
+/// exported with label [`attest::x509pop::EXPORTER_LABEL`] and an empty context. Both ends of a
+/// connection get the same value; no two connections do.
+pub fn exporter(conn: &Connection) -> Option<[u8; EXPORTER_BYTES]> {
+    let mut out = [0u8; EXPORTER_BYTES];
+    conn.export_keying_material(&mut out, attest::x509pop::EXPORTER_LABEL, b"")
+        .ok()
+        .map(|()| out)
 }
 
 /// Answers node API requests. `handle` sends its responses into `out` (one, or a sequence for
@@ -104,11 +119,12 @@ async fn read_frame(stream: &mut RecvStream) -> Result<Option<Vec<u8>>, ApiClien
 /// Serves the node API on one accepted connection until it closes or `shutdown` turns true.
 pub(crate) async fn serve_connection(
     conn: Connection,
-    caller: Caller,
+    mut caller: Caller,
     handler: Arc<dyn ApiHandler>,
     env: Arc<dyn Env>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    caller.exporter = exporter(&conn);
     loop {
         let (send, recv) = tokio::select! {
             biased;
@@ -214,6 +230,23 @@ pub enum ApiClientError {
     Timeout(Duration),
 }
 
+/// What a newcomer (an agent without a valid SVID) may check a server against before it
+/// attests: a pinned bundle hash and/or the last bundle it stored.
+#[derive(Debug, Clone, Default)]
+pub struct FirstContact {
+    /// `bundle_sha256` from the configuration.
+    pub pin: Option<String>,
+    /// The bundle kept in the data dir from an earlier identity.
+    pub stored: Option<wire::Bundle>,
+}
+
+impl FirstContact {
+    /// Whether there is anything to check a server against.
+    pub fn is_empty(&self) -> bool {
+        self.pin.is_none() && self.stored.is_none()
+    }
+}
+
 /// A node API connection to one server node.
 #[derive(Debug, Clone)]
 pub struct ApiClient {
@@ -292,6 +325,13 @@ impl ApiClient {
         self.conn.rtt()
     }
 
+    /// This connection's x509pop channel-binding value (the server computes the same).
+    pub fn exporter(&self) -> Result<[u8; EXPORTER_BYTES], ApiClientError> {
+        exporter(&self.conn).ok_or_else(|| {
+            ApiClientError::Protocol("cannot export keying material from this connection".into())
+        })
+    }
+
     /// Whether the connection has closed (then make a new client).
     pub fn is_closed(&self) -> bool {
         self.conn.close_reason().is_some()
@@ -368,6 +408,52 @@ impl ApiClient {
         Ok(bundle)
     }
 
+    /// The trust domain's bundle as this server serves it, once the server passed the check of
+    /// a newcomer's `anchors` (connected with [`ServerTrust::Pinned`]): its certificate verifies
+    /// against the stored bundle, or — failing that — the bundle it serves has the pinned hash
+    /// and its certificate verifies against that ([`ApiClient::pinned_bundle`]). Send proofs and
+    /// secrets only after this succeeded.
+    pub async fn anchored_bundle(
+        &self,
+        td: &wire::TrustDomain,
+        anchors: &FirstContact,
+        wall: wire::UnixTime,
+        timeout: Duration,
+    ) -> Result<wire::Bundle, ApiClientError> {
+        let mut why = Vec::new();
+        if let Some(stored) = &anchors.stored {
+            match super::tls::TrustStore::new(td.clone(), stored.clone())
+                .verify_server_peer(&self.server_chain(), wall)
+            {
+                Ok(_) => {
+                    return match self.call(&ApiRequest::Bundle, timeout).await? {
+                        ApiResponse::Bundle(b) => Ok(b),
+                        other => Err(ApiClientError::Protocol(format!(
+                            "unexpected answer {other:?}"
+                        ))),
+                    }
+                }
+                Err(e) => why.push(format!(
+                    "the server's certificate does not verify against the agent's stored bundle ({e})"
+                )),
+            }
+        }
+        match &anchors.pin {
+            Some(pin) if why.is_empty() => self.pinned_bundle(td, pin, wall, timeout).await,
+            Some(pin) => self
+                .pinned_bundle(td, pin, wall, timeout)
+                .await
+                .map_err(|e| {
+                    why.push(e.to_string());
+                    ApiClientError::Pin(why.join("; "))
+                }),
+            None => {
+                why.push("no bundle_sha256 is configured to check it otherwise (take one with `sigil bundle show --hash`)".into());
+                Err(ApiClientError::Pin(why.join("; ")))
+            }
+        }
+    }
+
     /// Closes the connection and the local endpoint.
     pub async fn close(&self) {
         self.conn.close(VarInt::from_u32(0), b"bye");
@@ -409,6 +495,10 @@ impl<T: wire::Transport> ApiHandler for crate::service::NodeService<T> {
         out: mpsc::Sender<ApiResponse>,
     ) -> BoxFuture {
         let service = self.clone();
-        Box::pin(async move { service.handle(&caller.chain, request, out).await })
+        Box::pin(async move {
+            service
+                .handle(&caller.chain, caller.exporter.as_ref(), request, out)
+                .await
+        })
     }
 }

@@ -18,14 +18,19 @@
 //! token = "…"                         # from `sigil token generate --server` on a member
 //! seeds = ["10.0.0.1:8443"]           # members' QUIC addresses, tried in order
 //! bundle_sha256 = "…"                 # from the same command (`sigil bundle show --hash`)
+//!
+//! [x509pop]                           # x509pop agent attestation (absent: disabled)
+//! ca_bundle = "/etc/sigil/agent-cas.pem"  # PEM, one or more CA certificates agents chain to
 //! ```
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use attest::x509pop::{certificates_from_pem, check_ca, X509PopKey};
 use serde::Deserialize;
 use wire::TrustDomain;
+use zeroize::Zeroizing;
 
 use crate::Error;
 
@@ -86,6 +91,15 @@ pub struct ServerFileConfig {
     pub jwt_svid_ttl: Duration,
     /// Stop issuing after this long without leader contact.
     pub staleness_max: Duration,
+    /// `[x509pop] ca_bundle`: the PEM file of CAs trusted for x509pop agent attestation (`None`:
+    /// x509pop disabled). Loaded with [`load_x509pop_cas`] at start-up.
+    pub x509pop_ca_bundle: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServerX509Pop {
+    ca_bundle: PathBuf,
 }
 
 #[derive(Deserialize)]
@@ -103,6 +117,7 @@ struct Raw {
     x509_svid_ttl: Option<String>,
     jwt_svid_ttl: Option<String>,
     staleness_max: Option<String>,
+    x509pop: Option<RawServerX509Pop>,
 }
 
 #[derive(Deserialize)]
@@ -232,6 +247,7 @@ impl ServerFileConfig {
                 raw.staleness_max,
                 crate::actors::issuer::STALENESS_MAX_DEFAULT,
             )?,
+            x509pop_ca_bundle: raw.x509pop.map(|x| x.ca_bundle),
         };
         if cfg.ca_ttl < CA_TTL_MIN {
             return Err(config_error(path, "ca_ttl must be at least 2m"));
@@ -250,6 +266,145 @@ impl ServerFileConfig {
     }
 }
 
+/// Reads a small file whole (at most [`CONFIG_BYTES_MAX`]); errors name the file.
+fn read_small(path: &Path, what: &str) -> Result<Zeroizing<Vec<u8>>, Error> {
+    let fail = |detail: String| Error::Config(format!("{what} {}: {detail}", path.display()));
+    let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
+    if meta.len() > CONFIG_BYTES_MAX {
+        return Err(fail("larger than 1 MiB".into()));
+    }
+    std::fs::read(path)
+        .map(Zeroizing::new)
+        .map_err(|e| fail(e.to_string()))
+}
+
+/// Loads the `[x509pop] ca_bundle` file: PEM, one or more CA certificates (DER, in file order),
+/// each checked to be usable as an x509pop CA. Errors name the file.
+pub fn load_x509pop_cas(path: &Path) -> Result<Vec<Vec<u8>>, Error> {
+    const WHAT: &str = "x509pop ca_bundle";
+    let text = read_small(path, WHAT)?;
+    let fail = |detail: String| Error::Config(format!("{WHAT} {}: {detail}", path.display()));
+    let cas = certificates_from_pem(&text).map_err(|e| fail(e.to_string()))?;
+    for (i, ca) in cas.iter().enumerate() {
+        check_ca(ca).map_err(|e| fail(format!("certificate {}: {e}", i + 1)))?;
+    }
+    Ok(cas)
+}
+
+/// `[x509pop]` of `agent.toml`: where the agent's certificate and key are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentX509PopConfig {
+    /// PEM: the agent's certificate first, then any intermediates up to (not including) the CA.
+    pub cert: PathBuf,
+    /// PEM: its private key (PKCS#8 `PRIVATE KEY`, SEC1 `EC PRIVATE KEY` for P-256, or PKCS#1
+    /// `RSA PRIVATE KEY`).
+    pub key: PathBuf,
+}
+
+/// A loaded x509pop credential: the chain to present and the key to sign with.
+pub struct X509PopCredential {
+    /// DER, leaf first.
+    pub chain: Vec<Vec<u8>>,
+    /// The leaf's private key.
+    pub key: X509PopKey,
+}
+
+impl std::fmt::Debug for X509PopCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("X509PopCredential")
+            .field("certificates", &self.chain.len())
+            .field("fingerprint", &self.fingerprint())
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+impl X509PopCredential {
+    /// The leaf certificate's fingerprint (the last segment of the agent ID).
+    pub fn fingerprint(&self) -> String {
+        self.chain
+            .first()
+            .map(|leaf| attest::x509pop::fingerprint(leaf))
+            .unwrap_or_default()
+    }
+}
+
+/// The private key of the first key block of PEM `text` (PKCS#8, SEC1 or PKCS#1). The decoded
+/// bytes are wiped when dropped; errors never contain key material.
+fn x509pop_key_from_pem(text: &[u8]) -> Result<X509PopKey, String> {
+    use base64::Engine as _;
+    let text = std::str::from_utf8(text).map_err(|_| "not a PEM text file".to_owned())?;
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        let Some(label) = line
+            .trim()
+            .strip_prefix("-----BEGIN ")
+            .and_then(|l| l.strip_suffix("-----"))
+        else {
+            continue;
+        };
+        let kind = match label {
+            "PRIVATE KEY" | "EC PRIVATE KEY" | "RSA PRIVATE KEY" => label,
+            "ENCRYPTED PRIVATE KEY" => {
+                return Err("encrypted private keys are not supported: store it unencrypted, mode 0600 (e.g. `openssl pkey -in enc.key -out agent.key`)".into())
+            }
+            _ => continue, // e.g. EC PARAMETERS before an EC PRIVATE KEY
+        };
+        let mut b64 = Zeroizing::new(String::with_capacity(text.len()));
+        let mut ended = false;
+        for body in lines.by_ref() {
+            let body = body.trim();
+            if body.starts_with("-----END ") {
+                ended = true;
+                break;
+            }
+            b64.push_str(body);
+        }
+        if !ended {
+            return Err(format!("the {kind} block has no END line"));
+        }
+        let mut der = Zeroizing::new(Vec::with_capacity(b64.len()));
+        base64::engine::general_purpose::STANDARD
+            .decode_vec(b64.as_bytes(), &mut der)
+            .map_err(|_| format!("the {kind} block is not valid base64"))?;
+        let key = match kind {
+            "PRIVATE KEY" => X509PopKey::from_pkcs8(&der),
+            "EC PRIVATE KEY" => X509PopKey::from_sec1(&der),
+            _ => X509PopKey::from_pkcs1(&der),
+        };
+        return key.map_err(|e| e.to_string());
+    }
+    Err("no PRIVATE KEY, EC PRIVATE KEY or RSA PRIVATE KEY block".into())
+}
+
+impl AgentX509PopConfig {
+    /// Loads the certificate chain and the key, and checks that the key belongs to the first
+    /// certificate. Errors name the file and never contain key material.
+    pub fn load(&self) -> Result<X509PopCredential, Error> {
+        let certs = read_small(&self.cert, "x509pop cert")?;
+        let chain = certificates_from_pem(&certs)
+            .map_err(|e| Error::Config(format!("x509pop cert {}: {e}", self.cert.display())))?;
+        if chain.len() > wire::api::X509POP_CHAIN_CERTS_MAX {
+            return Err(Error::Config(format!(
+                "x509pop cert {}: at most {} certificates (the agent's, then intermediates; leave the CA out)",
+                self.cert.display(),
+                wire::api::X509POP_CHAIN_CERTS_MAX
+            )));
+        }
+        let key_text = read_small(&self.key, "x509pop key")?;
+        let key = x509pop_key_from_pem(&key_text)
+            .map_err(|e| Error::Config(format!("x509pop key {}: {e}", self.key.display())))?;
+        key.matches(&chain[0]).map_err(|e| {
+            Error::Config(format!(
+                "x509pop key {} and cert {}: {e}",
+                self.key.display(),
+                self.cert.display()
+            ))
+        })?;
+        Ok(X509PopCredential { chain, key })
+    }
+}
+
 /// Default agent data directory.
 pub const AGENT_DATA_DIR_DEFAULT: &str = "/var/lib/sigil-agent";
 /// Default Workload API socket.
@@ -263,8 +418,16 @@ pub const AGENT_SOCKET_DEFAULT: &str = "/run/sigil/agent.sock";
 /// data_dir = "/var/lib/sigil-agent"       # default; the agent's key and SVID (0600)
 /// socket_path = "/run/sigil/agent.sock"   # default; the Workload API (mode 0666)
 /// join_token = "…"                        # first start: from `sigil token generate`
-/// bundle_sha256 = "…"                     # first start: from `sigil bundle show --hash`
+/// bundle_sha256 = "…"                     # first contact: from `sigil bundle show --hash`
+///
+/// [x509pop]                               # instead of join_token: x509pop attestation
+/// cert = "/etc/sigil/agent.pem"           # the agent's certificate, then intermediates
+/// key = "/etc/sigil/agent.key"            # its private key (PKCS#8, or SEC1 P-256, or PKCS#1)
 /// ```
+///
+/// Exactly one attestation method may be configured. The first contact with a server is
+/// checked against `bundle_sha256` or, when the data dir holds one, the last bundle the agent
+/// stored.
 #[derive(Clone, PartialEq, Eq)]
 pub struct AgentFileConfig {
     /// The trust domain.
@@ -279,6 +442,8 @@ pub struct AgentFileConfig {
     pub join_token: Option<String>,
     /// The pinned bundle hash for the first contact.
     pub bundle_sha256: Option<String>,
+    /// x509pop attestation (instead of a join token).
+    pub x509pop: Option<AgentX509PopConfig>,
 }
 
 impl std::fmt::Debug for AgentFileConfig {
@@ -293,8 +458,16 @@ impl std::fmt::Debug for AgentFileConfig {
                 &self.join_token.as_ref().map(|_| "<redacted>"),
             )
             .field("bundle_sha256", &self.bundle_sha256)
+            .field("x509pop", &self.x509pop)
             .finish()
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgentX509Pop {
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 #[derive(Deserialize)]
@@ -306,6 +479,7 @@ struct RawAgent {
     socket_path: Option<PathBuf>,
     join_token: Option<String>,
     bundle_sha256: Option<String>,
+    x509pop: Option<RawAgentX509Pop>,
 }
 
 fn bundle_hash(path: &Path, name: &str, text: &str) -> Result<String, Error> {
@@ -357,6 +531,12 @@ impl AgentFileConfig {
             Some(h) => Some(bundle_hash(path, "bundle_sha256", h)?),
             None => None,
         };
+        if raw.join_token.is_some() && raw.x509pop.is_some() {
+            return Err(config_error(
+                path,
+                "join_token and [x509pop] are both set: configure one attestation method",
+            ));
+        }
         if raw.join_token.is_some() && bundle_sha256.is_none() {
             return Err(config_error(
                 path,
@@ -374,6 +554,10 @@ impl AgentFileConfig {
                 .unwrap_or_else(|| PathBuf::from(AGENT_SOCKET_DEFAULT)),
             join_token: raw.join_token,
             bundle_sha256,
+            x509pop: raw.x509pop.map(|x| AgentX509PopConfig {
+                cert: x.cert,
+                key: x.key,
+            }),
         })
     }
 }
@@ -541,6 +725,135 @@ mod tests {
             let err = AgentFileConfig::parse(p, bad).expect_err(bad).to_string();
             assert!(err.contains(needle), "{bad:?}: {err}");
         }
+    }
+
+    #[test]
+    fn x509pop_sections() {
+        let c = parse(
+            "trust_domain = \"a.org\"\nnode_id = 1\n[x509pop]\nca_bundle = \"/etc/sigil/cas.pem\"\n",
+        )
+        .expect("parse");
+        assert_eq!(
+            c.x509pop_ca_bundle,
+            Some(PathBuf::from("/etc/sigil/cas.pem"))
+        );
+        assert_eq!(
+            parse("trust_domain = \"a.org\"\nnode_id = 1\n")
+                .expect("parse")
+                .x509pop_ca_bundle,
+            None
+        );
+        for bad in [
+            "trust_domain = \"a.org\"\nnode_id = 1\n[x509pop]\n",
+            "trust_domain = \"a.org\"\nnode_id = 1\n[x509pop]\nca_bundle = \"/x\"\ntypo = 1\n",
+        ] {
+            let err = parse(bad).expect_err(bad).to_string();
+            assert!(err.contains("server.toml"), "{err}");
+        }
+
+        let p = Path::new("agent.toml");
+        let base = "trust_domain = \"a.org\"\nservers = [\"127.0.0.1:8443\"]\n";
+        let c = AgentFileConfig::parse(
+            p,
+            &format!("{base}[x509pop]\ncert = \"/etc/a.pem\"\nkey = \"/etc/a.key\"\n"),
+        )
+        .expect("x509pop needs no pin: the stored bundle may do");
+        assert_eq!(
+            c.x509pop,
+            Some(AgentX509PopConfig {
+                cert: PathBuf::from("/etc/a.pem"),
+                key: PathBuf::from("/etc/a.key"),
+            })
+        );
+        let both = format!(
+            "{base}join_token = \"t\"\nbundle_sha256 = \"{}\"\n[x509pop]\ncert = \"/a\"\nkey = \"/b\"\n",
+            "ab".repeat(32)
+        );
+        let err = AgentFileConfig::parse(p, &both)
+            .expect_err("both")
+            .to_string();
+        assert!(err.contains("one attestation method"), "{err}");
+        let err = AgentFileConfig::parse(p, &format!("{base}[x509pop]\ncert = \"/a\"\n"))
+            .expect_err("no key")
+            .to_string();
+        assert!(err.contains("key"), "{err}");
+    }
+
+    #[test]
+    fn x509pop_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("missing.pem");
+        let err = load_x509pop_cas(&missing).expect_err("missing").to_string();
+        assert!(
+            err.contains("missing.pem") && err.contains("ca_bundle"),
+            "{err}"
+        );
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "no certificates here\n").expect("write");
+        let err = load_x509pop_cas(&empty).expect_err("empty").to_string();
+        assert!(
+            err.contains("empty.pem") && err.contains("CERTIFICATE"),
+            "{err}"
+        );
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, pem_text("CERTIFICATE", &[0x30, 0x03, 1, 2, 3])).expect("write");
+        let err = load_x509pop_cas(&junk).expect_err("junk").to_string();
+        assert!(
+            err.contains("junk.pem") && err.contains("certificate 1"),
+            "{err}"
+        );
+
+        let agent = AgentX509PopConfig {
+            cert: dir.path().join("agent.pem"),
+            key: dir.path().join("agent.key"),
+        };
+        let err = agent.load().expect_err("no files").to_string();
+        assert!(err.contains("agent.pem"), "{err}");
+    }
+
+    fn pem_text(label: &str, der: &[u8]) -> String {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        format!("-----BEGIN {label}-----\n{b64}\n-----END {label}-----\n")
+    }
+
+    #[test]
+    fn x509pop_key_pem() {
+        let key = crate::rt::tls::TlsKey::generate().expect("key");
+        let pkcs8 = key.pkcs8_der().to_vec();
+        let text = format!(
+            "-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n{}",
+            pem_text("PRIVATE KEY", &pkcs8)
+        );
+        let loaded = x509pop_key_from_pem(text.as_bytes()).expect("PKCS#8 P-256");
+        assert_eq!(loaded.algorithm(), "ECDSA P-256");
+        let secret_b64 = {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode(&pkcs8)
+        };
+        for (bad, needle) in [
+            (pem_text("ENCRYPTED PRIVATE KEY", &pkcs8), "encrypted"),
+            ("nothing\n".to_owned(), "no PRIVATE KEY"),
+            (
+                "-----BEGIN PRIVATE KEY-----\n!!!!\n-----END PRIVATE KEY-----\n".to_owned(),
+                "base64",
+            ),
+            (
+                format!("-----BEGIN PRIVATE KEY-----\n{secret_b64}\n"),
+                "END",
+            ),
+            (pem_text("RSA PRIVATE KEY", &pkcs8), "PKCS#1"),
+            (pem_text("EC PRIVATE KEY", &pkcs8[..40]), "SEC1"),
+        ] {
+            let err = x509pop_key_from_pem(bad.as_bytes()).expect_err(needle);
+            assert!(err.contains(needle), "{needle}: {err}");
+            assert!(
+                !err.contains(&secret_b64[10..30]),
+                "no key material in errors"
+            );
+        }
+        let shown = format!("{loaded:?}");
+        assert!(!shown.contains(&secret_b64[10..30]), "{shown}");
     }
 
     #[test]

@@ -628,6 +628,7 @@ async fn serve_inbound(inner: Arc<Inner>, incoming: quinn::Incoming) {
         let caller = Caller {
             chain: peer_chain(&conn),
             remote: Some(remote),
+            ..Caller::default()
         };
         bump(&inner.counters.api_accepted);
         serve_connection(

@@ -40,7 +40,7 @@ use zeroize::Zeroizing;
 use crate::actors::membership::{next_step, MembershipStep};
 use crate::rt::admin::{serve_admin, AdminDefaults, AdminService};
 use crate::rt::api::{ApiClient, CONNECT_TIMEOUT};
-use crate::rt::config::{JoinConfig, ServerFileConfig};
+use crate::rt::config::{load_x509pop_cas, JoinConfig, ServerFileConfig};
 use crate::rt::quic::{QuicConfig, QuicTransport};
 use crate::rt::tls::{NodeIdentity, ServerTrust, TlsKey, TrustStore};
 use crate::rt::SystemEnv;
@@ -205,6 +205,20 @@ pub async fn run_server(
 ) -> Result<(), Error> {
     let env = Arc::new(SystemEnv::new()?);
     let dyn_env: Arc<dyn Env> = env.clone();
+    let x509pop_cas = match &cfg.x509pop_ca_bundle {
+        None => Vec::new(),
+        Some(path) => {
+            let cas = load_x509pop_cas(path)?;
+            let wall = dyn_env.wall();
+            for (i, ca) in cas.iter().enumerate() {
+                if attest::x509pop::ca_expired(ca, wall) {
+                    tracing::warn!(path = %path.display(), certificate = i + 1, "an x509pop CA is outside its validity window: agents under it cannot attest");
+                }
+            }
+            tracing::info!(path = %path.display(), cas = cas.len(), "x509pop agent attestation enabled");
+            cas
+        }
+    };
     let raft_dir = cfg.data_dir.join("raft");
     std::fs::create_dir_all(&raft_dir).map_err(os("creating the data directory"))?;
     let kv = SledKv::open(&raft_dir).map_err(|e| Error::Os {
@@ -265,7 +279,15 @@ pub async fn run_server(
         })
     };
 
-    let run = serve_quic(&cfg, &node, &late, dyn_env.clone(), stop_rx.clone());
+    let service = NodeService::new(node.clone()).with_x509pop_cas(x509pop_cas);
+    let run = serve_quic(
+        &cfg,
+        &node,
+        service,
+        &late,
+        dyn_env.clone(),
+        stop_rx.clone(),
+    );
     tokio::pin!(run);
     tokio::pin!(shutdown);
     let result = tokio::select! {
@@ -574,6 +596,7 @@ async fn reconcile<T: Transport>(node: &ServerNode<T>, transport: &QuicTransport
 async fn serve_quic<T: Transport>(
     cfg: &ServerFileConfig,
     node: &ServerNode<T>,
+    service: NodeService<T>,
     late: &LateTransport,
     env: Arc<dyn Env>,
     mut stop: watch::Receiver<bool>,
@@ -598,7 +621,7 @@ async fn serve_quic<T: Transport>(
         what: "binding the QUIC endpoint",
         detail: e.to_string(),
     })?;
-    transport.set_api_handler(Arc::new(NodeService::new(node.clone())));
+    transport.set_api_handler(Arc::new(service));
     let mut known = BTreeSet::new();
     if let Some((_, servers)) = &joined {
         let addrs = servers
