@@ -5,135 +5,16 @@
 
 #![allow(clippy::disallowed_methods)] // tests run their own runtime, processes and wall-clock deadlines
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::{create_entry, free_port, json, my_uid, sigil, wait_for, Proc};
 use spiffe::WorkloadApiClient;
 
 const TD: &str = "agent.test";
 const WAIT: Duration = Duration::from_secs(30);
-
-fn sigil(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sigil"))
-        .args(args)
-        .output()
-        .expect("run sigil")
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON output")
-}
-
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    f()
-}
-
-/// A child process killed on drop; its stderr goes to `log`.
-struct Proc {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn start(what: &str, config: &Path, log: PathBuf) -> Proc {
-        let err = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_sigil"))
-            .args([what, "--config"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .expect("spawn sigil");
-        Proc {
-            child: Some(child),
-            log,
-        }
-    }
-
-    /// SIGTERM; true if it exits with 0 within 20 s.
-    fn terminate(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else {
-            return false;
-        };
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let ok = wait_for(Duration::from_secs(20), || {
-            matches!(child.try_wait(), Ok(Some(_)))
-        });
-        if !ok {
-            let _ = child.kill();
-            let _ = child.wait();
-            return false;
-        }
-        child.wait().map(|s| s.success()).unwrap_or(false)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn my_uid() -> u32 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|r| r.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .expect("uid")
-}
-
-fn create_entry(sock: &str, spiffe_id: &str, parent: &str, uid: u32) -> String {
-    let out = json(&sigil(&[
-        "entry",
-        "create",
-        "--admin-socket",
-        sock,
-        "--spiffe-id",
-        spiffe_id,
-        "--parent-id",
-        parent,
-        "--selector",
-        &format!("unix:uid:{uid}"),
-        "--json",
-    ]));
-    out["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("entry id in {out}"))
-        .to_owned()
-}
 
 #[test]
 fn agent_serves_the_workload_api_to_a_standard_client() {

@@ -1,9 +1,18 @@
-//! `sigil agent`: one per host. It attests to the cluster (join token, first start only), keeps a
-//! node API connection to the reachable server with the lowest round-trip time, follows its
-//! view (entries and bundles, pushed by the server on every applied change), generates a key for
-//! every entry it may serve and has the server sign an X.509-SVID for the public half, renews
-//! every SVID (and its own) at half life, mints JWT-SVIDs on demand (cached per SPIFFE ID and
-//! audience until half life), and serves all of it through the SPIFFE Workload API.
+//! `sigil agent`: one per host. It attests to the cluster (a join token once, or x509pop — proof
+//! of possession of a certificate's key, repeatable), keeps a node API connection to the
+//! reachable server with the lowest round-trip time, follows its view (entries and bundles,
+//! pushed by the server on every applied change), generates a key for every entry it may serve
+//! and has the server sign an X.509-SVID for the public half, renews every SVID (and its own) at
+//! half life, mints JWT-SVIDs on demand (cached per SPIFFE ID and audience until half life), and
+//! serves all of it through the SPIFFE Workload API.
+//!
+//! **Attestation** happens when the agent has no valid agent SVID: at start-up (first start, an
+//! empty data dir, or a stored SVID that expired while the agent was down) with the one method
+//! configured, and — with x509pop only — again at run time when its SVID expired while no server
+//! was reachable. Before it sends a token or a proof it checks the server against its trust
+//! anchors: the last bundle it stored in the data dir, or the pinned `bundle_sha256`. An x509pop
+//! proof is a signature over a value exported from the TLS connection it travels on
+//! ([`attest::x509pop`]), so it is worthless on any other connection.
 //!
 //! **Offline.** While no server is reachable the agent keeps serving what it holds (SVIDs stay
 //! valid until their `NotAfter`) and retries with backoff, preferring the fastest server again
@@ -11,7 +20,8 @@
 //!
 //! **On disk** (`data_dir`, files mode 0600): the agent's key, its latest agent SVID and the
 //! latest bundle, so a restart needs no token while the agent SVID is valid. Workload keys live
-//! only in memory and go only to the workloads they belong to.
+//! only in memory and go only to the workloads they belong to. The x509pop key stays where the
+//! configuration points; the agent only reads it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -24,8 +34,8 @@ use wire::api::{AgentView, ApiRequest, ApiResponse, IssuedX509, SignX509, SIGN_B
 use wire::{Bundle, EntryId, Env, Selector, SpiffeId, TrustDomain, UnixTime};
 use zeroize::Zeroizing;
 
-use crate::rt::api::{ApiClient, ApiClientError, CONNECT_TIMEOUT};
-use crate::rt::config::AgentFileConfig;
+use crate::rt::api::{ApiClient, ApiClientError, FirstContact, CONNECT_TIMEOUT};
+use crate::rt::config::{AgentFileConfig, X509PopCredential};
 use crate::rt::serve::IdentityFiles;
 use crate::rt::tls::{NodeIdentity, ServerTrust, TlsKey, TrustStore};
 use crate::rt::unix_attest::UnixAttestConfig;
@@ -131,6 +141,8 @@ struct Inner {
     client: Mutex<Option<ApiClient>>,
     /// Serializes JWT-SVID mints so concurrent misses cost one mint.
     mint_gate: tokio::sync::Mutex<()>,
+    /// The x509pop credential loaded at start-up (re-read from its files on re-attestation).
+    x509pop: Option<Arc<X509PopCredential>>,
 }
 
 /// A running agent (cheap to clone).
@@ -151,17 +163,63 @@ fn bundle_path(data_dir: &Path) -> std::path::PathBuf {
     data_dir.join("identity").join("bundle.json")
 }
 
-/// Attests with the join token through the first server that passes the pinned-bundle check.
-async fn attest_with_token(
+/// An agent SVID from an attestation: the agent's ID, the chain, its `NotAfter` and the bundle.
+type Attested = (SpiffeId, Vec<Vec<u8>>, UnixTime, Bundle);
+
+/// How the agent proves who it is when it has no valid agent SVID.
+#[derive(Debug, Clone, Copy)]
+enum Method<'a> {
+    /// A single-use join token.
+    JoinToken(&'a str),
+    /// x509pop: a certificate chain and its key.
+    X509Pop(&'a X509PopCredential),
+}
+
+impl Method<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            Method::JoinToken(_) => "a join token",
+            Method::X509Pop(_) => "x509pop",
+        }
+    }
+
+    /// The attestation request for the connection `client` (an x509pop proof is bound to it).
+    fn request(&self, client: &ApiClient, key: &TlsKey) -> Result<ApiRequest, ApiClientError> {
+        let public_key_der = key.public_key_der().to_vec();
+        Ok(match self {
+            Method::JoinToken(token) => ApiRequest::AttestJoinToken {
+                token: (*token).to_owned(),
+                public_key_der,
+            },
+            Method::X509Pop(credential) => {
+                let message = attest::x509pop::message(&client.exporter()?, &public_key_der);
+                let signature = credential
+                    .key
+                    .sign(&message)
+                    .map_err(|e| ApiClientError::Protocol(e.to_string()))?;
+                ApiRequest::AttestX509Pop {
+                    chain: credential.chain.clone(),
+                    signature,
+                    public_key_der,
+                }
+            }
+        })
+    }
+}
+
+/// Attests with `method` through the first server that passes the check against `anchors`.
+async fn attest_once(
     cfg: &AgentFileConfig,
+    method: Method<'_>,
+    anchors: &FirstContact,
     key: &TlsKey,
     env: Arc<dyn Env>,
-) -> Result<(SpiffeId, Vec<Vec<u8>>, UnixTime, Bundle), Error> {
-    let (Some(token), Some(pin)) = (&cfg.join_token, &cfg.bundle_sha256) else {
+) -> Result<Attested, Error> {
+    if anchors.is_empty() {
         return Err(Error::Config(
-            "this agent has no valid agent SVID (none yet, or it expired while the agent was down): generate a join token with `sigil token generate` on a server and set join_token and bundle_sha256 in agent.toml".into(),
+            "no trust anchor for the first contact with a server: set bundle_sha256 in agent.toml (from `sigil bundle show --hash` on a server)".into(),
         ));
-    };
+    }
     let mut errors = Vec::new();
     for server in &cfg.servers {
         let attempt = async {
@@ -175,12 +233,9 @@ async fn attest_with_token(
             .await?;
             let result = async {
                 client
-                    .pinned_bundle(&cfg.trust_domain, pin, env.wall(), CALL_TIMEOUT)
+                    .anchored_bundle(&cfg.trust_domain, anchors, env.wall(), CALL_TIMEOUT)
                     .await?;
-                let request = ApiRequest::AttestJoinToken {
-                    token: token.clone(),
-                    public_key_der: key.public_key_der().to_vec(),
-                };
+                let request = method.request(&client, key)?;
                 client.call(&request, CALL_TIMEOUT).await
             }
             .await;
@@ -196,29 +251,32 @@ async fn attest_with_token(
             }) => return Ok((spiffe_id, chain, not_after, bundle)),
             Ok(other) => errors.push(format!("{server}: unexpected answer {other:?}")),
             Err(e) => {
-                tracing::warn!(%server, error = %e, "attestation through this server failed; trying the next");
+                tracing::warn!(%server, method = method.name(), error = %e, "attestation through this server failed; trying the next");
                 errors.push(format!("{server}: {e}"));
             }
         }
     }
     Err(Error::Config(format!(
-        "could not attest this agent ({})",
+        "could not attest this agent with {} ({})",
+        method.name(),
         errors.join("; ")
     )))
 }
 
-/// [`attest_with_token`], retried with backoff for up to [`ATTEST_RETRY_MAX`] while the
-/// servers answer "unavailable" (no quorum yet, a fresh node not ready to issue): such a refusal
-/// leaves the token usable by the same agent.
+/// [`attest_once`], retried with backoff for up to [`ATTEST_RETRY_MAX`] while the servers
+/// answer "unavailable" (no quorum yet, a fresh node not ready to issue): such a refusal leaves a
+/// join token usable by the same agent.
 async fn attest_retrying(
     cfg: &AgentFileConfig,
+    method: Method<'_>,
+    anchors: &FirstContact,
     key: &TlsKey,
     env: Arc<dyn Env>,
-) -> Result<(SpiffeId, Vec<Vec<u8>>, UnixTime, Bundle), Error> {
+) -> Result<Attested, Error> {
     let started = env.mono();
     let mut backoff = RECONNECT_MIN;
     loop {
-        match attest_with_token(cfg, key, env.clone()).await {
+        match attest_once(cfg, method, anchors, key, env.clone()).await {
             Ok(a) => return Ok(a),
             Err(e)
                 if e.to_string().contains("Unavailable")
@@ -237,18 +295,22 @@ async fn attest_retrying(
 }
 
 impl Agent {
-    /// Establishes the agent's identity (stored, or a join-token attestation).
+    /// Establishes the agent's identity (stored, or an attestation with the configured method).
     pub async fn start(cfg: AgentFileConfig, env: Arc<dyn Env>) -> Result<Agent, Error> {
         let files = IdentityFiles::new(&cfg.data_dir);
         let key = files.key()?;
         let wall = env.wall();
+        let x509pop = match &cfg.x509pop {
+            Some(x) => Some(Arc::new(x.load()?)),
+            None => None,
+        };
         let stored_bundle = std::fs::read(bundle_path(&cfg.data_dir))
             .ok()
             .and_then(|b| Bundle::from_json(&b).ok());
         let stored = files
             .svid()
             .filter(|(_, na)| *na > wall.saturating_add(SVID_REUSE_MIN));
-        let (spiffe_id, chain, not_after, bundle) = match (stored, stored_bundle) {
+        let (spiffe_id, chain, not_after, bundle) = match (stored, stored_bundle.clone()) {
             (Some((chain, not_after)), Some(bundle)) => {
                 let id = attest::x509::validate_x509_svid(
                     &chain,
@@ -262,11 +324,33 @@ impl Agent {
                     ))
                 })?;
                 tracing::info!(agent = %id, "using this agent's stored SVID");
+                if let Some(credential) = &x509pop {
+                    let configured = crate::service::x509pop_agent_id(
+                        &cfg.trust_domain,
+                        &credential.fingerprint(),
+                    )?;
+                    if configured != id {
+                        tracing::warn!(stored = %id, configured = %configured, "the stored agent SVID is not for the configured x509pop certificate; the certificate is used once the stored SVID expires (remove DATA_DIR/identity/svid.bin to switch now)");
+                    }
+                }
                 (id, chain, not_after, bundle)
             }
             _ => {
-                let attested = attest_retrying(&cfg, &key, env.clone()).await?;
-                tracing::info!(agent = %attested.0, "attested with a join token");
+                let method = match (&cfg.join_token, &x509pop) {
+                    (Some(token), _) => Method::JoinToken(token),
+                    (None, Some(credential)) => Method::X509Pop(credential),
+                    (None, None) => {
+                        return Err(Error::Config(
+                            "this agent has no valid agent SVID (none yet, or it expired while the agent was down): configure an attestation method in agent.toml — a join token (join_token and bundle_sha256, from `sigil token generate` and `sigil bundle show --hash` on a server) or an [x509pop] certificate and key".into(),
+                        ))
+                    }
+                };
+                let anchors = FirstContact {
+                    pin: cfg.bundle_sha256.clone(),
+                    stored: stored_bundle,
+                };
+                let attested = attest_retrying(&cfg, method, &anchors, &key, env.clone()).await?;
+                tracing::info!(agent = %attested.0, method = method.name(), "attested");
                 files.store_svid(&attested.1, attested.2)?;
                 attested
             }
@@ -290,6 +374,7 @@ impl Agent {
                 changes: watch::channel(0).0,
                 client: Mutex::new(None),
                 mint_gate: tokio::sync::Mutex::new(()),
+                x509pop,
                 cfg,
                 env,
                 files,
@@ -556,7 +641,17 @@ impl Agent {
         while !*stop.borrow() {
             let Some(client) = self.connect_best().await else {
                 let expired = lock(&self.inner.me).not_after <= self.inner.env.wall();
-                if expired {
+                if expired && self.inner.x509pop.is_some() {
+                    match self.reattest().await {
+                        Ok(()) => {
+                            backoff = RECONNECT_MIN;
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(retry_ms = backoff.as_millis(), error = %e, "this agent's SVID expired while no server was reachable and x509pop re-attestation failed; retrying — cached workload SVIDs are served until they expire");
+                        }
+                    }
+                } else if expired {
                     tracing::error!("this agent's SVID expired while no server was reachable: servers refuse it now; give the agent a new join token (join_token in agent.toml, from `sigil token generate`) and restart it — cached workload SVIDs are served until they expire");
                 } else {
                     tracing::warn!(retry_ms = backoff.as_millis(), "no server reachable; serving cached SVIDs until one answers (check the servers list and the network)");
@@ -576,6 +671,65 @@ impl Agent {
             *lock(&self.inner.client) = None;
             client.close().await;
         }
+    }
+
+    /// x509pop again, after the agent SVID expired while no server was reachable: the same
+    /// certificate gives the same agent ID. Re-reads the certificate and key (they may have been
+    /// renewed on disk), falling back to the ones loaded at start-up.
+    async fn reattest(&self) -> Result<(), Error> {
+        let inner = &self.inner;
+        let Some(loaded) = &inner.x509pop else {
+            return Err(Error::Config("no [x509pop] configured".into()));
+        };
+        let credential = match inner.cfg.x509pop.as_ref().map(|x| x.load()) {
+            Some(Ok(fresh)) => Arc::new(fresh),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "could not re-read the x509pop certificate and key; using the ones loaded at start-up");
+                loaded.clone()
+            }
+            None => loaded.clone(),
+        };
+        let anchors = FirstContact {
+            pin: inner.cfg.bundle_sha256.clone(),
+            stored: Some(lock(&inner.cache).bundle()),
+        };
+        let (spiffe_id, chain, not_after, bundle) = attest_once(
+            &inner.cfg,
+            Method::X509Pop(&credential),
+            &anchors,
+            &inner.key,
+            inner.env.clone(),
+        )
+        .await?;
+        let identity = NodeIdentity::new(chain.clone(), &inner.key).map_err(|e| Error::Os {
+            what: "building the agent's TLS identity",
+            detail: e.to_string(),
+        })?;
+        if let Err(e) = inner.files.store_svid(&chain, not_after) {
+            tracing::warn!(error = %e, "could not store the new agent SVID");
+        }
+        {
+            let mut cache = lock(&inner.cache);
+            cache.bundle = bundle.clone();
+            if let Some(view) = cache.view.as_mut() {
+                view.bundle = bundle.clone();
+            }
+        }
+        self.store_bundle(&bundle);
+        let previous = {
+            let mut me = lock(&inner.me);
+            let previous = std::mem::replace(&mut me.spiffe_id, spiffe_id.clone());
+            me.identity = identity;
+            me.issued_at = inner.env.wall();
+            me.not_after = not_after;
+            previous
+        };
+        if previous != spiffe_id {
+            tracing::warn!(previous = %previous, agent = %spiffe_id, "x509pop re-attestation gave this agent a new ID (its certificate changed): entries parented to the previous ID no longer apply");
+        }
+        tracing::info!(agent = %spiffe_id, "re-attested with x509pop after the agent SVID expired");
+        self.bump();
+        Ok(())
     }
 
     async fn mint_jwt(

@@ -12,6 +12,7 @@
 //! ca_ttl = "24h"                      # lifetime of this node's CA and JWT keys
 //! x509_svid_ttl = "1h"                # default X.509-SVID lifetime
 //! jwt_svid_ttl = "5m"                 # default JWT-SVID lifetime
+//! agent_svid_ttl = "1h"               # agent SVID lifetime (agents renew at half life)
 //! staleness_max = "24h"               # stop issuing after this long without a leader
 //!
 //! [join]                              # joining an existing cluster (not with bootstrap)
@@ -40,6 +41,8 @@ pub const DATA_DIR_DEFAULT: &str = "/var/lib/sigil";
 pub const BIND_DEFAULT: &str = "127.0.0.1:8443";
 /// Shortest `ca_ttl` (short ones are for tests and demos of rotation).
 pub const CA_TTL_MIN: Duration = Duration::from_secs(120);
+/// Shortest `agent_svid_ttl` (short ones are for tests of agent expiry).
+pub const AGENT_SVID_TTL_MIN: Duration = Duration::from_secs(10);
 /// Largest config file accepted, in bytes.
 pub const CONFIG_BYTES_MAX: u64 = 1 << 20;
 
@@ -89,6 +92,8 @@ pub struct ServerFileConfig {
     pub x509_svid_ttl: Duration,
     /// Default JWT-SVID lifetime.
     pub jwt_svid_ttl: Duration,
+    /// Agent SVID lifetime.
+    pub agent_svid_ttl: Duration,
     /// Stop issuing after this long without leader contact.
     pub staleness_max: Duration,
     /// `[x509pop] ca_bundle`: the PEM file of CAs trusted for x509pop agent attestation (`None`:
@@ -116,6 +121,7 @@ struct Raw {
     ca_ttl: Option<String>,
     x509_svid_ttl: Option<String>,
     jwt_svid_ttl: Option<String>,
+    agent_svid_ttl: Option<String>,
     staleness_max: Option<String>,
     x509pop: Option<RawServerX509Pop>,
 }
@@ -241,6 +247,12 @@ impl ServerFileConfig {
                 raw.jwt_svid_ttl,
                 crate::actors::issuer::JWT_SVID_TTL_DEFAULT,
             )?,
+            agent_svid_ttl: duration(
+                path,
+                "agent_svid_ttl",
+                raw.agent_svid_ttl,
+                crate::actors::issuer::AGENT_SVID_TTL_DEFAULT,
+            )?,
             staleness_max: duration(
                 path,
                 "staleness_max",
@@ -254,6 +266,9 @@ impl ServerFileConfig {
         }
         if cfg.x509_svid_ttl.is_zero() || cfg.jwt_svid_ttl.is_zero() {
             return Err(config_error(path, "SVID TTLs must be greater than 0"));
+        }
+        if cfg.agent_svid_ttl < AGENT_SVID_TTL_MIN {
+            return Err(config_error(path, "agent_svid_ttl must be at least 10s"));
         }
         if cfg.x509_svid_ttl > cfg.ca_ttl / 6 {
             tracing::warn!(
@@ -622,6 +637,7 @@ mod tests {
         assert_eq!(c.ca_ttl, Duration::from_secs(24 * 3600));
         assert_eq!(c.x509_svid_ttl, Duration::from_secs(3600));
         assert_eq!(c.jwt_svid_ttl, Duration::from_secs(300));
+        assert_eq!(c.agent_svid_ttl, Duration::from_secs(3600));
         assert_eq!(c.staleness_max, Duration::from_secs(24 * 3600));
     }
 
@@ -630,13 +646,18 @@ mod tests {
         let c = parse(
             "trust_domain = \"example.org\"\nnode_id = 1\ndata_dir = \"/tmp/x\"\nbind = \"127.0.0.1:9000\"\n\
              admin_socket = \"/tmp/a.sock\"\nbootstrap = true\nca_ttl = \"12h\"\nx509_svid_ttl = \"30m\"\n\
-             jwt_svid_ttl = \"2m\"\nstaleness_max = \"1h\"\n",
+             jwt_svid_ttl = \"2m\"\nagent_svid_ttl = \"20m\"\nstaleness_max = \"1h\"\n",
         )
         .expect("parse");
         assert!(c.bootstrap);
         assert_eq!(c.ca_ttl, Duration::from_secs(12 * 3600));
         assert_eq!(c.staleness_max, Duration::from_secs(3600));
+        assert_eq!(c.agent_svid_ttl, Duration::from_secs(1200));
         for (bad, needle) in [
+            (
+                "trust_domain = \"a.org\"\nnode_id = 1\nagent_svid_ttl = \"5s\"\n",
+                "agent_svid_ttl",
+            ),
             ("node_id = 1\n", "trust_domain"),
             ("trust_domain = \"Bad TD\"\nnode_id = 1\n", "trust_domain"),
             ("trust_domain = \"a.org\"\nnode_id = 0\n", "node_id"),

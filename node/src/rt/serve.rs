@@ -256,6 +256,7 @@ pub async fn run_server(
     server_cfg.issuer.staleness_max = cfg.staleness_max;
     server_cfg.issuer.x509.default_ttl = cfg.x509_svid_ttl;
     server_cfg.issuer.jwt_default_ttl = cfg.jwt_svid_ttl;
+    server_cfg.issuer.agent_ttl = cfg.agent_svid_ttl;
     let node = ServerNode::start(server_cfg, dyn_env.clone(), replica.clone());
 
     let (stop_tx, stop_rx) = watch::channel(false);
