@@ -409,7 +409,13 @@ impl AgentX509PopConfig {
         let key_text = read_small(&self.key, "x509pop key")?;
         let key = x509pop_key_from_pem(&key_text)
             .map_err(|e| Error::Config(format!("x509pop key {}: {e}", self.key.display())))?;
-        key.matches(&chain[0]).map_err(|e| {
+        let leaf = chain.first().ok_or_else(|| {
+            Error::Config(format!(
+                "x509pop cert {}: no certificate",
+                self.cert.display()
+            ))
+        })?;
+        key.matches(leaf).map_err(|e| {
             Error::Config(format!(
                 "x509pop key {} and cert {}: {e}",
                 self.key.display(),
