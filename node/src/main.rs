@@ -28,7 +28,7 @@ enum Command {
     Server(ServerArgs),
     /// Run the agent of this host (attests to the cluster, serves the SPIFFE Workload API) from
     /// a TOML config file.
-    Agent(ServerArgs),
+    Agent(AgentArgs),
     /// A local cluster and agent in one command (not built yet: says so and exits).
     Dev,
     /// Registration entries: create, update, show, list, delete (admin socket).
@@ -53,6 +53,25 @@ struct ServerArgs {
     /// The configuration file (see the README for every option and its default).
     #[arg(long, value_name = "FILE")]
     config: std::path::PathBuf,
+}
+
+/// `sigil agent`: run the agent, or ask a running one.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct AgentArgs {
+    /// The configuration file (see the README for every option and its default).
+    #[arg(long, value_name = "FILE", required = true)]
+    config: Option<std::path::PathBuf>,
+
+    #[command(subcommand)]
+    command: Option<AgentCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentCommand {
+    /// What the running agent serves and whether it reaches a server (its admin socket). Exit 0
+    /// when connected, 1 otherwise.
+    Health(cli::AgentHealthArgs),
 }
 
 /// Runs a server node (or with `agent`, the agent) on a multi-threaded runtime until Ctrl-C or
@@ -171,7 +190,18 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
         Some(Command::Server(args)) => run_server(args, false),
-        Some(Command::Agent(args)) => run_server(args, true),
+        Some(Command::Agent(AgentArgs {
+            command: Some(AgentCommand::Health(args)),
+            ..
+        })) => run_admin(|mut out| async move { args.run(&mut out).await }),
+        Some(Command::Agent(AgentArgs {
+            config: Some(config),
+            ..
+        })) => run_server(ServerArgs { config }, true),
+        Some(Command::Agent(AgentArgs { config: None, .. })) => {
+            eprintln!("error: `sigil agent` needs --config FILE (or `sigil agent health`)");
+            ExitCode::from(2)
+        }
         Some(Command::Dev) => {
             eprintln!(
                 "error: `sigil dev` is not built yet (a one-command local cluster + agent); \

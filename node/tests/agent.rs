@@ -395,6 +395,27 @@ fn agent_fails_over_and_serves_from_cache_without_servers() {
             "failover from {used} to {moved} in {} ms; {fetches} fetches meanwhile, all served",
             killed_at.elapsed().as_millis()
         );
+        // `sigil agent health` (the agent's admin socket, found through agent.toml) names it.
+        let health = sigil(&[
+            "agent",
+            "health",
+            "--config",
+            agent_cfg.to_str().expect("utf8"),
+        ]);
+        let said = String::from_utf8_lossy(&health.stdout).into_owned();
+        assert!(
+            health.status.success(),
+            "{said}{}",
+            String::from_utf8_lossy(&health.stderr)
+        );
+        assert!(
+            said.contains(&format!("connected to server {moved}")),
+            "{said}"
+        );
+        assert!(
+            said.contains(&format!("agent {agent_id} serves 1 X.509-SVID")),
+            "{said}"
+        );
         // The new connection works: a new entry arrives through it.
         let alive = servers
             .iter()
@@ -434,6 +455,33 @@ fn agent_fails_over_and_serves_from_cache_without_servers() {
         let jwt = client.fetch_jwt_svid(["cached"], None).await;
         assert!(jwt.is_err(), "a new JWT-SVID needs a server");
         eprintln!("all servers down: {} cached SVIDs still served", all.len());
+        // The health output says the agent serves from its cache and cannot reach a server.
+        let cfg = agent_cfg.to_str().expect("utf8");
+        let mut said = String::new();
+        assert!(
+            wait_for(WAIT, || {
+                let out = sigil(&["agent", "health", "--config", cfg]);
+                said = String::from_utf8_lossy(&out.stdout).into_owned()
+                    + &String::from_utf8_lossy(&out.stderr);
+                !out.status.success() && said.contains("NOT connected to any server")
+            }),
+            "health while cut off: {said}"
+        );
+        eprintln!("`sigil agent health` while cut off:\n{said}");
+        assert!(said.contains("serves 2 cached X.509-SVID"), "{said}");
+        assert!(said.contains("last contact"), "{said}");
+        let tolerant = sigil(&[
+            "agent",
+            "health",
+            "--config",
+            cfg,
+            "--allow-disconnected",
+            "--json",
+        ]);
+        assert!(tolerant.status.success());
+        let h = json(&tolerant);
+        assert_eq!(h["connected"], false);
+        assert_eq!(h["x509_svids"], 2);
     });
     assert!(agent.terminate(), "agent exits cleanly: {}", agent.log());
 }

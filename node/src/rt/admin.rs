@@ -950,17 +950,33 @@ pub async fn serve_admin_with_mode<T: Transport>(
     service: AdminService<T>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
+    let routes = tonic::service::Routes::new(service.into_server());
+    serve_on_socket(path, mode, "admin API", routes, shutdown).await
+}
+
+/// Serves gRPC `routes` on a Unix socket at `path` made by [`bind_admin_socket`] with `mode`
+/// until `shutdown` completes, then removes the socket file. `what` names the API in logs.
+pub async fn serve_on_socket(
+    path: &Path,
+    mode: u32,
+    what: &'static str,
+    routes: tonic::service::Routes,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
     let listener = bind_admin_socket(path, mode)?;
-    tracing::info!(socket = %path.display(), "admin API listening");
+    tracing::info!(socket = %path.display(), "{what} listening");
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let served = tonic::transport::Server::builder()
-        .add_service(service.into_server())
+        .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
         let _ = std::fs::remove_file(path);
     }
-    served.map_err(|e| os_error("serving the admin API", path, e))
+    served.map_err(|e| Error::Os {
+        what: "serving a gRPC API on a Unix socket",
+        detail: format!("{what} at {}: {}", path.display(), io_text(&e.to_string())),
+    })
 }
 
 /// How long the client waits for one admin call (writes may wait for a quorum).

@@ -34,6 +34,7 @@ use wire::api::{AgentView, ApiRequest, ApiResponse, IssuedX509, SignX509, SIGN_B
 use wire::{Bundle, EntryId, Env, Selector, SpiffeId, TrustDomain, UnixTime};
 use zeroize::Zeroizing;
 
+use crate::rt::agent_admin::{serve_agent_admin, HealthSource};
 use crate::rt::api::{ApiClient, ApiClientError, FirstContact, CONNECT_TIMEOUT};
 use crate::rt::config::{AgentFileConfig, X509PopCredential};
 use crate::rt::serve::IdentityFiles;
@@ -103,6 +104,8 @@ struct Cache {
     bundle: Bundle,
     svids: BTreeMap<EntryId, HeldSvid>,
     jwts: BTreeMap<(SpiffeId, Vec<String>), HeldJwt>,
+    /// When a server last sent a view (health output).
+    last_contact: Option<UnixTime>,
 }
 
 impl Cache {
@@ -397,6 +400,38 @@ impl Agent {
             .is_some_and(|c| !c.is_closed())
     }
 
+    /// What the agent serves and whether it reaches a server (`sigil agent health`).
+    pub fn health(&self) -> wire::admin::AgentHealthResponse {
+        let secs = |t: UnixTime| i64::try_from(t.as_secs()).unwrap_or(i64::MAX);
+        let server = lock(&self.inner.client)
+            .as_ref()
+            .filter(|c| !c.is_closed())
+            .map(|c| c.addr().to_string());
+        let agent_not_after = lock(&self.inner.me).not_after;
+        let cache = lock(&self.inner.cache);
+        wire::admin::AgentHealthResponse {
+            spiffe_id: self.spiffe_id().to_string(),
+            connected: server.is_some(),
+            server: server.unwrap_or_default(),
+            last_server_contact_unix: cache.last_contact.map_or(0, secs),
+            agent_svid_not_after_unix: secs(agent_not_after),
+            x509_svids: u32::try_from(cache.svids.len()).unwrap_or(u32::MAX),
+            earliest_svid_not_after_unix: cache
+                .svids
+                .values()
+                .map(|s| s.not_after)
+                .min()
+                .map_or(0, secs),
+            entries: cache
+                .view
+                .as_ref()
+                .map_or(0, |v| u32::try_from(v.entries.len()).unwrap_or(u32::MAX)),
+            bundle_authorities: u32::try_from(cache.bundle().x509_authorities.len())
+                .unwrap_or(u32::MAX),
+            now_unix: secs(self.inner.env.wall()),
+        }
+    }
+
     fn store_bundle(&self, bundle: &Bundle) {
         let path = bundle_path(&self.inner.cfg.data_dir);
         if let Err(e) = std::fs::write(&path, bundle.to_json()) {
@@ -493,6 +528,7 @@ impl Agent {
             cache.svids.retain(|id, _| keep.contains(id));
             bundle_changed = cache.bundle() != view.bundle;
             cache.view = Some(view.clone());
+            cache.last_contact = Some(self.inner.env.wall());
             let ids: BTreeSet<SpiffeId> =
                 view.entries.iter().map(|e| e.spiffe_id.clone()).collect();
             cache.jwts.retain(|(id, _), _| ids.contains(id));
@@ -890,6 +926,20 @@ pub async fn run_agent(
             let _ = api_stop.wait_for(|s| *s).await;
         },
     );
+    let mut admin_stop = stop_rx.clone();
+    let admin = {
+        let health: Arc<dyn HealthSource> = Arc::new(agent.clone());
+        let path = cfg.admin_socket.clone();
+        #[allow(clippy::disallowed_methods)] // the production shell's tasks
+        tokio::spawn(async move {
+            let stop = async move {
+                let _ = admin_stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = serve_agent_admin(&path, health, stop).await {
+                tracing::warn!(error = %e, "the agent admin socket is not available; `sigil agent health` will not work (check admin_socket in agent.toml)");
+            }
+        })
+    };
     tokio::pin!(served);
     tokio::pin!(shutdown);
     let (result, served_done) = tokio::select! {
@@ -904,7 +954,14 @@ pub async fn run_agent(
         let _ = (&mut served).await;
     }
     let _ = runner.await;
+    let _ = admin.await;
     result
+}
+
+impl HealthSource for Agent {
+    fn health(&self) -> wire::admin::AgentHealthResponse {
+        Agent::health(self)
+    }
 }
 
 /// Loads `path` and runs the agent until Ctrl-C or SIGTERM.

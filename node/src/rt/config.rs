@@ -430,6 +430,8 @@ impl AgentX509PopConfig {
 pub const AGENT_DATA_DIR_DEFAULT: &str = "/var/lib/sigil-agent";
 /// Default Workload API socket.
 pub const AGENT_SOCKET_DEFAULT: &str = "/run/sigil/agent.sock";
+/// The agent admin socket's file name in the data dir unless `admin_socket` says otherwise.
+pub const AGENT_ADMIN_SOCKET_NAME: &str = "admin.sock";
 
 /// A parsed, checked `agent.toml`:
 ///
@@ -438,6 +440,7 @@ pub const AGENT_SOCKET_DEFAULT: &str = "/run/sigil/agent.sock";
 /// servers = ["10.0.0.1:8443", "…"]        # required: server nodes' QUIC addresses
 /// data_dir = "/var/lib/sigil-agent"       # default; the agent's key and SVID (0600)
 /// socket_path = "/run/sigil/agent.sock"   # default; the Workload API (mode 0666)
+/// admin_socket = "/var/lib/sigil-agent/admin.sock"  # default DATA_DIR/admin.sock; `sigil agent health` (0600)
 /// join_token = "…"                        # first start: from `sigil token generate`
 /// bundle_sha256 = "…"                     # first contact: from `sigil bundle show --hash`
 ///
@@ -459,6 +462,8 @@ pub struct AgentFileConfig {
     pub data_dir: PathBuf,
     /// The Workload API socket.
     pub socket_path: PathBuf,
+    /// The agent admin socket (`sigil agent health`).
+    pub admin_socket: PathBuf,
     /// A single-use agent join token (a secret: never logged).
     pub join_token: Option<String>,
     /// The pinned bundle hash for the first contact.
@@ -474,6 +479,7 @@ impl std::fmt::Debug for AgentFileConfig {
             .field("servers", &self.servers)
             .field("data_dir", &self.data_dir)
             .field("socket_path", &self.socket_path)
+            .field("admin_socket", &self.admin_socket)
             .field(
                 "join_token",
                 &self.join_token.as_ref().map(|_| "<redacted>"),
@@ -498,6 +504,7 @@ struct RawAgent {
     servers: Vec<String>,
     data_dir: Option<PathBuf>,
     socket_path: Option<PathBuf>,
+    admin_socket: Option<PathBuf>,
     join_token: Option<String>,
     bundle_sha256: Option<String>,
     x509pop: Option<RawAgentX509Pop>,
@@ -564,12 +571,16 @@ impl AgentFileConfig {
                 "bundle_sha256: required with join_token (the agent checks the cluster before it sends the token)",
             ));
         }
+        let data_dir = raw
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(AGENT_DATA_DIR_DEFAULT));
         Ok(AgentFileConfig {
             trust_domain,
             servers,
-            data_dir: raw
-                .data_dir
-                .unwrap_or_else(|| PathBuf::from(AGENT_DATA_DIR_DEFAULT)),
+            admin_socket: raw
+                .admin_socket
+                .unwrap_or_else(|| data_dir.join(AGENT_ADMIN_SOCKET_NAME)),
+            data_dir,
             socket_path: raw
                 .socket_path
                 .unwrap_or_else(|| PathBuf::from(AGENT_SOCKET_DEFAULT)),
@@ -736,6 +747,10 @@ mod tests {
         .expect("parse");
         assert_eq!(c.data_dir, PathBuf::from(AGENT_DATA_DIR_DEFAULT));
         assert_eq!(c.socket_path, PathBuf::from(AGENT_SOCKET_DEFAULT));
+        assert_eq!(
+            c.admin_socket,
+            Path::new(AGENT_DATA_DIR_DEFAULT).join(AGENT_ADMIN_SOCKET_NAME)
+        );
         assert!(!format!("{c:?}").contains("sekrit"));
         for (bad, needle) in [
             ("trust_domain = \"a.org\"\nservers = []\n", "servers"),

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod agent_admin;
 pub mod api;
 pub mod config;
 pub mod env;
