@@ -14,6 +14,8 @@ step() { printf '\n==> %s\n' "$*"; }
 need=()
 command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+# node/tests/x509pop.rs makes its CA and agent certificates with the openssl CLI (the README's recipe).
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # py-spiffe interop (node/tests/api_cli.rs) runs in a venv: python3 with venv + ensurepip.
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
