@@ -41,7 +41,8 @@ use wire::admin::admin_client::AdminClient;
 use wire::admin::{self as pb, JoinTokenPurpose};
 use wire::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use wire::workload::{
-    JwtsvidRequest, ValidateJwtsvidRequest, X509svidRequest, SECURITY_HEADER, SECURITY_HEADER_VALUE,
+    JwtsvidRequest, ValidateJwtsvidRequest, X509svidRequest, X509svidResponse, SECURITY_HEADER,
+    SECURITY_HEADER_VALUE,
 };
 
 type BoxError = Box<dyn StdError + Send + Sync>;
@@ -72,6 +73,10 @@ struct Args {
     /// Length of each measured phase, in seconds.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// Entries created one after another while a workload waits on its FetchX509SVID stream
+    /// (propagation: entry create → new SVID at the workload). 0 skips the phase.
+    #[arg(long, default_value_t = 100)]
+    entries: usize,
 }
 
 impl Args {
@@ -81,6 +86,9 @@ impl Args {
         }
         if self.seconds == 0 {
             return Err("--seconds must be at least 1".into());
+        }
+        if self.entries > 10_000 {
+            return Err("--entries: 0 to 10000".into());
         }
         Ok(())
     }
@@ -537,6 +545,89 @@ async fn fetch_jwt(client: &mut Workload, want: &str) -> Res<String> {
 // ---------------------------------------------------------------------------------------------
 // Phases
 
+struct Propagation {
+    /// From just before CreateEntries to the stream message holding the new SVID.
+    create_to_svid: Samples,
+    /// From CreateEntries returning (committed) to that message.
+    commit_to_svid: Samples,
+    /// From just before DeleteEntries to the first message without it.
+    delete_to_gone: Samples,
+}
+
+/// The next message of a FetchX509SVID stream, bounded by [`CALL_TIMEOUT`].
+async fn next_message(stream: &mut tonic::Streaming<X509svidResponse>) -> Res<X509svidResponse> {
+    tokio::time::timeout(CALL_TIMEOUT, stream.message())
+        .await
+        .map_err(|_| BoxError::from("no stream message in time"))??
+        .ok_or_else(|| BoxError::from("the stream ended"))
+}
+
+/// Creates `n` entries one after another for this process while one workload waits on its
+/// FetchX509SVID stream, and deletes each again, timing when the stream shows the change.
+async fn propagation_phase(
+    admin: &mut Admin,
+    socket: &Path,
+    parent: &str,
+    selector: &str,
+    n: usize,
+) -> Res<Propagation> {
+    let mut client = workload_connect(socket).await?;
+    let mut stream = client
+        .fetch_x509svid(workload_request(X509svidRequest {}))
+        .await?
+        .into_inner();
+    let mut out = Propagation {
+        create_to_svid: Samples::default(),
+        commit_to_svid: Samples::default(),
+        delete_to_gone: Samples::default(),
+    };
+    for i in 0..n {
+        let id = format!("spiffe://{TRUST_DOMAIN}/propagation/{i}");
+        let start = now();
+        let created = admin
+            .create_entries(pb::CreateEntriesRequest {
+                entries: vec![pb::Entry {
+                    spiffe_id: id.clone(),
+                    parent_id: parent.to_owned(),
+                    selectors: vec![selector.to_owned()],
+                    ..pb::Entry::default()
+                }],
+            })
+            .await?
+            .into_inner();
+        let committed = start.elapsed();
+        let entry_id = match created.results.into_iter().next().and_then(|r| r.result) {
+            Some(pb::entry_result::Result::Entry(e)) => e.id,
+            other => return Err(format!("creating {id}: {other:?}").into()),
+        };
+        loop {
+            let msg = next_message(&mut stream).await?;
+            if msg.svids.iter().any(|s| s.spiffe_id == id) {
+                let took = start.elapsed();
+                out.create_to_svid.micros.push(micros(took));
+                out.commit_to_svid
+                    .micros
+                    .push(micros(took.saturating_sub(committed)));
+                break;
+            }
+        }
+        let start = now();
+        admin
+            .delete_entries(pb::DeleteEntriesRequest {
+                ids: vec![entry_id],
+            })
+            .await?;
+        loop {
+            let msg = next_message(&mut stream).await?;
+            if !msg.svids.iter().any(|s| s.spiffe_id == id) {
+                out.delete_to_gone.micros.push(micros(start.elapsed()));
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
 struct X509Result {
     first: Samples,
     connect: Samples,
@@ -839,6 +930,41 @@ async fn run_phases(
         ),
         "1 connection, c=1; header check + attestation + parse failure (InvalidArgument)".into(),
     ));
+
+    // --- entry propagation: create → SVID at a waiting workload, delete → gone
+    if args.entries > 0 {
+        println!(
+            "propagation: {} entries created and deleted one at a time while a workload waits on FetchX509SVID…",
+            args.entries
+        );
+        let p = propagation_phase(
+            &mut admin,
+            &socket,
+            &token.agent_spiffe_id,
+            &selector,
+            args.entries,
+        )
+        .await?;
+        rows.push(row(
+            "propagation: CreateEntries call → SVID pushed to the workload".into(),
+            &p.create_to_svid,
+            "-".into(),
+            "admin API write (Raft commit) + apply + push to agent + signing + push to workload"
+                .into(),
+        ));
+        rows.push(row(
+            "propagation: CreateEntries returned → SVID at the workload".into(),
+            &p.commit_to_svid,
+            "-".into(),
+            "after the write is acknowledged".into(),
+        ));
+        rows.push(row(
+            "propagation: DeleteEntries call → SVID gone at the workload".into(),
+            &p.delete_to_gone,
+            "-".into(),
+            String::new(),
+        ));
+    }
 
     // --- 3. FetchX509SVID for new workloads
     let n = args.workloads;
