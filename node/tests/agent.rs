@@ -10,7 +10,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{create_entry, free_port, json, my_uid, sigil, wait_for, Proc};
+use common::{create_entry, free_port, json, my_uid, sigil, wait_for, Proc, NOBODY};
 use spiffe::WorkloadApiClient;
 
 const TD: &str = "agent.test";
@@ -362,6 +362,27 @@ fn agent_fails_over_and_serves_from_cache_without_servers() {
         while client.fetch_x509_svid().await.is_err() {
             assert!(start.elapsed() < WAIT, "first SVID: {}", agent.log());
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // A workload process of another uid (no entry) is refused while this uid is served.
+        let sock = workload_sock.to_str().expect("utf8");
+        if let Some(out) = common::sigil_as_nobody(
+            d,
+            &["api", "fetch", "x509", "--socket", sock],
+            Duration::from_secs(20),
+        ) {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "uid {NOBODY} got an SVID");
+            assert!(
+                err.contains(&format!(
+                    "no identity issued for this process (uid {NOBODY})"
+                )),
+                "{err}"
+            );
+            assert!(
+                client.fetch_x509_svid().await.is_ok(),
+                "this uid is still served"
+            );
+            eprintln!("uid {NOBODY} refused with PermissionDenied, uid {uid} served");
         }
         // Kill the server the agent uses; the workload keeps its SVID the whole time and the
         // agent moves to another server.

@@ -14,11 +14,13 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 
+mod common;
+use common::{free_port, my_uid, wait_for, Proc, NOBODY};
+
 const TD: &str = "api.test";
 const WAIT: Duration = Duration::from_secs(30);
 /// Longest any single `sigil api` invocation may take in these tests (its own --timeout is 10 s).
 const CALL_LIMIT: Duration = Duration::from_secs(20);
-const NOBODY: u32 = 65534;
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_sigil")
@@ -95,60 +97,6 @@ fn one_line_error(out: &Output) -> String {
     err
 }
 
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    f()
-}
-
-/// A child process killed on drop; its stderr goes to `log`.
-struct Proc {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn start(what: &str, config: &Path, log: PathBuf) -> Proc {
-        let err = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(bin())
-            .args([what, "--config"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .expect("spawn sigil");
-        Proc {
-            child: Some(child),
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// A `sigil api watch` whose stdout lines arrive on a channel; killed on drop.
 struct Watch {
     child: Child,
@@ -194,18 +142,6 @@ impl Drop for Watch {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn my_uid() -> u32 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|r| r.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .expect("uid")
 }
 
 fn create_entry(admin: &str, spiffe_id: &str, parent: &str, uid: u32, hint: &str) -> String {
@@ -669,55 +605,15 @@ fn api_commands_against_a_real_agent() {
 /// `sigil api fetch x509` as uid 65534 (no entry): refused with a clear message; root still
 /// gets its SVID. Skipped unless root with `setpriv`.
 fn second_uid(dir: &Path, workload: &Path, me: &str) {
-    if my_uid() != 0 {
-        eprintln!("note: not root; skipping the second-uid check");
-        return;
-    }
-    let setpriv_ok = Command::new("setpriv")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !setpriv_ok {
-        eprintln!("note: setpriv not found; skipping the second-uid check");
-        return;
-    }
-    // The test binary may sit under a directory uid 65534 cannot traverse: use a copy.
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
-    for a in dir.ancestors().skip(1) {
-        let mode = std::fs::metadata(a)
-            .map(|m| m.permissions().mode())
-            .unwrap_or(0);
-        if mode & 0o001 == 0 {
-            eprintln!(
-                "note: {} is not traversable by other users; skipping the second-uid check",
-                a.display()
-            );
-            return;
-        }
-    }
-    let bin_dir = dir.join("bin");
-    std::fs::create_dir_all(&bin_dir).expect("bin dir");
-    std::fs::set_permissions(&bin_dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let copy = bin_dir.join("sigil");
-    std::fs::copy(bin(), &copy).expect("copy the binary");
-    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let mut cmd = Command::new("setpriv");
-    cmd.args([
-        "--reuid",
-        &NOBODY.to_string(),
-        "--regid",
-        &NOBODY.to_string(),
-        "--clear-groups",
-    ])
-    .arg(&copy)
-    .args(["api", "fetch", "x509", "--socket"])
-    .arg(workload)
-    .env_remove("SPIFFE_ENDPOINT_SOCKET")
-    .current_dir(&bin_dir);
+    let socket = workload.to_str().expect("utf8");
     let t = Instant::now();
-    let out = run_bounded(cmd, CALL_LIMIT);
+    let Some(out) = common::sigil_as_nobody(
+        dir,
+        &["api", "fetch", "x509", "--socket", socket],
+        CALL_LIMIT,
+    ) else {
+        return;
+    };
     let err = one_line_error(&out);
     eprintln!(
         "uid {NOBODY} refused in {} ms: {}",

@@ -148,3 +148,75 @@ pub fn create_entry(sock: &str, spiffe_id: &str, parent: &str, uid: u32) -> Stri
         .unwrap_or_else(|| panic!("entry id in {out}"))
         .to_owned()
 }
+
+/// The uid of `nobody`, the second workload uid of the end-to-end tests.
+pub const NOBODY: u32 = 65534;
+
+/// Runs `sigil ARGS` as uid/gid [`NOBODY`] (through `setpriv`), from a copy of the binary in
+/// `dir/bin` (the build tree may not be traversable by other users). `None`, saying why, when
+/// the test does not run as root, `setpriv` is missing, or `dir` is not reachable by others.
+pub fn sigil_as_nobody(dir: &Path, args: &[&str], limit: Duration) -> Option<Output> {
+    use std::os::unix::fs::PermissionsExt;
+    if my_uid() != 0 {
+        eprintln!("note: not root; skipping the second-uid check");
+        return None;
+    }
+    let setpriv_ok = Command::new("setpriv")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !setpriv_ok {
+        eprintln!("note: setpriv not found; skipping the second-uid check");
+        return None;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+    for a in dir.ancestors().skip(1) {
+        let mode = std::fs::metadata(a)
+            .map(|m| m.permissions().mode())
+            .unwrap_or(0);
+        if mode & 0o001 == 0 {
+            eprintln!(
+                "note: {} is not traversable by other users; skipping the second-uid check",
+                a.display()
+            );
+            return None;
+        }
+    }
+    let bin_dir = dir.join("bin");
+    std::fs::create_dir_all(&bin_dir).expect("bin dir");
+    std::fs::set_permissions(&bin_dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let copy = bin_dir.join("sigil");
+    if !copy.exists() {
+        std::fs::copy(env!("CARGO_BIN_EXE_sigil"), &copy).expect("copy the binary");
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let mut child = Command::new("setpriv")
+        .args([
+            "--reuid",
+            &NOBODY.to_string(),
+            "--regid",
+            &NOBODY.to_string(),
+            "--clear-groups",
+        ])
+        .arg(&copy)
+        .args(args)
+        .env_remove("SPIFFE_ENDPOINT_SOCKET")
+        .current_dir(&bin_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn setpriv");
+    let done = wait_for(limit, || matches!(child.try_wait(), Ok(Some(_))));
+    if !done {
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("output");
+        panic!(
+            "sigil {args:?} as uid {NOBODY} did not finish within {limit:?}; stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Some(child.wait_with_output().expect("output"))
+}
