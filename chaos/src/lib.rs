@@ -7,3 +7,5 @@
 //! Never sends traffic beyond loopback. (The runner arrives with the chaos issue.)
 
 #![forbid(unsafe_code)]
+
+pub mod relay;
