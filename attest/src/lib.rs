@@ -14,7 +14,12 @@
 //! - [`x509pop`]: x509pop node attestation — verification of a channel-bound proof of possession
 //!   of a certificate's key against CAs trusted for it, and the agent's signing side.
 //!
-//! Later: TPM quote verification and workload selector matching.
+//! - [`tpm`]: TPM 2.0 node attestation, the server's side without a TPM — MakeCredential in
+//!   software (RSA-OAEP or ECDH seeds, KDFa/KDFe, AES-128-CFB, the outer HMAC), quote
+//!   verification (`TPMS_ATTEST`, ECDSA P-256 AK signatures, PCR digests), the EK trust policy
+//!   (manufacturer CAs or allow-listed EK hashes) and stateless, connection-bound challenges.
+//!
+//! Later: workload selector matching.
 //!
 //! Wall time arrives as an argument, randomness as a `&mut impl rand_core::RngCore`, keys through
 //! the [`wire::KeySource`] / [`wire::Signer`] seam. Security invariants (never sign an ID other
@@ -34,6 +39,7 @@ pub(crate) mod der;
 pub mod jwt;
 pub mod keyring;
 pub mod keys;
+pub mod tpm;
 pub mod x509;
 pub mod x509pop;
 
@@ -91,4 +97,7 @@ pub enum Error {
     /// An x509pop proof (or its key or CA) was refused.
     #[error("x509pop: {0}")]
     X509Pop(#[from] X509PopError),
+    /// A TPM attestation (or a step of one) was refused.
+    #[error("tpm: {0}")]
+    Tpm(#[from] tpm::TpmError),
 }

@@ -159,7 +159,7 @@ pub fn fingerprint(cert_der: &[u8]) -> String {
 /// Whether `cert`, with `below` intermediates between it and the leaf, may sign for x509pop:
 /// a CA (cA, keyCertSign if keyUsage is present, path length respected, no nameConstraints,
 /// every critical extension understood).
-fn ca_rules(cert: &X509Certificate<'_>, below: usize) -> Result<(), &'static str> {
+pub(crate) fn ca_rules(cert: &X509Certificate<'_>, below: usize) -> Result<(), &'static str> {
     let bc = cert
         .basic_constraints()
         .map_err(|_| "malformed basicConstraints")?

@@ -38,6 +38,28 @@ pub const X509POP_CHAIN_CERTS_MAX: usize = 8;
 pub const X509POP_CERT_BYTES_MAX: usize = 16 * 1024;
 /// Largest x509pop proof-of-possession signature, in bytes (RSA-8192 needs 1024).
 pub const X509POP_SIGNATURE_BYTES_MAX: usize = 1024;
+/// Largest TPM public area (a marshalled `TPMT_PUBLIC`: the EK's or the AK's), in bytes (an
+/// RSA-2048 EK is ~314).
+pub const TPM_PUBLIC_BYTES_MAX: usize = 1024;
+/// Largest EK certificate (DER, from the TPM's NV), in bytes.
+pub const TPM_EK_CERT_BYTES_MAX: usize = 8 * 1024;
+/// Largest TPM challenge token, in bytes (the server makes 57-byte ones).
+pub const TPM_TOKEN_BYTES_MAX: usize = 128;
+/// Largest credential blob (`TPM2B_ID_OBJECT` contents) of a TPM challenge, in bytes.
+pub const TPM_CREDENTIAL_BLOB_BYTES_MAX: usize = 256;
+/// Largest encrypted seed (`TPM2B_ENCRYPTED_SECRET` contents) of a TPM challenge, in bytes
+/// (RSA-4096 needs 512).
+pub const TPM_ENCRYPTED_SECRET_BYTES_MAX: usize = 1024;
+/// Largest activated credential (the secret `TPM2_ActivateCredential` returned), in bytes.
+pub const TPM_SECRET_BYTES_MAX: usize = 64;
+/// Largest quote (a marshalled `TPMS_ATTEST`), in bytes.
+pub const TPM_QUOTE_BYTES_MAX: usize = 1024;
+/// Largest quote signature (a marshalled `TPMT_SIGNATURE`), in bytes.
+pub const TPM_SIGNATURE_BYTES_MAX: usize = 1024;
+/// Most PCR values one quote may report (a TPM has 24 PCRs).
+pub const TPM_PCRS_MAX: usize = 24;
+/// Largest PCR value, in bytes (SHA-256 PCRs are 32).
+pub const TPM_PCR_VALUE_BYTES_MAX: usize = 64;
 
 /// A request to a server node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
