@@ -5,6 +5,7 @@ mod cli;
 use std::future::Future;
 use std::process::ExitCode;
 
+use clap::builder::TypedValueParser as _;
 use clap::{Parser, Subcommand};
 use node::rt::logging::{self, LogFormat};
 
@@ -21,16 +22,18 @@ struct Cli {
     command: Option<Command>,
 }
 
-/// sigil's commands. `dev` joins this enum when it is built.
+/// sigil's commands.
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// A whole local plane in one command: N server nodes and an agent, each its own child
+    /// process, under one data dir; registers your uid and prints what to try next. Ctrl-C stops
+    /// it; running it again on the same data dir resumes the same trust domain.
+    Dev(DevArgs),
     /// Run one server node (Raft member, CA, issuer, admin API) from a TOML config file.
     Server(ServerArgs),
     /// Run the agent of this host (attests to the cluster, serves the SPIFFE Workload API) from
     /// a TOML config file.
     Agent(AgentArgs),
-    /// A local cluster and agent in one command (not built yet: says so and exits).
-    Dev,
     /// Registration entries: create, update, show, list, delete (admin socket).
     Entry(cli::EntryArgs),
     /// Join tokens for agents and new server nodes (admin socket).
@@ -53,6 +56,32 @@ struct ServerArgs {
     /// The configuration file (see the README for every option and its default).
     #[arg(long, value_name = "FILE")]
     config: std::path::PathBuf,
+}
+
+/// `sigil dev` options.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Files under DIR: sigil-dev.toml (marks the plane), node-<i>/{server.toml,log,pid,admin.sock} and \
+the node's data, agent/{agent.toml,log,pid,admin.sock}, agent.sock (the Workload API), \
+x509pop-ca.pem (the dev CA the agent's certificate chains to).")]
+struct DevArgs {
+    /// Server nodes to run, each its own `sigil server` process [default: 3; on a re-run, the
+    /// number DIR was made with].
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = clap::builder::PossibleValuesParser::new(["1", "3", "5"])
+            .map(|n| n.parse::<u8>().unwrap_or(node::rt::dev::NODES_DEFAULT)),
+    )]
+    nodes: Option<u8>,
+    /// Where configs, data, logs, pid files and sockets live [default: /tmp/sigil-dev-<uid>].
+    /// At most 75 bytes long (Unix socket paths under it must fit 108 bytes). Re-running with
+    /// the same DIR resumes the plane stored there.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<std::path::PathBuf>,
+    /// The trust domain of a new plane [default: dev.sigil.test; on a re-run, DIR's].
+    #[arg(long, value_name = "TD")]
+    trust_domain: Option<String>,
 }
 
 /// `sigil agent`: run the agent, or ask a running one.
@@ -100,6 +129,32 @@ fn run_server(args: ServerArgs, agent: bool) -> ExitCode {
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// Runs `sigil dev` until Ctrl-C (progress on stdout; an error is one line on stderr, exit 1).
+fn run_dev(args: DevArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let opts = node::rt::dev::DevOptions {
+        nodes: args.nodes,
+        data_dir: args.data_dir,
+        trust_domain: args.trust_domain,
+    };
+    match runtime.block_on(node::rt::dev::run_dev(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -183,8 +238,8 @@ fn main() -> ExitCode {
     match cli.command {
         None => {
             eprintln!(
-                "sigil {}: no command given. Commands: server, agent, entry, token, bundle, \
-                 cluster, healthcheck, api; `sigil dev` is not built yet. See `sigil --help`.",
+                "sigil {}: no command given. Commands: dev, server, agent, entry, token, bundle, \
+                 cluster, healthcheck, api; `sigil dev` runs a whole local plane. See `sigil --help`.",
                 env!("CARGO_PKG_VERSION")
             );
             ExitCode::from(2)
@@ -202,13 +257,7 @@ fn main() -> ExitCode {
             eprintln!("error: `sigil agent` needs --config FILE (or `sigil agent health`)");
             ExitCode::from(2)
         }
-        Some(Command::Dev) => {
-            eprintln!(
-                "error: `sigil dev` is not built yet (a one-command local cluster + agent); \
-                 run a single server node with `sigil server --config FILE` as the README shows"
-            );
-            ExitCode::from(2)
-        }
+        Some(Command::Dev(args)) => run_dev(args),
         Some(Command::Entry(args)) => run_admin(|mut out| async move { args.run(&mut out).await }),
         Some(Command::Token(args)) => run_admin(|mut out| async move { args.run(&mut out).await }),
         Some(Command::Bundle(args)) => run_admin(|mut out| async move { args.run(&mut out).await }),

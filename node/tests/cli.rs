@@ -100,13 +100,51 @@ fn usage_errors_are_one_line() {
 }
 
 #[test]
-fn dev_says_it_is_not_built_yet() {
-    let out = sigil(&["dev"]);
+fn dev_documents_its_flags_and_refuses_bad_ones() {
+    let help = sigil(&["dev", "--help"]);
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    for needle in [
+        "--nodes",
+        "--data-dir",
+        "--trust-domain",
+        "default: 3",
+        "/tmp/sigil-dev-<uid>",
+        "dev.sigil.test",
+        "1, 3, 5",
+    ] {
+        assert!(text.contains(needle), "{needle}: {text}");
+    }
+    let out = sigil(&["dev", "--nodes", "2"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    let long = format!("/tmp/{}", "d".repeat(90));
+    let out = sigil(&["dev", "--data-dir", &long]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
-        err.contains("not built yet") && err.contains("sigil server"),
+        err.contains("too long") && err.contains("under 108 bytes"),
         "{err}"
+    );
+    assert!(!std::path::Path::new(&long).exists());
+
+    let foreign = tempfile::tempdir().expect("tempdir");
+    std::fs::write(foreign.path().join("notes.txt"), "mine").expect("write");
+    let out = sigil(&["dev", "--data-dir", foreign.path().to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a sigil dev directory"), "{err}");
+    let names: Vec<_> = std::fs::read_dir(foreign.path())
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(
+        names,
+        vec![std::ffi::OsString::from("notes.txt")],
+        "touched nothing"
     );
 }
 

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod agent_admin;
 pub mod api;
 pub mod config;
+pub mod dev;
 pub mod env;
 pub mod h2_authority;
 pub mod logging;

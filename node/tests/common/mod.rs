@@ -220,3 +220,30 @@ pub fn sigil_as_nobody(dir: &Path, args: &[&str], limit: Duration) -> Option<Out
     }
     Some(child.wait_with_output().expect("output"))
 }
+
+/// Runs the `sigil` binary to completion with extra environment variables.
+pub fn sigil_env(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sigil"))
+        .args(args)
+        .envs(envs.iter().copied())
+        .output()
+        .expect("run sigil")
+}
+
+/// Whether process `pid` exists and is not a zombie.
+pub fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").and_then(|(_, r)| r.chars().next()))
+        .is_some_and(|state| state != 'Z' && state != 'X')
+}
+
+/// Sends `signal` (e.g. `KILL`, `INT`) to `pid` with kill(1).
+pub fn send_signal(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args(["-s", signal, &pid.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
