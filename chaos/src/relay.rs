@@ -245,11 +245,20 @@ mod tests {
         let relay = Relay::start(0, echo().await).await.expect("relay");
         let a = UdpSocket::bind("127.0.0.1:0").await.expect("a");
         let b = UdpSocket::bind("127.0.0.1:0").await.expect("b");
-        assert_eq!(ask(&a, relay.addr(), b"hi").await.as_deref(), Some(&b"hi"[..]));
-        assert_eq!(ask(&b, relay.addr(), b"yo").await.as_deref(), Some(&b"yo"[..]));
+        assert_eq!(
+            ask(&a, relay.addr(), b"hi").await.as_deref(),
+            Some(&b"hi"[..])
+        );
+        assert_eq!(
+            ask(&b, relay.addr(), b"yo").await.as_deref(),
+            Some(&b"yo"[..])
+        );
         relay.block(a.local_addr().expect("addr"));
         assert_eq!(ask(&a, relay.addr(), b"hi").await, None, "a is cut");
-        assert!(ask(&b, relay.addr(), b"yo").await.is_some(), "b still passes");
+        assert!(
+            ask(&b, relay.addr(), b"yo").await.is_some(),
+            "b still passes"
+        );
         relay.isolate(true);
         assert_eq!(ask(&b, relay.addr(), b"yo").await, None, "isolated");
         relay.heal();
