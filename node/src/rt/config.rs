@@ -22,6 +22,10 @@
 //!
 //! [x509pop]                           # x509pop agent attestation (absent: disabled)
 //! ca_bundle = "/etc/sigil/agent-cas.pem"  # PEM, one or more CA certificates agents chain to
+//!
+//! [tpm]                               # TPM 2.0 agent attestation (absent: disabled)
+//! ek_ca_bundle = "/etc/sigil/tpm-cas.pem" # PEM: TPM manufacturer CAs EK certificates chain to
+//! ek_hashes = ["<sha256 hex>", …]     # and/or EKs trusted by hash (without a certificate)
 //! ```
 
 use std::net::SocketAddr;
@@ -99,6 +103,27 @@ pub struct ServerFileConfig {
     /// `[x509pop] ca_bundle`: the PEM file of CAs trusted for x509pop agent attestation (`None`:
     /// x509pop disabled). Loaded with [`load_x509pop_cas`] at start-up.
     pub x509pop_ca_bundle: Option<PathBuf>,
+    /// `[tpm]`: TPM agent attestation (`None`: disabled).
+    pub tpm: Option<ServerTpmConfig>,
+}
+
+/// `[tpm]` of `server.toml`: which endorsement keys the server trusts. An agent's EK is trusted
+/// when its certificate chains to a CA of `ek_ca_bundle`, or when its hash is in `ek_hashes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTpmConfig {
+    /// PEM file of TPM manufacturer CA certificates (roots and intermediates).
+    pub ek_ca_bundle: Option<PathBuf>,
+    /// Allow-listed EK hashes: lowercase hex SHA-256 of the EK public key's DER
+    /// SubjectPublicKeyInfo ([`attest::tpm::EkPublic::hash`]).
+    pub ek_hashes: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServerTpm {
+    ek_ca_bundle: Option<PathBuf>,
+    #[serde(default)]
+    ek_hashes: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -124,6 +149,7 @@ struct Raw {
     agent_svid_ttl: Option<String>,
     staleness_max: Option<String>,
     x509pop: Option<RawServerX509Pop>,
+    tpm: Option<RawServerTpm>,
 }
 
 #[derive(Deserialize)]
@@ -260,6 +286,26 @@ impl ServerFileConfig {
                 crate::actors::issuer::STALENESS_MAX_DEFAULT,
             )?,
             x509pop_ca_bundle: raw.x509pop.map(|x| x.ca_bundle),
+            tpm: match raw.tpm {
+                None => None,
+                Some(t) => {
+                    if t.ek_ca_bundle.is_none() && t.ek_hashes.is_empty() {
+                        return Err(config_error(
+                            path,
+                            "[tpm]: set ek_ca_bundle (TPM manufacturer CAs) and/or ek_hashes (trusted EKs), or leave [tpm] out",
+                        ));
+                    }
+                    let ek_hashes = t
+                        .ek_hashes
+                        .iter()
+                        .map(|h| sha256_hex_option(path, "tpm.ek_hashes", h))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Some(ServerTpmConfig {
+                        ek_ca_bundle: t.ek_ca_bundle,
+                        ek_hashes,
+                    })
+                }
+            },
         };
         if cfg.ca_ttl < CA_TTL_MIN {
             return Err(config_error(path, "ca_ttl must be at least 2m"));
@@ -297,6 +343,19 @@ fn read_small(path: &Path, what: &str) -> Result<Zeroizing<Vec<u8>>, Error> {
 /// each checked to be usable as an x509pop CA. Errors name the file.
 pub fn load_x509pop_cas(path: &Path) -> Result<Vec<Vec<u8>>, Error> {
     const WHAT: &str = "x509pop ca_bundle";
+    let text = read_small(path, WHAT)?;
+    let fail = |detail: String| Error::Config(format!("{WHAT} {}: {detail}", path.display()));
+    let cas = certificates_from_pem(&text).map_err(|e| fail(e.to_string()))?;
+    for (i, ca) in cas.iter().enumerate() {
+        check_ca(ca).map_err(|e| fail(format!("certificate {}: {e}", i + 1)))?;
+    }
+    Ok(cas)
+}
+
+/// Loads the `[tpm] ek_ca_bundle` file: PEM, one or more TPM manufacturer CA certificates (DER,
+/// in file order), each checked to be usable as a CA. Errors name the file.
+pub fn load_tpm_ek_cas(path: &Path) -> Result<Vec<Vec<u8>>, Error> {
+    const WHAT: &str = "tpm ek_ca_bundle";
     let text = read_small(path, WHAT)?;
     let fail = |detail: String| Error::Config(format!("{WHAT} {}: {detail}", path.display()));
     let cas = certificates_from_pem(&text).map_err(|e| fail(e.to_string()))?;
@@ -447,6 +506,11 @@ pub const AGENT_ADMIN_SOCKET_NAME: &str = "admin.sock";
 /// [x509pop]                               # instead of join_token: x509pop attestation
 /// cert = "/etc/sigil/agent.pem"           # the agent's certificate, then intermediates
 /// key = "/etc/sigil/agent.key"            # its private key (PKCS#8, or SEC1 P-256, or PKCS#1)
+///
+/// [tpm]                                   # instead: TPM 2.0 attestation (build with --features tpm)
+/// tcti = "device:/dev/tpmrm0"             # default; or "swtpm:host=127.0.0.1,port=2321"
+/// pcrs = [0, 7]                           # default; SHA-256 PCRs to quote (0 to 23)
+/// ek = "rsa"                              # default; or "ecc": which EK (RSA 2048 / ECC P-256)
 /// ```
 ///
 /// Exactly one attestation method may be configured. The first contact with a server is
@@ -470,6 +534,98 @@ pub struct AgentFileConfig {
     pub bundle_sha256: Option<String>,
     /// x509pop attestation (instead of a join token).
     pub x509pop: Option<AgentX509PopConfig>,
+    /// TPM attestation (instead of a join token or x509pop).
+    pub tpm: Option<AgentTpmConfig>,
+}
+
+/// The default TCTI: the kernel's TPM resource manager.
+pub const TPM_TCTI_DEFAULT: &str = "device:/dev/tpmrm0";
+/// The PCRs quoted by default (firmware and Secure Boot policy).
+pub const TPM_PCRS_DEFAULT: [u8; 2] = [0, 7];
+/// Longest TCTI string.
+pub const TPM_TCTI_BYTES_MAX: usize = 256;
+
+/// Which endorsement key the agent uses (the TCG EK Credential Profile's low-range templates).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EkAlgorithm {
+    /// RSA 2048 (template L-1; certificate at NV index 0x01c00002).
+    Rsa,
+    /// ECC NIST P-256 (template L-2; certificate at NV index 0x01c0000a).
+    Ecc,
+}
+
+/// `[tpm]` of `agent.toml`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentTpmConfig {
+    /// How to reach the TPM (a tpm2-tss TCTI string).
+    pub tcti: String,
+    /// The SHA-256 PCRs to quote, ascending, without duplicates.
+    pub pcrs: Vec<u8>,
+    /// Which EK.
+    pub ek: EkAlgorithm,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgentTpm {
+    tcti: Option<String>,
+    pcrs: Option<Vec<i64>>,
+    ek: Option<String>,
+}
+
+impl RawAgentTpm {
+    fn check(self, path: &Path) -> Result<AgentTpmConfig, Error> {
+        let tcti = self.tcti.unwrap_or_else(|| TPM_TCTI_DEFAULT.to_owned());
+        if tcti.is_empty() || tcti.len() > TPM_TCTI_BYTES_MAX || tcti.chars().any(char::is_control)
+        {
+            return Err(config_error(
+                path,
+                "tpm.tcti: e.g. \"device:/dev/tpmrm0\" or \"swtpm:host=127.0.0.1,port=2321\"",
+            ));
+        }
+        let pcrs = match self.pcrs {
+            None => TPM_PCRS_DEFAULT.to_vec(),
+            Some(list) => {
+                let mut pcrs = list
+                    .iter()
+                    .map(|p| {
+                        u8::try_from(*p)
+                            .ok()
+                            .filter(|p| *p <= attest::tpm::PCR_INDEX_MAX)
+                            .ok_or_else(|| {
+                                config_error(
+                                    path,
+                                    format!("tpm.pcrs: {p} is not a PCR index (0 to 23)"),
+                                )
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                pcrs.sort_unstable();
+                pcrs.dedup();
+                if pcrs.is_empty() {
+                    return Err(config_error(path, "tpm.pcrs: list at least one PCR"));
+                }
+                pcrs
+            }
+        };
+        let ek = match self.ek.as_deref() {
+            None | Some("rsa") => EkAlgorithm::Rsa,
+            Some("ecc") => EkAlgorithm::Ecc,
+            Some(other) => {
+                return Err(config_error(
+                    path,
+                    format!("tpm.ek: {other:?} is neither \"rsa\" nor \"ecc\""),
+                ))
+            }
+        };
+        if !cfg!(feature = "tpm") {
+            return Err(config_error(
+                path,
+                "[tpm]: this sigil was built without TPM support; build with --features tpm (needs libtss2-dev)",
+            ));
+        }
+        Ok(AgentTpmConfig { tcti, pcrs, ek })
+    }
 }
 
 impl std::fmt::Debug for AgentFileConfig {
@@ -486,6 +642,7 @@ impl std::fmt::Debug for AgentFileConfig {
             )
             .field("bundle_sha256", &self.bundle_sha256)
             .field("x509pop", &self.x509pop)
+            .field("tpm", &self.tpm)
             .finish()
     }
 }
@@ -508,6 +665,22 @@ struct RawAgent {
     join_token: Option<String>,
     bundle_sha256: Option<String>,
     x509pop: Option<RawAgentX509Pop>,
+    tpm: Option<RawAgentTpm>,
+}
+
+/// A SHA-256 in hex (any case), lowercased; errors say which option.
+fn sha256_hex_option(path: &Path, name: &str, text: &str) -> Result<String, Error> {
+    let hash = text.trim().to_ascii_lowercase();
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(config_error(
+            path,
+            format!(
+                "{name}: {:?} is not 64 hex characters (a SHA-256)",
+                text.chars().take(80).collect::<String>()
+            ),
+        ));
+    }
+    Ok(hash)
 }
 
 fn bundle_hash(path: &Path, name: &str, text: &str) -> Result<String, Error> {
@@ -559,12 +732,26 @@ impl AgentFileConfig {
             Some(h) => Some(bundle_hash(path, "bundle_sha256", h)?),
             None => None,
         };
-        if raw.join_token.is_some() && raw.x509pop.is_some() {
+        let methods = [
+            raw.join_token.as_ref().map(|_| "join_token"),
+            raw.x509pop.as_ref().map(|_| "[x509pop]"),
+            raw.tpm.as_ref().map(|_| "[tpm]"),
+        ];
+        let methods: Vec<&str> = methods.into_iter().flatten().collect();
+        if methods.len() > 1 {
             return Err(config_error(
                 path,
-                "join_token and [x509pop] are both set: configure one attestation method",
+                format!(
+                    "{} are {} set: configure one attestation method",
+                    methods.join(" and "),
+                    if methods.len() == 2 { "both" } else { "all" }
+                ),
             ));
         }
+        let tpm = match raw.tpm {
+            Some(t) => Some(t.check(path)?),
+            None => None,
+        };
         if raw.join_token.is_some() && bundle_sha256.is_none() {
             return Err(config_error(
                 path,
@@ -590,6 +777,7 @@ impl AgentFileConfig {
                 cert: x.cert,
                 key: x.key,
             }),
+            tpm,
         })
     }
 }
@@ -819,6 +1007,101 @@ mod tests {
             .expect_err("no key")
             .to_string();
         assert!(err.contains("key"), "{err}");
+    }
+
+    #[test]
+    fn tpm_sections() {
+        let hash = "AB".repeat(32);
+        let c = parse(&format!(
+            "trust_domain = \"a.org\"\nnode_id = 1\n[tpm]\nek_ca_bundle = \"/etc/sigil/tpm.pem\"\nek_hashes = [\"{hash}\"]\n"
+        ))
+        .expect("parse");
+        assert_eq!(
+            c.tpm,
+            Some(ServerTpmConfig {
+                ek_ca_bundle: Some(PathBuf::from("/etc/sigil/tpm.pem")),
+                ek_hashes: vec!["ab".repeat(32)],
+            })
+        );
+        let only_hashes = parse(&format!(
+            "trust_domain = \"a.org\"\nnode_id = 1\n[tpm]\nek_hashes = [\"{hash}\"]\n"
+        ))
+        .expect("parse");
+        assert_eq!(only_hashes.tpm.expect("tpm").ek_ca_bundle, None);
+        assert_eq!(
+            parse("trust_domain = \"a.org\"\nnode_id = 1\n")
+                .expect("parse")
+                .tpm,
+            None
+        );
+        for (bad, needle) in [
+            ("[tpm]\n", "ek_ca_bundle"),
+            ("[tpm]\nek_hashes = []\n", "ek_hashes"),
+            ("[tpm]\nek_hashes = [\"abc\"]\n", "tpm.ek_hashes"),
+            ("[tpm]\nek_ca_bundle = \"/x\"\ntypo = 1\n", "typo"),
+        ] {
+            let text = format!("trust_domain = \"a.org\"\nnode_id = 1\n{bad}");
+            let err = parse(&text).expect_err(bad).to_string();
+            assert!(
+                err.contains(needle) && err.contains("server.toml"),
+                "{bad:?}: {err}"
+            );
+        }
+
+        let p = Path::new("agent.toml");
+        let base = "trust_domain = \"a.org\"\nservers = [\"127.0.0.1:8443\"]\n";
+        let minimal = AgentFileConfig::parse(p, &format!("{base}[tpm]\n"));
+        let custom = AgentFileConfig::parse(
+            p,
+            &format!("{base}[tpm]\ntcti = \"swtpm:host=127.0.0.1,port=2321\"\npcrs = [16, 0, 7, 7]\nek = \"ecc\"\n"),
+        );
+        if cfg!(feature = "tpm") {
+            assert_eq!(
+                minimal.expect("defaults").tpm,
+                Some(AgentTpmConfig {
+                    tcti: TPM_TCTI_DEFAULT.into(),
+                    pcrs: vec![0, 7],
+                    ek: EkAlgorithm::Rsa,
+                })
+            );
+            assert_eq!(
+                custom.expect("custom").tpm,
+                Some(AgentTpmConfig {
+                    tcti: "swtpm:host=127.0.0.1,port=2321".into(),
+                    pcrs: vec![0, 7, 16],
+                    ek: EkAlgorithm::Ecc,
+                })
+            );
+        } else {
+            for result in [minimal, custom] {
+                let err = result.expect_err("no TPM support").to_string();
+                assert!(
+                    err.contains("built without TPM support; build with --features tpm"),
+                    "{err}"
+                );
+            }
+        }
+        for (bad, needle) in [
+            ("[tpm]\npcrs = [24]\n", "tpm.pcrs"),
+            ("[tpm]\npcrs = [-1]\n", "tpm.pcrs"),
+            ("[tpm]\npcrs = []\n", "tpm.pcrs"),
+            ("[tpm]\nek = \"dsa\"\n", "tpm.ek"),
+            ("[tpm]\ntcti = \"\"\n", "tpm.tcti"),
+            ("[tpm]\ntypo = 1\n", "typo"),
+            (
+                "join_token = \"t\"\nbundle_sha256 = \"abababababababababababababababababababababababababababababababab\"\n[tpm]\n",
+                "join_token and [tpm] are both set",
+            ),
+            (
+                "[tpm]\n[x509pop]\ncert = \"/a\"\nkey = \"/b\"\n",
+                "[x509pop] and [tpm] are both set",
+            ),
+        ] {
+            let err = AgentFileConfig::parse(p, &format!("{base}{bad}"))
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains(needle), "{bad:?}: {err}");
+        }
     }
 
     #[test]

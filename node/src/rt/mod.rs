@@ -13,6 +13,8 @@ pub mod logging;
 pub mod quic;
 pub mod serve;
 pub mod tls;
+#[cfg(feature = "tpm")]
+pub mod tpm;
 pub mod unix_attest;
 pub mod workload_api;
 
