@@ -1,0 +1,805 @@
+//! Real-process chaos: `sigil server` processes, one `sigil agent` and a workload on loopback,
+//! put through repeated fault cycles — `kill -9` and restart, `SIGSTOP`/`SIGCONT`, isolation,
+//! splits and one-way cuts through the [`crate::relay::Relay`] in front of every node — while
+//! registrations are written through random nodes and a workload keeps fetching its SVID.
+//!
+//! Checks, after every cycle and throughout:
+//! - **no acknowledged registration is lost**: every entry a node acknowledged is listed by every
+//!   node once the cycle healed;
+//! - **convergence**: after heal, all nodes list the same entries and agree on one leader within
+//!   [`CONVERGE_WAIT`];
+//! - **the workload always holds a valid SVID**: every fetch (every [`FETCH_EVERY`]) succeeds
+//!   with an SVID that has not expired, and at the end of every cycle the SVID chains to the
+//!   bundle the agent serves (`openssl verify`).
+//!
+//! Faults are chosen by a seeded RNG, so a run's schedule (not its timing) repeats with its seed.
+//! Everything binds 127.0.0.1 and stops what it started (also on panic: drop guards).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use serde_json::Value;
+
+use crate::relay::Relay;
+
+/// The trust domain of a chaos run.
+pub const TRUST_DOMAIN: &str = "chaos.test";
+/// Bound on convergence after a cycle heals.
+pub const CONVERGE_WAIT: Duration = Duration::from_secs(40);
+/// How often the workload fetches its SVID.
+pub const FETCH_EVERY: Duration = Duration::from_millis(250);
+/// Bound on one `sigil` CLI call.
+const CALL_LIMIT: Duration = Duration::from_secs(15);
+/// Bound on start-up steps (a node up, joined, the agent attested).
+const START_WAIT: Duration = Duration::from_secs(60);
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The `sigil` binary.
+    pub sigil: PathBuf,
+    /// Server nodes (3 or 5).
+    pub nodes: u64,
+    /// Fault cycles.
+    pub cycles: u64,
+    /// Seed of the fault schedule.
+    pub seed: u64,
+    /// Where to put the data (kept afterwards only on a violation).
+    pub dir: PathBuf,
+}
+
+/// What happened.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Cycles run.
+    pub cycles: u64,
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<&'static str, u64>,
+    /// Registrations acknowledged (all must survive).
+    pub acked: u64,
+    /// Registration writes refused or timed out (allowed during faults).
+    pub refused: u64,
+    /// Workload fetches, and the longest time between two successful ones.
+    pub fetches: u64,
+    /// Longest gap between two successful workload fetches.
+    pub longest_gap: Duration,
+    /// Longest convergence after heal.
+    pub longest_converge: Duration,
+    /// Broken invariants.
+    pub violations: Vec<String>,
+}
+
+fn now_secs() -> u64 {
+    #[allow(clippy::disallowed_methods)] // the harness compares SVID expiry with real time
+    let now = SystemTime::now();
+    now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+#[allow(clippy::disallowed_methods)] // the harness times real processes
+fn mono() -> Instant {
+    Instant::now()
+}
+
+fn sleep(d: Duration) {
+    std::thread::sleep(d);
+}
+
+fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = mono();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        sleep(Duration::from_millis(100));
+    }
+    f()
+}
+
+/// Runs `sigil ARGS` to completion within [`CALL_LIMIT`] (killed after).
+fn sigil(bin: &Path, args: &[&str]) -> Output {
+    let child = Command::new(bin)
+        .args(args)
+        .env_remove("SPIFFE_ENDPOINT_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        return Output {
+            status: std::process::ExitStatus::default(),
+            stdout: Vec::new(),
+            stderr: b"could not start sigil".to_vec(),
+        };
+    };
+    let done = wait_for(CALL_LIMIT, || matches!(child.try_wait(), Ok(Some(_))));
+    if !done {
+        let _ = child.kill();
+    }
+    child.wait_with_output().unwrap_or_else(|e| Output {
+        status: std::process::ExitStatus::default(),
+        stdout: Vec::new(),
+        stderr: e.to_string().into_bytes(),
+    })
+}
+
+fn json_of(out: &Output) -> Option<Value> {
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// A child `sigil` process; killed on drop.
+struct Proc {
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn start(bin: &Path, what: &str, config: &Path, log: &Path) -> std::io::Result<Proc> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        let child = Command::new(bin)
+            .args([what, "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        Ok(Proc { child: Some(child) })
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after 10 s.
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(c.id(), "TERM");
+            if !wait_for(Duration::from_secs(10), || {
+                matches!(c.try_wait(), Ok(Some(_)))
+            }) {
+                let _ = c.kill();
+            }
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// One server node: its process, its relay, its files.
+struct Node {
+    id: u64,
+    bind: SocketAddr,
+    relay: Relay,
+    config: PathBuf,
+    admin: String,
+    log: PathBuf,
+    proc: Proc,
+    stopped: bool,
+}
+
+impl Node {
+    fn admin_args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+        let mut v = args.to_vec();
+        v.extend(["--admin-socket", self.admin.as_str()]);
+        v
+    }
+
+    fn running(&self) -> bool {
+        self.proc.child.is_some()
+    }
+}
+
+/// The workload: fetches its SVID every [`FETCH_EVERY`] on a thread and records failures.
+struct Workload {
+    stop: Arc<AtomicBool>,
+    state: Arc<Mutex<WorkloadState>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct WorkloadState {
+    fetches: u64,
+    last_ok: Option<Instant>,
+    longest_gap: Duration,
+    failures: Vec<String>,
+}
+
+impl Workload {
+    fn start(bin: PathBuf, socket: PathBuf, want: String) -> Workload {
+        let stop = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(Mutex::new(WorkloadState::default()));
+        let (s, st) = (stop.clone(), state.clone());
+        #[allow(clippy::disallowed_methods)] // the harness's workload runs on its own thread
+        let thread = std::thread::spawn(move || {
+            let sock = socket.to_string_lossy().into_owned();
+            while !s.load(Ordering::Relaxed) {
+                let out = sigil(&bin, &["api", "fetch", "x509", "--json", "--socket", &sock]);
+                let verdict = json_of(&out)
+                    .and_then(|v| {
+                        let svid = v["svids"].as_array()?.first()?.clone();
+                        Some((
+                            svid["spiffe_id"].as_str()? == want,
+                            svid["not_after_secs"].as_u64()?,
+                        ))
+                    })
+                    .map_or_else(
+                        || {
+                            Err(format!(
+                                "fetch failed: {}",
+                                String::from_utf8_lossy(&out.stderr).trim()
+                            ))
+                        },
+                        |(right, not_after)| match (right, not_after > now_secs()) {
+                            (true, true) => Ok(()),
+                            (false, _) => Err("an SVID for another SPIFFE ID".to_owned()),
+                            (_, false) => Err(format!("an expired SVID (not after {not_after})")),
+                        },
+                    );
+                let mut st = st.lock().unwrap_or_else(|p| p.into_inner());
+                st.fetches += 1;
+                match verdict {
+                    Ok(()) => {
+                        let at = mono();
+                        if let Some(prev) = st.last_ok {
+                            st.longest_gap = st.longest_gap.max(at.duration_since(prev));
+                        }
+                        st.last_ok = Some(at);
+                    }
+                    Err(e) => st.failures.push(e),
+                }
+                drop(st);
+                sleep(FETCH_EVERY);
+            }
+        });
+        Workload {
+            stop,
+            state,
+            thread: Some(thread),
+        }
+    }
+
+    fn take_failures(&self) -> Vec<String> {
+        std::mem::take(
+            &mut self
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .failures,
+        )
+    }
+
+    fn finish(mut self) -> (u64, Duration, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        (st.fetches, st.longest_gap, st.failures.clone())
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn free_udp_port() -> std::io::Result<u16> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn server_toml(opts: &Options, id: u64, bind: SocketAddr, advertise: SocketAddr) -> String {
+    let home = opts.dir.join(format!("node-{id}"));
+    format!(
+        "trust_domain = \"{TRUST_DOMAIN}\"\nnode_id = {id}\ndata_dir = \"{}\"\nbind = \"{bind}\"\n\
+         advertise = \"{advertise}\"\nadmin_socket = \"{}\"\n{}",
+        home.join("data").display(),
+        home.join("admin.sock").display(),
+        if id == 1 { "bootstrap = true\n" } else { "" }
+    )
+}
+
+/// The plane under test.
+struct Plane {
+    opts: Options,
+    nodes: Vec<Node>,
+    agent: Option<Proc>,
+    agent_id: String,
+    socket: PathBuf,
+    _rt: tokio::runtime::Runtime,
+}
+
+type Res<T> = Result<T, String>;
+
+impl Plane {
+    fn start(opts: &Options) -> Res<Plane> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| format!("tokio runtime: {e}"))?;
+        let mut plane = Plane {
+            opts: opts.clone(),
+            nodes: Vec::new(),
+            agent: None,
+            agent_id: String::new(),
+            socket: opts.dir.join("agent.sock"),
+            _rt: rt,
+        };
+        for id in 1..=opts.nodes {
+            plane.add_node(id)?;
+        }
+        plane.start_agent()?;
+        Ok(plane)
+    }
+
+    fn add_node(&mut self, id: u64) -> Res<()> {
+        let port = free_udp_port().map_err(|e| e.to_string())?;
+        let bind: SocketAddr = ([127, 0, 0, 1], port).into();
+        let relay = self
+            ._rt
+            .block_on(Relay::start(0, bind))
+            .map_err(|e| format!("relay for node {id}: {e}"))?;
+        let home = self.opts.dir.join(format!("node-{id}"));
+        std::fs::create_dir_all(&home).map_err(|e| e.to_string())?;
+        let mut text = server_toml(&self.opts, id, bind, relay.addr());
+        if let Some(seed) = self.nodes.first() {
+            let token = json_of(&sigil(
+                &self.opts.sigil,
+                &seed.admin_args(&["token", "generate", "--server", "--json"]),
+            ))
+            .ok_or("could not generate a server join token")?;
+            text.push_str(&format!(
+                "\n[join]\ntoken = \"{}\"\nseeds = [\"{}\"]\nbundle_sha256 = \"{}\"\n",
+                token["token"].as_str().unwrap_or_default(),
+                seed.relay.addr(),
+                token["bundle_sha256"].as_str().unwrap_or_default()
+            ));
+        }
+        let config = home.join("server.toml");
+        std::fs::write(&config, text).map_err(|e| e.to_string())?;
+        let log = home.join("log");
+        let proc = Proc::start(&self.opts.sigil, "server", &config, &log)
+            .map_err(|e| format!("starting node {id}: {e}"))?;
+        self.nodes.push(Node {
+            id,
+            bind,
+            relay,
+            admin: home.join("admin.sock").to_string_lossy().into_owned(),
+            config,
+            log,
+            proc,
+            stopped: false,
+        });
+        let n = self.nodes.len();
+        let up = wait_for(START_WAIT, || {
+            self.status(0).is_some_and(|s| {
+                s["members"].as_array().is_some_and(|m| {
+                    m.iter().filter(|m| m["voter"] == true).count() == n
+                        && m.iter().all(|m| !m["x509_authority"].is_null())
+                })
+            })
+        });
+        if !up {
+            return Err(format!(
+                "node {id} did not come up as a voter with a CA within {START_WAIT:?}; see {}",
+                self.nodes[n - 1].log.display()
+            ));
+        }
+        Ok(())
+    }
+
+    fn status(&self, i: usize) -> Option<Value> {
+        let n = self.nodes.get(i)?;
+        json_of(&sigil(
+            &self.opts.sigil,
+            &n.admin_args(&["cluster", "status", "--json"]),
+        ))
+    }
+
+    fn start_agent(&mut self) -> Res<()> {
+        let first = &self.nodes[0];
+        let token = json_of(&sigil(
+            &self.opts.sigil,
+            &first.admin_args(&["token", "generate", "--json"]),
+        ))
+        .ok_or("could not generate an agent join token")?;
+        let hash = json_of(&sigil(
+            &self.opts.sigil,
+            &first.admin_args(&["bundle", "show", "--hash", "--json"]),
+        ))
+        .and_then(|v| v["bundle_sha256"].as_str().map(str::to_owned))
+        .ok_or("could not read the bundle hash")?;
+        self.agent_id = token["agent_spiffe_id"]
+            .as_str()
+            .ok_or("no agent ID")?
+            .to_owned();
+        let servers: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("\"{}\"", n.relay.addr()))
+            .collect();
+        let home = self.opts.dir.join("agent");
+        std::fs::create_dir_all(&home).map_err(|e| e.to_string())?;
+        let config = home.join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "trust_domain = \"{TRUST_DOMAIN}\"\nservers = [{}]\ndata_dir = \"{}\"\n\
+                 socket_path = \"{}\"\njoin_token = \"{}\"\nbundle_sha256 = \"{hash}\"\n",
+                servers.join(", "),
+                home.join("data").display(),
+                self.socket.display(),
+                token["token"].as_str().unwrap_or_default(),
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let agent = Proc::start(&self.opts.sigil, "agent", &config, &home.join("log"))
+            .map_err(|e| format!("starting the agent: {e}"))?;
+        self.agent = Some(agent);
+        Ok(())
+    }
+
+    /// Creates an entry through node `i`; its ID when acknowledged.
+    fn create_entry(&self, i: usize, name: &str) -> Option<String> {
+        let n = &self.nodes[i];
+        let id = format!("spiffe://{TRUST_DOMAIN}/chaos/{name}");
+        let out = sigil(
+            &self.opts.sigil,
+            &n.admin_args(&[
+                "entry",
+                "create",
+                "--spiffe-id",
+                &id,
+                "--parent-id",
+                &self.agent_id,
+                "--selector",
+                "unix:uid:4242",
+                "--json",
+            ]),
+        );
+        json_of(&out).and_then(|v| v["id"].as_str().map(str::to_owned))
+    }
+
+    fn entries(&self, i: usize) -> Option<BTreeSet<String>> {
+        let n = &self.nodes[i];
+        let v = json_of(&sigil(
+            &self.opts.sigil,
+            &n.admin_args(&["entry", "list", "--json"]),
+        ))?;
+        Some(
+            v["entries"]
+                .as_array()?
+                .iter()
+                .filter_map(|e| e["id"].as_str().map(str::to_owned))
+                .collect(),
+        )
+    }
+
+    /// Undoes every network fault and resumes stopped processes; restarts killed nodes.
+    fn heal(&mut self) -> Res<()> {
+        for n in &mut self.nodes {
+            n.relay.heal();
+            if n.stopped {
+                if let Some(pid) = n.proc.pid() {
+                    signal(pid, "CONT");
+                }
+                n.stopped = false;
+            }
+            if !n.running() {
+                n.proc = Proc::start(&self.opts.sigil, "server", &n.config, &n.log)
+                    .map_err(|e| format!("restarting node {}: {e}", n.id))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Cuts node `a` from node `b` in both directions.
+    fn cut(&self, a: usize, b: usize) {
+        self.nodes[a].relay.block(self.nodes[b].bind);
+        self.nodes[b].relay.block(self.nodes[a].bind);
+    }
+}
+
+impl Drop for Plane {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if n.stopped {
+                if let Some(pid) = n.proc.pid() {
+                    signal(pid, "CONT");
+                }
+            }
+        }
+        if let Some(a) = &mut self.agent {
+            a.stop();
+        }
+        for n in &mut self.nodes {
+            n.proc.stop();
+        }
+    }
+}
+
+/// The fault kinds a cycle picks from.
+const FAULTS: [&str; 6] = [
+    "kill -9 a node",
+    "kill -9 the leader",
+    "SIGSTOP a node",
+    "isolate a node",
+    "split the cluster",
+    "one-way cut",
+];
+
+/// Runs the whole chaos session; `progress` gets one line per step.
+pub fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Res<Report> {
+    if !opts.sigil.exists() {
+        return Err(format!(
+            "{} does not exist: build it first (cargo build --release -p node)",
+            opts.sigil.display()
+        ));
+    }
+    let mut report = Report::default();
+    let started = mono();
+    let mut plane = Plane::start(opts)?;
+    progress(&format!(
+        "{} nodes up behind relays, agent {} started ({:.1} s)",
+        opts.nodes,
+        plane.agent_id,
+        started.elapsed().as_secs_f64()
+    ));
+    let me = own_uid()?;
+    let want = format!("spiffe://{TRUST_DOMAIN}/workload");
+    let out = sigil(
+        &opts.sigil,
+        &plane.nodes[0].admin_args(&[
+            "entry",
+            "create",
+            "--spiffe-id",
+            &want,
+            "--parent-id",
+            &plane.agent_id,
+            "--selector",
+            &format!("unix:uid:{me}"),
+            "--json",
+        ]),
+    );
+    if json_of(&out).is_none() {
+        return Err(format!(
+            "could not register the workload: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let sock = plane.socket.to_string_lossy().into_owned();
+    if !wait_for(START_WAIT, || {
+        sigil(&opts.sigil, &["api", "fetch", "x509", "--socket", &sock])
+            .status
+            .success()
+    }) {
+        return Err("the workload never got its SVID".into());
+    }
+    progress("workload holds its SVID; starting fault cycles");
+    let workload = Workload::start(opts.sigil.clone(), plane.socket.clone(), want.clone());
+    let mut rng = ChaCha20Rng::seed_from_u64(opts.seed);
+    let mut acked: BTreeSet<String> = BTreeSet::new();
+    let n = plane.nodes.len();
+    let minority = (n - 1) / 2;
+    for cycle in 1..=opts.cycles {
+        let kind = FAULTS[rng.gen_range(0..FAULTS.len())];
+        *report.faults.entry(kind).or_default() += 1;
+        let hold = Duration::from_millis(rng.gen_range(1_000..4_000));
+        let leader = plane
+            .status(0)
+            .or_else(|| plane.status(1))
+            .and_then(|s| s["leader_id"].as_u64())
+            .and_then(|l| plane.nodes.iter().position(|x| x.id == l));
+        let mut victims: Vec<usize> = Vec::new();
+        match kind {
+            "kill -9 a node" | "kill -9 the leader" => {
+                let mut pick = if kind == "kill -9 the leader" {
+                    leader.unwrap_or(0)
+                } else {
+                    rng.gen_range(0..n)
+                };
+                for _ in 0..rng.gen_range(1..=minority) {
+                    if !victims.contains(&pick) {
+                        victims.push(pick);
+                        plane.nodes[pick].proc.kill9();
+                    }
+                    pick = rng.gen_range(0..n);
+                }
+            }
+            "SIGSTOP a node" => {
+                let v = rng.gen_range(0..n);
+                if let Some(pid) = plane.nodes[v].proc.pid() {
+                    signal(pid, "STOP");
+                    plane.nodes[v].stopped = true;
+                }
+                victims.push(v);
+            }
+            "isolate a node" => {
+                let v = rng.gen_range(0..n);
+                plane.nodes[v].relay.isolate(true);
+                for o in 0..n {
+                    if o != v {
+                        plane.nodes[o].relay.block(plane.nodes[v].bind);
+                    }
+                }
+                victims.push(v);
+            }
+            "split the cluster" => {
+                let mut order: Vec<usize> = (0..n).collect();
+                for i in (1..n).rev() {
+                    order.swap(i, rng.gen_range(0..=i));
+                }
+                let small = &order[..minority.max(1)];
+                for &a in small {
+                    for &b in &order[minority.max(1)..] {
+                        plane.cut(a, b);
+                    }
+                }
+                victims.extend_from_slice(small);
+            }
+            _ => {
+                // One-way: b stops hearing a (a still hears b).
+                let a = rng.gen_range(0..n);
+                let b = (a + rng.gen_range(1..n)) % n;
+                plane.nodes[b].relay.block(plane.nodes[a].bind);
+                victims.push(a);
+            }
+        }
+        // Writes during the fault, through random nodes (minority ones may refuse).
+        let writes_until = mono() + hold;
+        let mut w = 0;
+        while mono() < writes_until {
+            let via = rng.gen_range(0..n);
+            if plane.nodes[via].running() && !plane.nodes[via].stopped {
+                match plane.create_entry(via, &format!("c{cycle}-w{w}")) {
+                    Some(id) => {
+                        acked.insert(id);
+                        report.acked += 1;
+                    }
+                    None => report.refused += 1,
+                }
+                w += 1;
+            } else {
+                sleep(Duration::from_millis(100));
+            }
+        }
+        plane.heal()?;
+        // Converge: every node lists every acknowledged entry, all lists equal, one leader.
+        let t = mono();
+        let mut last = String::new();
+        let converged = wait_for(CONVERGE_WAIT, || {
+            let lists: Vec<Option<BTreeSet<String>>> = (0..n).map(|i| plane.entries(i)).collect();
+            let leaders: BTreeSet<Option<u64>> = (0..n)
+                .map(|i| plane.status(i).and_then(|s| s["leader_id"].as_u64()))
+                .collect();
+            let ok = lists
+                .iter()
+                .all(|l| l.as_ref().is_some_and(|l| acked.is_subset(l)))
+                && lists.windows(2).all(|w| w[0] == w[1])
+                && leaders.len() == 1
+                && leaders.iter().all(Option::is_some);
+            if !ok {
+                let missing: Vec<usize> = lists
+                    .iter()
+                    .map(|l| {
+                        l.as_ref()
+                            .map_or(usize::MAX, |l| acked.difference(l).count())
+                    })
+                    .collect();
+                last =
+                    format!("acked entries missing per node {missing:?}, leaders seen {leaders:?}");
+            }
+            ok
+        });
+        let took = t.elapsed();
+        report.longest_converge = report.longest_converge.max(took);
+        if !converged {
+            report.violations.push(format!(
+                "cycle {cycle} ({kind}, nodes {victims:?}): no convergence within {CONVERGE_WAIT:?}: {last}"
+            ));
+        }
+        // The workload's SVID chains to the bundle the agent serves.
+        if let Err(e) = verify_svid(&opts.sigil, &plane.socket, &opts.dir.join("check")) {
+            report.violations.push(format!(
+                "cycle {cycle}: the workload's SVID does not verify: {e}"
+            ));
+        }
+        for f in workload.take_failures() {
+            report
+                .violations
+                .push(format!("cycle {cycle} ({kind}): workload: {f}"));
+        }
+        report.cycles = cycle;
+        progress(&format!(
+            "cycle {cycle}/{}: {kind} (nodes {:?}) for {:.1} s, {w} writes; converged in {:.1} s; {} acked so far{}",
+            opts.cycles,
+            victims.iter().map(|&v| plane.nodes[v].id).collect::<Vec<_>>(),
+            hold.as_secs_f64(),
+            took.as_secs_f64(),
+            acked.len(),
+            if report.violations.is_empty() { "" } else { "; VIOLATIONS" }
+        ));
+        if !report.violations.is_empty() {
+            break;
+        }
+    }
+    let (fetches, gap, failures) = workload.finish();
+    report.fetches = fetches;
+    report.longest_gap = gap;
+    for f in failures {
+        report.violations.push(format!("workload: {f}"));
+    }
+    drop(plane);
+    Ok(report)
+}
+
+fn own_uid() -> Res<u32> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|r| r.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .ok_or_else(|| "cannot read this process's uid".to_owned())
+}
+
+/// Writes the workload's SVID and bundle to `dir` and checks the chain with `openssl verify`.
+fn verify_svid(bin: &Path, socket: &Path, dir: &Path) -> Res<()> {
+    let sock = socket.to_string_lossy();
+    let d = dir.to_string_lossy();
+    let out = sigil(
+        bin,
+        &["api", "fetch", "x509", "--socket", &sock, "--write", &d],
+    );
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+    }
+    let verify = Command::new("openssl")
+        .args(["verify", "-partial_chain", "-CAfile"])
+        .arg(dir.join("bundle.pem"))
+        .arg(dir.join("svid.pem"))
+        .output()
+        .map_err(|e| format!("openssl: {e}"))?;
+    if verify.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&verify.stdout).trim().to_owned()
+            + String::from_utf8_lossy(&verify.stderr).trim())
+    }
+}
