@@ -75,8 +75,8 @@ struct DevArgs {
     )]
     nodes: Option<u8>,
     /// Where configs, data, logs, pid files and sockets live [default: /tmp/sigil-dev-<uid>].
-    /// At most 75 bytes long (Unix socket paths under it must fit 108 bytes). Re-running with
-    /// the same DIR resumes the plane stored there.
+    /// At most 75 bytes long (Unix socket paths under it must stay under 108 bytes).
+    /// Re-running with the same DIR resumes the plane stored there.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<std::path::PathBuf>,
     /// The trust domain of a new plane [default: dev.sigil.test; on a re-run, DIR's].
