@@ -4,7 +4,8 @@
 //! node 1 still reaches the workload), checks a second `sigil dev` on the same dir is refused,
 //! stops the plane with SIGINT (exit 0, every child gone, pid files and sockets removed), then
 //! resumes the same dir (same trust domain, agent ID and entries, the old CAs still in the
-//! bundle) and stops it again.
+//! bundle; node 3, its server SVID gone as if expired, rejoins with a fresh token) and stops it
+//! again; finally, with two of three SVIDs gone, a re-run is refused before anything starts.
 //!
 //! Every wait is bounded; a drop guard interrupts `sigil dev` and then SIGKILLs every pid left in
 //! the dir's pid files, so a failing run leaves nothing behind. Timings are printed with
@@ -127,10 +128,7 @@ impl Dev {
                 self.output()
             );
         }
-        let status = child.wait().expect("status");
-        // Let the reader threads drain the last lines.
-        std::thread::sleep(Duration::from_millis(100));
-        status
+        child.wait().expect("status")
     }
 }
 
@@ -333,7 +331,7 @@ fn dev_runs_a_plane_survives_a_node_kill_stops_cleanly_and_resumes() {
     let status = dev.interrupt(STOP_LIMIT);
     let stop = t.elapsed();
     assert!(status.success(), "{status}: {}", dev.output());
-    assert!(dev.output().ends_with("stopped"), "{}", dev.output());
+    dev.wait_line(Duration::from_secs(5), |l| l == "stopped");
     for pid in &pids {
         assert!(!process_alive(*pid), "process {pid} still runs");
     }
@@ -349,7 +347,10 @@ fn dev_runs_a_plane_survives_a_node_kill_stops_cleanly_and_resumes() {
     }
     drop(dev);
 
-    // Second run: the same plane comes back.
+    // Second run: the same plane comes back. Node 3 lost its server SVID (as if it had expired
+    // while stopped), so it rejoins with a fresh server join token.
+    let token_before = std::fs::read_to_string(dir.join("node-3/server.toml")).expect("toml");
+    std::fs::remove_file(dir.join("node-3/identity/svid.bin")).expect("node 3's SVID");
     let t = Instant::now();
     let mut dev = Dev::start(&dir, &[]);
     dev.wait_line(START_LIMIT, |l| l.starts_with("kill $(cat "));
@@ -358,6 +359,18 @@ fn dev_runs_a_plane_survives_a_node_kill_stops_cleanly_and_resumes() {
     assert!(
         out.contains("resuming trust domain dev.sigil.test with 3 server nodes"),
         "{out}"
+    );
+    for step in [
+        "node 1 restarted (",
+        "node 2 restarted (",
+        "node 3 rejoined (voter, CA published) in",
+    ] {
+        assert!(out.contains(step), "{step}: {out}");
+    }
+    let token_after = std::fs::read_to_string(dir.join("node-3/server.toml")).expect("toml");
+    assert!(
+        token_after.contains("[join]") && token_after != token_before,
+        "a fresh [join] section: {token_after}"
     );
     assert!(out.contains("workload entry already registered:"), "{out}");
     let again = word_after(
@@ -378,6 +391,24 @@ fn dev_runs_a_plane_survives_a_node_kill_stops_cleanly_and_resumes() {
     let status = dev.interrupt(STOP_LIMIT);
     assert!(status.success(), "{status}: {}", dev.output());
     assert!(pid_files(&dir).is_empty(), "{:?}", pid_files(&dir));
+    drop(dev);
+
+    // Without a majority of valid server SVIDs the plane cannot restart: refused up front.
+    for node in ["node-1", "node-2"] {
+        std::fs::remove_file(dir.join(node).join("identity/svid.bin")).expect("SVID");
+    }
+    let refused = sigil(&["dev", "--data-dir", &dir_s]);
+    assert_eq!(refused.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("cannot resume") && err.contains("nodes 1, 2") && err.contains("rm -r"),
+        "{err}"
+    );
+    assert!(
+        pid_files(&dir).is_empty(),
+        "nothing started: {:?}",
+        pid_files(&dir)
+    );
 
     eprintln!(
         "sigil dev: cold start {:.1} s, entry → workload after a node kill {} ms, stop {:.1} s, resume {:.1} s, whole test {:.1} s",
