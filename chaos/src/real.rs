@@ -102,8 +102,14 @@ fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
-/// Runs `sigil ARGS` to completion within [`CALL_LIMIT`] (killed after).
+/// Runs `sigil ARGS` to completion within [`CALL_LIMIT`] (killed after). Its output is read
+/// while it runs (a large `entry list` must not block on a full pipe).
 fn sigil(bin: &Path, args: &[&str]) -> Output {
+    let failed = |e: String| Output {
+        status: std::process::ExitStatus::default(),
+        stdout: Vec::new(),
+        stderr: e.into_bytes(),
+    };
     let child = Command::new(bin)
         .args(args)
         .env_remove("SPIFFE_ENDPOINT_SOCKET")
@@ -111,22 +117,24 @@ fn sigil(bin: &Path, args: &[&str]) -> Output {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn();
-    let Ok(mut child) = child else {
-        return Output {
-            status: std::process::ExitStatus::default(),
-            stdout: Vec::new(),
-            stderr: b"could not start sigil".to_vec(),
-        };
+    let child = match child {
+        Ok(c) => c,
+        Err(e) => return failed(format!("could not start sigil: {e}")),
     };
-    let done = wait_for(CALL_LIMIT, || matches!(child.try_wait(), Ok(Some(_))));
-    if !done {
-        let _ = child.kill();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    #[allow(clippy::disallowed_methods)] // collects the child's output while it runs
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(CALL_LIMIT) {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => failed(e.to_string()),
+        Err(_) => {
+            signal(pid, "KILL");
+            failed(format!("sigil {args:?} did not finish within {CALL_LIMIT:?}"))
+        }
     }
-    child.wait_with_output().unwrap_or_else(|e| Output {
-        status: std::process::ExitStatus::default(),
-        stdout: Vec::new(),
-        stderr: e.to_string().into_bytes(),
-    })
 }
 
 fn json_of(out: &Output) -> Option<Value> {
