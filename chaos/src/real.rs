@@ -132,7 +132,9 @@ fn sigil(bin: &Path, args: &[&str]) -> Output {
         Ok(Err(e)) => failed(e.to_string()),
         Err(_) => {
             signal(pid, "KILL");
-            failed(format!("sigil {args:?} did not finish within {CALL_LIMIT:?}"))
+            failed(format!(
+                "sigil {args:?} did not finish within {CALL_LIMIT:?}"
+            ))
         }
     }
 }
