@@ -1,9 +1,15 @@
 //! [`NodeService`]: the server side of the node API ([`wire::api`]) — what a server node answers
 //! to agents and to server nodes that join. Onboarding (consuming a join token, registering an
-//! agent attested by x509pop) goes through Raft; everything an attested agent asks afterwards
-//! (its entries, SVID signing, renewal, the watch stream) is answered from the local replica
-//! with no Raft write (DESIGN.md §2). An x509pop re-attestation of an agent the replica already
-//! holds with the same selectors is a renewal in that sense: no Raft write either.
+//! agent attested by x509pop or TPM) goes through Raft; everything an attested agent asks
+//! afterwards (its entries, SVID signing, renewal, the watch stream) is answered from the local
+//! replica with no Raft write (DESIGN.md §2). An x509pop or TPM re-attestation of an agent the
+//! replica already holds with the same selectors is a renewal in that sense: no Raft write
+//! either.
+//!
+//! TPM attestation takes two requests on one connection ([`attest::tpm`]): the first is
+//! answered with a challenge the node can check later without keeping state (its
+//! [`attest::tpm::Challenger`] key lives in memory only, so a challenge must be answered to the
+//! node, and the process, that made it).
 //!
 //! Every agent request re-verifies the caller's certificate chain against the bundle *now*, so
 //! an agent SVID that expired, was issued by a pruned authority, or belongs to a banned agent
@@ -13,6 +19,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
+use attest::tpm::{Challenger, EkPolicy, Evidence};
 use attest::x509::validate_x509_svid;
 use attest::x509pop::EXPORTER_BYTES;
 use raft::replica::WriteError;
@@ -44,6 +51,13 @@ pub fn x509pop_agent_id(td: &TrustDomain, fingerprint: &str) -> Result<SpiffeId,
         .map_err(|e| Error::Config(e.to_string()))
 }
 
+/// The SPIFFE ID of the agent attested by TPM whose EK hash (lowercase hex SHA-256 of the EK's
+/// SubjectPublicKeyInfo) is `ek_hash`.
+pub fn tpm_agent_id(td: &TrustDomain, ek_hash: &str) -> Result<SpiffeId, Error> {
+    td.join(&["sigil", "agent", "tpm", ek_hash])
+        .map_err(|e| Error::Config(e.to_string()))
+}
+
 /// The SPIFFE ID of server node `node_id`.
 pub fn server_id(td: &TrustDomain, node_id: u64) -> Result<SpiffeId, Error> {
     td.join(&["sigil", "server", &node_id.to_string()])
@@ -65,6 +79,20 @@ pub fn api_error(e: &Error) -> ApiError {
     ApiError::new(code, e.to_string())
 }
 
+/// A connection without exported keying material (cannot happen with QUIC/TLS 1.3).
+fn no_binding() -> ApiError {
+    ApiError::new(
+        ApiCode::Internal,
+        "this connection has no exported keying material to bind a TPM challenge to",
+    )
+}
+
+/// A TPM refusal, logged and answered.
+fn tpm_refused(e: attest::tpm::TpmError) -> ApiError {
+    tracing::info!(error = %e, "TPM attestation refused");
+    denied(format!("TPM attestation refused: {e}"))
+}
+
 fn write_error(e: &WriteError) -> ApiError {
     ApiError::new(ApiCode::Unavailable, e.to_string())
 }
@@ -83,12 +111,21 @@ fn token_error(e: &CommandError) -> ApiError {
     }
 }
 
+/// TPM attestation on this node: which EKs are trusted, and the challenge key.
+#[derive(Debug)]
+struct TpmAttestation {
+    policy: EkPolicy,
+    challenger: Challenger,
+}
+
 /// The node API of one server node.
 #[derive(Debug)]
 pub struct NodeService<T: Transport> {
     node: ServerNode<T>,
     /// CA certificates (DER) trusted for x509pop; empty: x509pop is disabled.
     x509pop_cas: Arc<Vec<Vec<u8>>>,
+    /// TPM attestation; `None`: disabled.
+    tpm: Option<Arc<TpmAttestation>>,
 }
 
 impl<T: Transport> Clone for NodeService<T> {
@@ -96,17 +133,29 @@ impl<T: Transport> Clone for NodeService<T> {
         NodeService {
             node: self.node.clone(),
             x509pop_cas: self.x509pop_cas.clone(),
+            tpm: self.tpm.clone(),
         }
     }
 }
 
 impl<T: Transport> NodeService<T> {
-    /// The service of `node` (x509pop disabled).
+    /// The service of `node` (x509pop and TPM attestation disabled).
     pub fn new(node: ServerNode<T>) -> NodeService<T> {
         NodeService {
             node,
             x509pop_cas: Arc::new(Vec::new()),
+            tpm: None,
         }
+    }
+
+    /// Enables TPM agent attestation for EKs `policy` trusts (an empty policy disables it),
+    /// with a fresh challenge key from the node's RNG.
+    pub fn with_tpm(mut self, policy: EkPolicy) -> NodeService<T> {
+        self.tpm = (!policy.is_empty()).then(|| {
+            let challenger = Challenger::new(&mut self.node.env().rng("tpm-challenge"));
+            Arc::new(TpmAttestation { policy, challenger })
+        });
+        self
     }
 
     /// Enables x509pop agent attestation with these trusted CA certificates (DER); an empty
@@ -152,6 +201,35 @@ impl<T: Transport> NodeService<T> {
             } => {
                 self.attest_x509pop(exporter, &pop_chain, &signature, &public_key_der)
                     .await
+            }
+            ApiRequest::AttestTpmBegin {
+                ek_public,
+                ek_cert,
+                ak_public,
+            } => self.attest_tpm_begin(exporter, &ek_public, ek_cert.as_deref(), &ak_public),
+            ApiRequest::AttestTpmFinish {
+                ek_public,
+                ek_cert,
+                ak_public,
+                token,
+                activated_secret,
+                quote,
+                quote_signature,
+                pcrs,
+                public_key_der,
+            } => {
+                let evidence = Evidence {
+                    ek_public: &ek_public,
+                    ek_cert: ek_cert.as_deref(),
+                    ak_public: &ak_public,
+                    token: &token,
+                    activated_secret: &activated_secret,
+                    quote: &quote,
+                    signature: &quote_signature,
+                    pcrs: &pcrs,
+                    public_key_der: &public_key_der,
+                };
+                self.attest_tpm_finish(exporter, &evidence).await
             }
             ApiRequest::Watch => {
                 match self.agent(chain) {
@@ -228,6 +306,8 @@ impl<T: Transport> NodeService<T> {
             | ApiRequest::JoinServer { .. }
             | ApiRequest::AttestJoinToken { .. }
             | ApiRequest::AttestX509Pop { .. }
+            | ApiRequest::AttestTpmBegin { .. }
+            | ApiRequest::AttestTpmFinish { .. }
             | ApiRequest::Watch => Err(ApiError::new(ApiCode::Internal, "misrouted request")),
         }
     }
@@ -438,23 +518,43 @@ impl<T: Transport> NodeService<T> {
         self.node.ready_to_issue().map_err(|e| api_error(&e))?;
         let agent_id =
             x509pop_agent_id(self.td(), &identity.fingerprint).map_err(|e| api_error(&e))?;
+        self.register_and_issue(
+            agent_id,
+            AttestationMethod::X509Pop,
+            identity.selectors,
+            public_key_der,
+            "x509pop",
+        )
+        .await
+    }
+
+    /// The tail of a repeatable attestation (x509pop, TPM): registers the agent through Raft —
+    /// unless the replica already holds it with this method and these selectors, which is a
+    /// renewal answered from the replica — and issues its SVID. A banned agent stays banned.
+    async fn register_and_issue(
+        &self,
+        agent_id: SpiffeId,
+        method: AttestationMethod,
+        selectors: Vec<Selector>,
+        public_key_der: &[u8],
+        name: &'static str,
+    ) -> Result<ApiResponse, ApiError> {
         let known = self.node.replica().read(|a| {
-            a.state.agent(&agent_id).map(|r| {
-                (
-                    r.banned,
-                    r.method == AttestationMethod::X509Pop && r.selectors == identity.selectors,
-                )
-            })
+            a.state
+                .agent(&agent_id)
+                .map(|r| (r.banned, r.method == method && r.selectors == selectors))
         });
         match known {
             Some((true, _)) => return Err(denied(format!("agent {agent_id} is banned"))),
             // Already registered exactly so: a renewal, answered from the local replica.
             Some((false, true)) => {}
             _ => {
+                let shown: Vec<String> = selectors.iter().map(|s| s.to_string()).collect();
+                tracing::info!(agent = %agent_id, method = name, selectors = %shown.join(","), "registering the agent (new, or its selectors changed)");
                 let record = AgentRecord {
                     spiffe_id: agent_id.clone(),
-                    method: AttestationMethod::X509Pop,
-                    selectors: identity.selectors,
+                    method,
+                    selectors,
                     banned: false,
                     svid_serial: String::new(),
                     svid_not_after: wire::UnixTime::from_secs(0),
@@ -480,8 +580,73 @@ impl<T: Transport> NodeService<T> {
                 }
             }
         }
-        self.issue_attested(agent_id, public_key_der, "x509pop")
-            .await
+        self.issue_attested(agent_id, public_key_der, name).await
+    }
+
+    /// The TPM attestation of this node, or the refusal when it has none.
+    fn tpm(&self) -> Result<&TpmAttestation, ApiError> {
+        self.tpm.as_deref().ok_or_else(|| {
+            denied("TPM attestation is not enabled on this server (no [tpm] in its server.toml)")
+        })
+    }
+
+    /// TPM, first step: checks the EK and AK and answers with a challenge bound to this
+    /// connection.
+    fn attest_tpm_begin(
+        &self,
+        exporter: Option<&[u8; EXPORTER_BYTES]>,
+        ek_public: &[u8],
+        ek_cert: Option<&[u8]>,
+        ak_public: &[u8],
+    ) -> Result<ApiResponse, ApiError> {
+        let tpm = self.tpm()?;
+        let binding = exporter.ok_or_else(no_binding)?;
+        // Refuse before the agent's TPM does any work when this node could not issue anyway.
+        self.node.ready_to_issue().map_err(|e| api_error(&e))?;
+        let wall = self.node.env().wall();
+        let challenge = tpm
+            .challenger
+            .begin(
+                &tpm.policy,
+                ek_public,
+                ek_cert,
+                ak_public,
+                binding,
+                wall,
+                &mut self.node.env().rng("tpm-credential"),
+            )
+            .map_err(tpm_refused)?;
+        Ok(ApiResponse::TpmChallenge {
+            credential_blob: challenge.credential.id_object,
+            encrypted_secret: challenge.credential.encrypted_secret,
+            token: challenge.token,
+        })
+    }
+
+    /// TPM, second step: the challenge answered on this connection (activated credential, quote);
+    /// then the agent is registered like x509pop's.
+    async fn attest_tpm_finish(
+        &self,
+        exporter: Option<&[u8; EXPORTER_BYTES]>,
+        evidence: &Evidence<'_>,
+    ) -> Result<ApiResponse, ApiError> {
+        let tpm = self.tpm()?;
+        let binding = exporter.ok_or_else(no_binding)?;
+        let wall = self.node.env().wall();
+        let identity = tpm
+            .challenger
+            .finish(&tpm.policy, evidence, binding, wall)
+            .map_err(tpm_refused)?;
+        self.node.ready_to_issue().map_err(|e| api_error(&e))?;
+        let agent_id = tpm_agent_id(self.td(), &identity.ek_hash).map_err(|e| api_error(&e))?;
+        self.register_and_issue(
+            agent_id,
+            AttestationMethod::Tpm,
+            identity.selectors,
+            evidence.public_key_der,
+            "tpm",
+        )
+        .await
     }
 
     /// Whether the token `token_sha256` was consumed by `id` and has not expired (an

@@ -6,10 +6,18 @@
 //!
 //! - swtpm activates what our software MakeCredential produced, for RSA and ECC EKs, and refuses
 //!   it for another AK name;
+//! - end to end with real `sigil server` and `sigil agent` processes: an agent whose EK
+//!   certificate chains to the server's `ek_ca_bundle` attests and serves a workload; after PCR
+//!   16 is extended it attests again to the same ID with another `tpm:pcr:16` selector; a TPM
+//!   without a certificate attests by its allow-listed EK hash; a TPM whose EK certificate comes
+//!   from another CA is refused; a replayed finish (another connection), an old quote under a
+//!   fresh challenge and a wrong activated credential are refused;
 //! - (ignored) the generator of the known-answer vectors in `attest::tpm`'s unit tests.
 
 #![cfg(feature = "tpm")]
 #![allow(clippy::disallowed_methods)] // tests run their own processes and wall-clock deadlines
+
+mod common;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -400,4 +408,458 @@ fn print_known_answer_vectors() {
     for (i, v) in &quote.pcrs {
         println!("// PCR {i}: {}", hex(v));
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// End to end.
+
+use common::{create_entry, my_uid, sigil, wait_for, Proc};
+use wire::api::{ApiCode, ApiRequest, ApiResponse};
+
+const TD: &str = "tpm.test";
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The EK hash of the TPM at `tpm` (RSA EK).
+fn ek_hash(tpm: &Swtpm) -> String {
+    let opened = AgentTpm::open(&tpm_config(tpm, EkAlgorithm::Rsa, &[0])).expect("open the TPM");
+    attest::tpm::EkPublic::parse(&opened.ek_public)
+        .expect("EK")
+        .hash()
+}
+
+/// Writes `server.toml` with `[tpm]`; (config, admin socket, QUIC address).
+fn server_config(dir: &Path, ca_bundle: &Path, ek_hashes: &[String]) -> (PathBuf, String, String) {
+    let port = common::free_port();
+    let admin = dir.join("admin.sock").to_str().expect("utf8").to_owned();
+    let hashes: Vec<String> = ek_hashes.iter().map(|h| format!("\"{h}\"")).collect();
+    let text = format!(
+        "trust_domain = \"{TD}\"\nnode_id = 1\ndata_dir = \"{}\"\nbind = \"127.0.0.1:{port}\"\n\
+         admin_socket = \"{admin}\"\nbootstrap = true\n\
+         [tpm]\nek_ca_bundle = \"{}\"\nek_hashes = [{}]\n",
+        dir.join("server-data").display(),
+        ca_bundle.display(),
+        hashes.join(", ")
+    );
+    let cfg = dir.join("server.toml");
+    std::fs::write(&cfg, text).expect("server config");
+    (cfg, admin, format!("127.0.0.1:{port}"))
+}
+
+/// Waits until the server answers with a CA in its bundle; its bundle hash.
+fn bundle_hash(admin: &str, server: &Proc) -> String {
+    let args = ["bundle", "show", "--hash", "--admin-socket", admin];
+    assert!(
+        wait_for(WAIT, || sigil(&args).status.success()),
+        "server up with a CA: {}",
+        server.log()
+    );
+    String::from_utf8(sigil(&args).stdout)
+        .expect("utf8")
+        .trim()
+        .to_owned()
+}
+
+/// Writes an `agent.toml` using the TPM at `tpm`; (config, Workload API socket).
+fn agent_config(
+    dir: &Path,
+    name: &str,
+    server: &str,
+    pin: &str,
+    tpm: &Swtpm,
+) -> (PathBuf, PathBuf) {
+    let sock = dir.join(format!("{name}.sock"));
+    let text = format!(
+        "trust_domain = \"{TD}\"\nservers = [\"{server}\"]\ndata_dir = \"{}\"\nsocket_path = \"{}\"\n\
+         bundle_sha256 = \"{pin}\"\n[tpm]\ntcti = \"{}\"\npcrs = [0, 7, 16]\n",
+        dir.join(format!("{name}-data")).display(),
+        sock.display(),
+        tpm.tcti()
+    );
+    let cfg = dir.join(format!("{name}.toml"));
+    std::fs::write(&cfg, text).expect("agent config");
+    (cfg, sock)
+}
+
+/// The SPIFFE IDs the agent at `sock` serves this process (empty on any failure).
+fn fetched_ids(sock: &Path) -> Vec<String> {
+    let out = sigil(&[
+        "api",
+        "fetch",
+        "x509",
+        "--json",
+        "--timeout",
+        "2s",
+        "--socket",
+        sock.to_str().expect("utf8"),
+    ]);
+    if !out.status.success() {
+        return Vec::new();
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["svids"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s["spiffe_id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until the workload is served `id`; how long it took.
+fn served(sock: &Path, id: &str, agent: &Proc) -> Duration {
+    let start = Instant::now();
+    assert!(
+        wait_for(WAIT, || fetched_ids(sock).iter().any(|s| s == id)),
+        "{id} not served within {WAIT:?}; agent log:\n{}",
+        agent.log()
+    );
+    start.elapsed()
+}
+
+/// The selectors of the server's `n`-th (0-based) "registering the agent" line for `agent`.
+fn registered_selectors(server: &Proc, agent: &str, n: usize) -> Option<Vec<String>> {
+    server
+        .log()
+        .lines()
+        .filter(|l| l.contains("registering the agent") && l.contains(agent))
+        .nth(n)
+        .and_then(|l| l.split("selectors=").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .map(|s| s.split(',').map(str::to_owned).collect())
+}
+
+/// What one TPM attestation sent: the finish request (to replay), its answer, and the time the
+/// exchange took (TPM work and both round trips).
+struct Exchange {
+    begin: ApiRequest,
+    finish: ApiRequest,
+    answer: Result<ApiResponse, node::rt::api::ApiClientError>,
+    took: Duration,
+}
+
+/// Attests in-process with the TPM at `tpm` through `client`, letting `tweak` change the finish
+/// request before it is sent.
+async fn exchange(
+    client: &node::rt::api::ApiClient,
+    tpm: &Swtpm,
+    key_der: &[u8],
+    tweak: impl FnOnce(&mut ApiRequest),
+) -> Exchange {
+    let started = Instant::now();
+    let mut opened = AgentTpm::open(&tpm_config(tpm, EkAlgorithm::Rsa, &[0, 7, 16])).expect("open");
+    let begin = ApiRequest::AttestTpmBegin {
+        ek_public: opened.ek_public.clone(),
+        ek_cert: opened.ek_cert.clone(),
+        ak_public: opened.ak_public.clone(),
+    };
+    let timeout = Duration::from_secs(10);
+    let Ok(ApiResponse::TpmChallenge {
+        credential_blob,
+        encrypted_secret,
+        token,
+    }) = client.call(&begin, timeout).await
+    else {
+        panic!("no challenge");
+    };
+    let binding = client.exporter().expect("exporter");
+    let secret = opened
+        .activate(&credential_blob, &encrypted_secret)
+        .expect("activate");
+    let quote = opened
+        .quote(
+            &attest::tpm::qualifying_data(&token, &binding, key_der),
+            &[0, 7, 16],
+        )
+        .expect("quote");
+    let mut finish = ApiRequest::AttestTpmFinish {
+        ek_public: opened.ek_public.clone(),
+        ek_cert: opened.ek_cert.clone(),
+        ak_public: opened.ak_public.clone(),
+        token,
+        activated_secret: secret.to_vec(),
+        quote: quote.quote,
+        quote_signature: quote.signature,
+        pcrs: quote.pcrs,
+        public_key_der: key_der.to_vec(),
+    };
+    drop(opened);
+    tweak(&mut finish);
+    let answer = client.call(&finish, timeout).await;
+    Exchange {
+        begin,
+        finish,
+        answer,
+        took: started.elapsed(),
+    }
+}
+
+fn refused(answer: &Result<ApiResponse, node::rt::api::ApiClientError>, needle: &str) {
+    match answer {
+        Err(node::rt::api::ApiClientError::Api(e)) => {
+            assert_eq!(e.code, ApiCode::PermissionDenied, "{e}");
+            assert!(e.message.contains(needle), "{needle:?} in {e}");
+        }
+        other => panic!("expected a refusal containing {needle:?}, got {other:?}"),
+    }
+}
+
+#[test]
+fn agents_attest_with_swtpm_end_to_end() {
+    if !have_swtpm("agents_attest_with_swtpm_end_to_end") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    // TPM A: EK certificate from the local CA the server trusts. TPM B: no certificate, trusted
+    // by its EK hash. TPM C: EK certificate from another CA (another directory).
+    let a = Swtpm::start(&manufacture(d, "a", true));
+    let b = Swtpm::start(&manufacture(d, "b", false));
+    let other = d.join("other");
+    std::fs::create_dir_all(&other).expect("dir");
+    let c = Swtpm::start(&manufacture(&other, "c", true));
+    let (hash_a, hash_b, hash_c) = (ek_hash(&a), ek_hash(&b), ek_hash(&c));
+    let bundle = local_ca_bundle(d);
+    let (server_cfg, admin, addr) = server_config(d, &bundle, std::slice::from_ref(&hash_b));
+    let mut server = Proc::start("server", &server_cfg, d.join("server.log"));
+    let pin = bundle_hash(&admin, &server);
+    assert!(
+        server.log().contains("TPM agent attestation enabled"),
+        "{}",
+        server.log()
+    );
+
+    // Agent A attests (EK certificate → local CA) and serves its workload.
+    let agent_a = format!("spiffe://{TD}/sigil/agent/tpm/{hash_a}");
+    let me = format!("spiffe://{TD}/me");
+    create_entry(&admin, &me, &agent_a, my_uid());
+    let (cfg_a, sock_a) = agent_config(d, "agent-a", &addr, &pin, &a);
+    let mut agent = Proc::start("agent", &cfg_a, d.join("agent-a-1.log"));
+    let took = served(&sock_a, &me, &agent);
+    eprintln!(
+        "agent A: started → workload SVID served in {} ms",
+        took.as_millis()
+    );
+    assert!(
+        agent.log().contains(&format!("agent={agent_a}")),
+        "{}",
+        agent.log()
+    );
+    assert!(
+        agent.log().contains(&format!("ek_hash={hash_a}")),
+        "{}",
+        agent.log()
+    );
+    let first = registered_selectors(&server, &agent_a, 0).expect("registered");
+    let zeros = "00".repeat(32);
+    for want in [
+        format!("tpm:ek_hash:{hash_a}"),
+        "tpm:ek_cert_issuer:CN=swtpm-localca".to_owned(),
+        format!("tpm:pcr:0:{zeros}"),
+        format!("tpm:pcr:7:{zeros}"),
+        format!("tpm:pcr:16:{zeros}"),
+    ] {
+        assert!(first.contains(&want), "{want} in {first:?}");
+    }
+    assert!(agent.terminate(), "agent exits cleanly: {}", agent.log());
+
+    // PCR 16 changes; the agent, its data dir gone, attests again: same ID, new selector.
+    extend_pcr16(&a, b"a new measurement");
+    std::fs::remove_dir_all(d.join("agent-a-data")).expect("remove data dir");
+    let mut agent = Proc::start("agent", &cfg_a, d.join("agent-a-2.log"));
+    served(&sock_a, &me, &agent);
+    let second = registered_selectors(&server, &agent_a, 1).expect("registered again");
+    let pcr16: Vec<&String> = second
+        .iter()
+        .filter(|s| s.starts_with("tpm:pcr:16:"))
+        .collect();
+    assert_eq!(pcr16.len(), 1, "{second:?}");
+    assert_ne!(pcr16[0], &format!("tpm:pcr:16:{zeros}"), "PCR 16 changed");
+    assert!(second.contains(&format!("tpm:pcr:0:{zeros}")));
+    assert!(agent.terminate(), "agent exits cleanly: {}", agent.log());
+
+    // Agent C: its EK certificate does not chain to the server's CAs, nor is its hash listed.
+    let (cfg_c, sock_c) = agent_config(d, "agent-c", &addr, &pin, &c);
+    let mut rogue = Proc::start("agent", &cfg_c, d.join("agent-c.log"));
+    assert_eq!(
+        rogue.exit_within(WAIT),
+        Some(false),
+        "agent C fails: {}",
+        rogue.log()
+    );
+    let log = rogue.log();
+    assert!(
+        log.contains("TPM attestation refused")
+            && log.contains("the EK is not trusted")
+            && log.contains(&hash_c),
+        "{log}"
+    );
+    assert!(!sock_c.exists(), "no Workload API without an identity");
+
+    // In process: B by its allow-listed hash, with latency; replays and wrong answers refused.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let env: std::sync::Arc<dyn wire::Env> =
+            std::sync::Arc::new(node::rt::SystemEnv::new().expect("env"));
+        let connect = || {
+            node::rt::api::ApiClient::connect(
+                addr.parse().expect("addr"),
+                &node::rt::tls::ServerTrust::Pinned,
+                None,
+                env.clone(),
+                Duration::from_secs(5),
+            )
+        };
+        let key = node::rt::TlsKey::generate().expect("key");
+        let key_der = key.public_key_der().to_vec();
+        let client = connect().await.expect("connect");
+        let mut times = Vec::new();
+        for _ in 0..3 {
+            let ok = exchange(&client, &b, &key_der, |_| {}).await;
+            match &ok.answer {
+                Ok(ApiResponse::AgentSvid { spiffe_id, .. }) => assert_eq!(
+                    spiffe_id.to_string(),
+                    format!("spiffe://{TD}/sigil/agent/tpm/{hash_b}")
+                ),
+                other => panic!("B attests: {other:?}"),
+            }
+            times.push(ok.took.as_millis());
+        }
+        eprintln!("in-process TPM attestation (open TPM + EK + AK, begin, activate, quote, finish): {times:?} ms");
+        let b_selectors = registered_selectors(&server, &hash_b, 0).expect("B registered");
+        assert!(
+            !b_selectors.iter().any(|s| s.starts_with("tpm:ek_cert_issuer:")),
+            "no certificate, no issuer selector: {b_selectors:?}"
+        );
+
+        // Replay of a successful finish on another connection.
+        let ok = exchange(&client, &b, &key_der, |_| {}).await;
+        assert!(ok.answer.is_ok(), "{:?}", ok.answer);
+        let other_conn = connect().await.expect("connect");
+        let replayed = other_conn
+            .call(&ok.finish, Duration::from_secs(10))
+            .await;
+        refused(&replayed, "challenge token does not verify");
+        // An old answer (credential and quote) under a fresh challenge of this connection.
+        let Ok(ApiResponse::TpmChallenge { token, .. }) =
+            other_conn.call(&ok.begin, Duration::from_secs(10)).await
+        else {
+            panic!("challenge");
+        };
+        let mut stale = ok.finish.clone();
+        if let ApiRequest::AttestTpmFinish { token: t, .. } = &mut stale {
+            *t = token;
+        }
+        // (The fresh token verifies; the old answer to the old credential does not.)
+        refused(
+            &other_conn.call(&stale, Duration::from_secs(10)).await,
+            "the activated credential is wrong",
+        );
+        // Fresh challenge, correct activation, but the quote of the previous exchange.
+        let old_quote = match &ok.finish {
+            ApiRequest::AttestTpmFinish {
+                quote,
+                quote_signature,
+                ..
+            } => (quote.clone(), quote_signature.clone()),
+            _ => unreachable!(),
+        };
+        let replay = exchange(&other_conn, &b, &key_der, |f| {
+            if let ApiRequest::AttestTpmFinish {
+                quote,
+                quote_signature,
+                ..
+            } = f
+            {
+                *quote = old_quote.0.clone();
+                *quote_signature = old_quote.1.clone();
+            }
+        })
+        .await;
+        // (A fresh AK answers the fresh challenge: the old quote is not its signature.)
+        refused(&replay.answer, "the quote signature does not verify");
+        // The same AK answering two challenges: the first challenge's quote does not answer
+        // the second.
+        let mut same = AgentTpm::open(&tpm_config(&b, EkAlgorithm::Rsa, &[0, 7, 16])).expect("open");
+        let begin = ApiRequest::AttestTpmBegin {
+            ek_public: same.ek_public.clone(),
+            ek_cert: same.ek_cert.clone(),
+            ak_public: same.ak_public.clone(),
+        };
+        let binding = other_conn.exporter().expect("exporter");
+        let mut answers = Vec::new();
+        for _ in 0..2 {
+            let Ok(ApiResponse::TpmChallenge {
+                credential_blob,
+                encrypted_secret,
+                token,
+            }) = other_conn.call(&begin, Duration::from_secs(10)).await
+            else {
+                panic!("challenge");
+            };
+            let secret = same
+                .activate(&credential_blob, &encrypted_secret)
+                .expect("activate");
+            let quote = same
+                .quote(
+                    &attest::tpm::qualifying_data(&token, &binding, &key_der),
+                    &[0, 7, 16],
+                )
+                .expect("quote");
+            answers.push((token, secret.to_vec(), quote));
+        }
+        let (first, second) = (&answers[0], &answers[1]);
+        let mixed = ApiRequest::AttestTpmFinish {
+            ek_public: same.ek_public.clone(),
+            ek_cert: same.ek_cert.clone(),
+            ak_public: same.ak_public.clone(),
+            token: second.0.clone(),
+            activated_secret: second.1.clone(),
+            quote: first.2.quote.clone(),
+            quote_signature: first.2.signature.clone(),
+            pcrs: first.2.pcrs.clone(),
+            public_key_der: key_der.clone(),
+        };
+        refused(
+            &other_conn.call(&mixed, Duration::from_secs(10)).await,
+            "the quote is not for this challenge",
+        );
+        drop(same);
+        // A wrong activated credential.
+        let wrong = exchange(&other_conn, &b, &key_der, |f| {
+            if let ApiRequest::AttestTpmFinish {
+                activated_secret, ..
+            } = f
+            {
+                activated_secret[0] ^= 1;
+            }
+        })
+        .await;
+        refused(&wrong.answer, "the activated credential is wrong");
+        // Reported PCR values that are not the quoted ones.
+        let lying = exchange(&other_conn, &b, &key_der, |f| {
+            if let ApiRequest::AttestTpmFinish { pcrs, .. } = f {
+                pcrs[2].1[0] ^= 1;
+            }
+        })
+        .await;
+        refused(&lying.answer, "PCR");
+        // TPM C in process: refused at the first step.
+        let mut opened = AgentTpm::open(&tpm_config(&c, EkAlgorithm::Rsa, &[0])).expect("open C");
+        let begin = ApiRequest::AttestTpmBegin {
+            ek_public: opened.ek_public.clone(),
+            ek_cert: opened.ek_cert.take(),
+            ak_public: opened.ak_public.clone(),
+        };
+        refused(
+            &other_conn.call(&begin, Duration::from_secs(10)).await,
+            "does not chain to a CA in ek_ca_bundle",
+        );
+        client.close().await;
+        other_conn.close().await;
+    });
+    assert!(server.terminate(), "server exits cleanly: {}", server.log());
 }

@@ -9,8 +9,10 @@
 //!
 //! Who may ask what is decided by the caller's TLS identity:
 //! - anyone (no client certificate): [`ApiRequest::Bundle`], [`ApiRequest::JoinServer`],
-//!   [`ApiRequest::AttestJoinToken`] — the secret in the request is the credential — and
-//!   [`ApiRequest::AttestX509Pop`], whose credential is a signature bound to the connection;
+//!   [`ApiRequest::AttestJoinToken`] — the secret in the request is the credential —,
+//!   [`ApiRequest::AttestX509Pop`], whose credential is a signature bound to the connection, and
+//!   TPM attestation: [`ApiRequest::AttestTpmBegin`] then [`ApiRequest::AttestTpmFinish`] on the
+//!   same connection (the challenge and the quote are bound to it);
 //! - an attested agent (its agent SVID as client certificate): everything else.
 //!
 //! Private keys never travel: requests carry public keys (DER `SubjectPublicKeyInfo`) and the
@@ -121,6 +123,42 @@ pub enum ApiRequest {
         /// At least one, at most [`AUDIENCES_MAX`].
         audience: Vec<String>,
     },
+    /// TPM attestation, first step: the agent's TPM keys. The server checks that the EK is
+    /// trusted and answers with an [`ApiResponse::TpmChallenge`] (a credential only the TPM
+    /// holding both keys can activate, and a token), valid on this connection for a minute.
+    AttestTpmBegin {
+        /// The endorsement key's public area (marshalled `TPMT_PUBLIC`), at most
+        /// [`TPM_PUBLIC_BYTES_MAX`] bytes.
+        ek_public: Vec<u8>,
+        /// The EK certificate (DER) from the TPM's NV, if any, at most [`TPM_EK_CERT_BYTES_MAX`].
+        ek_cert: Option<Vec<u8>>,
+        /// The attestation key's public area (marshalled `TPMT_PUBLIC`).
+        ak_public: Vec<u8>,
+    },
+    /// TPM attestation, second step (same connection): the activated credential and a quote
+    /// whose `extraData` is `attest::tpm::qualifying_data(token, connection, public_key_der)`.
+    /// Answers with the agent SVID.
+    AttestTpmFinish {
+        /// As in [`ApiRequest::AttestTpmBegin`] (the server keeps no state between the steps).
+        ek_public: Vec<u8>,
+        /// As in [`ApiRequest::AttestTpmBegin`].
+        ek_cert: Option<Vec<u8>>,
+        /// As in [`ApiRequest::AttestTpmBegin`].
+        ak_public: Vec<u8>,
+        /// The challenge's token, at most [`TPM_TOKEN_BYTES_MAX`] bytes.
+        token: Vec<u8>,
+        /// What `TPM2_ActivateCredential` returned, at most [`TPM_SECRET_BYTES_MAX`] bytes.
+        activated_secret: Vec<u8>,
+        /// The quote (marshalled `TPMS_ATTEST`), at most [`TPM_QUOTE_BYTES_MAX`] bytes.
+        quote: Vec<u8>,
+        /// Its signature (marshalled `TPMT_SIGNATURE`), at most [`TPM_SIGNATURE_BYTES_MAX`].
+        quote_signature: Vec<u8>,
+        /// The quoted SHA-256 PCRs: `(index, value)`, at most [`TPM_PCRS_MAX`], values of at
+        /// most [`TPM_PCR_VALUE_BYTES_MAX`] bytes.
+        pcrs: Vec<(u8, Vec<u8>)>,
+        /// The public key the agent SVID is for.
+        public_key_der: Vec<u8>,
+    },
 }
 
 impl ApiRequest {
@@ -184,6 +222,45 @@ impl ApiRequest {
                 }
                 key(public_key_der)
             }
+            ApiRequest::AttestTpmBegin {
+                ek_public,
+                ek_cert,
+                ak_public,
+            } => check_tpm_keys(ek_public, ek_cert.as_deref(), ak_public),
+            ApiRequest::AttestTpmFinish {
+                ek_public,
+                ek_cert,
+                ak_public,
+                token,
+                activated_secret,
+                quote,
+                quote_signature,
+                pcrs,
+                public_key_der,
+            } => {
+                check_tpm_keys(ek_public, ek_cert.as_deref(), ak_public)?;
+                bytes("a TPM challenge token", token, TPM_TOKEN_BYTES_MAX)?;
+                bytes(
+                    "an activated credential",
+                    activated_secret,
+                    TPM_SECRET_BYTES_MAX,
+                )?;
+                bytes("a TPM quote", quote, TPM_QUOTE_BYTES_MAX)?;
+                bytes(
+                    "a TPM quote signature",
+                    quote_signature,
+                    TPM_SIGNATURE_BYTES_MAX,
+                )?;
+                if pcrs.len() > TPM_PCRS_MAX {
+                    return Err(ApiError::invalid(format!(
+                        "a TPM quote covers at most {TPM_PCRS_MAX} PCRs"
+                    )));
+                }
+                for (_, value) in pcrs {
+                    bytes("a PCR value", value, TPM_PCR_VALUE_BYTES_MAX)?;
+                }
+                key(public_key_der)
+            }
             ApiRequest::RenewAgent { public_key_der } => key(public_key_der),
             ApiRequest::SignX509 { requests } => {
                 if requests.is_empty() || requests.len() > SIGN_BATCH_MAX {
@@ -220,8 +297,34 @@ impl ApiRequest {
                 | ApiRequest::JoinServer { .. }
                 | ApiRequest::AttestJoinToken { .. }
                 | ApiRequest::AttestX509Pop { .. }
+                | ApiRequest::AttestTpmBegin { .. }
+                | ApiRequest::AttestTpmFinish { .. }
         )
     }
+}
+
+/// `what` must be 1 to `max` bytes.
+fn bytes(what: &str, value: &[u8], max: usize) -> Result<(), ApiError> {
+    if value.is_empty() || value.len() > max {
+        return Err(ApiError::invalid(format!(
+            "{what} must be 1 to {max} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// The size limits of the TPM keys both attestation steps carry.
+fn check_tpm_keys(
+    ek_public: &[u8],
+    ek_cert: Option<&[u8]>,
+    ak_public: &[u8],
+) -> Result<(), ApiError> {
+    bytes("an EK public area", ek_public, TPM_PUBLIC_BYTES_MAX)?;
+    bytes("an AK public area", ak_public, TPM_PUBLIC_BYTES_MAX)?;
+    if let Some(cert) = ek_cert {
+        bytes("an EK certificate", cert, TPM_EK_CERT_BYTES_MAX)?;
+    }
+    Ok(())
 }
 
 /// One X.509-SVID to sign.
@@ -302,6 +405,16 @@ pub enum ApiResponse {
     },
     /// The request failed.
     Error(ApiError),
+    /// The challenge of [`ApiRequest::AttestTpmBegin`].
+    TpmChallenge {
+        /// `TPM2B_ID_OBJECT` contents for `TPM2_ActivateCredential`, at most
+        /// [`TPM_CREDENTIAL_BLOB_BYTES_MAX`] bytes.
+        credential_blob: Vec<u8>,
+        /// `TPM2B_ENCRYPTED_SECRET` contents, at most [`TPM_ENCRYPTED_SECRET_BYTES_MAX`] bytes.
+        encrypted_secret: Vec<u8>,
+        /// The token to send back with [`ApiRequest::AttestTpmFinish`].
+        token: Vec<u8>,
+    },
 }
 
 /// Why a request failed (mirrors the gRPC codes the Workload API passes on).
@@ -471,6 +584,209 @@ mod tests {
         assert_eq!(
             codec::decode::<ApiRequest>(&bytes).expect("decode"),
             request
+        );
+    }
+
+    #[test]
+    fn tpm_limits_are_checked() {
+        let finish = |f: &dyn Fn(&mut ApiRequest)| {
+            let mut r = ApiRequest::AttestTpmFinish {
+                ek_public: vec![1; 314],
+                ek_cert: Some(vec![0x30; 1000]),
+                ak_public: vec![2; 88],
+                token: vec![3; 57],
+                activated_secret: vec![4; 32],
+                quote: vec![5; 145],
+                quote_signature: vec![6; 72],
+                pcrs: vec![(0, vec![0; 32]), (7, vec![7; 32])],
+                public_key_der: vec![8; 91],
+            };
+            f(&mut r);
+            r
+        };
+        let ok = finish(&|_| {});
+        assert!(ok.check().is_ok());
+        assert!(!ok.needs_agent(), "anyone may attest");
+        let most = finish(&|r| {
+            if let ApiRequest::AttestTpmFinish {
+                ek_public,
+                ek_cert,
+                ak_public,
+                token,
+                activated_secret,
+                quote,
+                quote_signature,
+                pcrs,
+                public_key_der,
+            } = r
+            {
+                *ek_public = vec![1; TPM_PUBLIC_BYTES_MAX];
+                *ek_cert = Some(vec![1; TPM_EK_CERT_BYTES_MAX]);
+                *ak_public = vec![1; TPM_PUBLIC_BYTES_MAX];
+                *token = vec![1; TPM_TOKEN_BYTES_MAX];
+                *activated_secret = vec![1; TPM_SECRET_BYTES_MAX];
+                *quote = vec![1; TPM_QUOTE_BYTES_MAX];
+                *quote_signature = vec![1; TPM_SIGNATURE_BYTES_MAX];
+                *pcrs = vec![(0, vec![1; TPM_PCR_VALUE_BYTES_MAX]); TPM_PCRS_MAX];
+                *public_key_der = vec![1; PUBLIC_KEY_BYTES_MAX];
+            }
+        });
+        assert!(most.check().is_ok(), "every limit is inclusive");
+        type Tweak = fn(&mut ApiRequest);
+        let cases: [(Tweak, &str); 14] = [
+            (
+                |r| {
+                    if let ApiRequest::AttestTpmFinish { ek_public, .. } = r {
+                        ek_public.clear()
+                    }
+                },
+                "EK public",
+            ),
+            (
+                |r| {
+                    if let ApiRequest::AttestTpmFinish { ek_public, .. } = r {
+                        *ek_public = vec![1; TPM_PUBLIC_BYTES_MAX + 1]
+                    }
+                },
+                "EK public",
+            ),
+            (
+                |r| {
+                    if let ApiRequest::AttestTpmFinish { ek_cert, .. } = r {
+                        *ek_cert = Some(vec![])
+                    }
+                },
+                "EK certificate",
+            ),
+            (
+                |r| {
+                    if let ApiRequest::AttestTpmFinish { ek_cert, .. } = r {
+                        *ek_cert = Some(vec![1; TPM_EK_CERT_BYTES_MAX + 1])
+                    }
+                },
+                "EK certificate",
+            ),
+            (
+                |r| {
+                    if let ApiRequest::AttestTpmFinish { ak_public, .. } = r {
+                        *ak_public = vec![1; TPM_PUBLIC_BYTES_MAX + 1]
+                    }
+                },
+                "AK public",
+            ),
+            (
+                |r| {
+                    if let ApiRequest::AttestTpmFinish { token, .. } = r {
+                        token.clear()
+                    }
+                },
+                "token",
+            ),
+            (
+                |r| {
+                    if let ApiRequest::AttestTpmFinish { token, .. } = r {
+                        *token = vec![1; TPM_TOKEN_BYTES_MAX + 1]
+                    }
+                },
+                "token",
+            ),
+            (
+                |r| {
+                    if let ApiRequest::AttestTpmFinish {
+                        activated_secret, ..
+                    } = r
+                    {
+                        *activated_secret = vec![1; TPM_SECRET_BYTES_MAX + 1]
+                    }
+                },
+                "activated credential",
+            ),
+            (
+                |r| {
+                    if let ApiRequest::AttestTpmFinish { quote, .. } = r {
+                        *quote = vec![1; TPM_QUOTE_BYTES_MAX + 1]
+                    }
+                },
+                "quote",
+            ),
+            (
+                |r| {
+                    if let ApiRequest::AttestTpmFinish {
+                        quote_signature, ..
+                    } = r
+                    {
+                        quote_signature.clear()
+                    }
+                },
+                "signature",
+            ),
+            (
+                |r| {
+                    if let ApiRequest::AttestTpmFinish { pcrs, .. } = r {
+                        *pcrs = vec![(0, vec![0; 32]); TPM_PCRS_MAX + 1]
+                    }
+                },
+                "PCRs",
+            ),
+            (
+                |r| {
+                    if let ApiRequest::AttestTpmFinish { pcrs, .. } = r {
+                        pcrs[0].1 = vec![0; TPM_PCR_VALUE_BYTES_MAX + 1]
+                    }
+                },
+                "PCR value",
+            ),
+            (
+                |r| {
+                    if let ApiRequest::AttestTpmFinish { pcrs, .. } = r {
+                        pcrs[1].1.clear()
+                    }
+                },
+                "PCR value",
+            ),
+            (
+                |r| {
+                    if let ApiRequest::AttestTpmFinish { public_key_der, .. } = r {
+                        public_key_der.clear()
+                    }
+                },
+                "public key",
+            ),
+        ];
+        for (tweak, needle) in cases {
+            let err = finish(&|r| tweak(r)).check().expect_err(needle);
+            assert_eq!(err.code, ApiCode::InvalidArgument);
+            assert!(err.message.contains(needle), "{needle}: {}", err.message);
+        }
+        let begin = ApiRequest::AttestTpmBegin {
+            ek_public: vec![1; 314],
+            ek_cert: None,
+            ak_public: vec![2; 88],
+        };
+        assert!(begin.check().is_ok());
+        assert!(!begin.needs_agent());
+        let too_big = ApiRequest::AttestTpmBegin {
+            ek_public: vec![1; 314],
+            ek_cert: Some(vec![1; TPM_EK_CERT_BYTES_MAX + 1]),
+            ak_public: vec![2; 88],
+        };
+        assert!(too_big.check().is_err());
+        for request in [ok, begin] {
+            let bytes = codec::encode(&request).expect("encode");
+            assert_eq!(
+                codec::decode::<ApiRequest>(&bytes).expect("decode"),
+                request
+            );
+        }
+        let challenge = ApiResponse::TpmChallenge {
+            credential_blob: vec![1; 68],
+            encrypted_secret: vec![2; 256],
+            token: vec![3; 57],
+        };
+        let bytes = codec::encode(&challenge).expect("encode");
+        assert_eq!(
+            codec::decode::<ApiResponse>(&bytes).expect("decode"),
+            challenge
         );
     }
 

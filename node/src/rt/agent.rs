@@ -1,5 +1,6 @@
-//! `sigil agent`: one per host. It attests to the cluster (a join token once, or x509pop — proof
-//! of possession of a certificate's key, repeatable), keeps a node API connection to the
+//! `sigil agent`: one per host. It attests to the cluster (a join token once, or — repeatable —
+//! x509pop: proof of possession of a certificate's key, or TPM: its TPM's endorsement key, an
+//! attestation key activated against it and a quote of PCRs), keeps a node API connection to the
 //! reachable server with the lowest round-trip time, follows its view (entries and bundles,
 //! pushed by the server on every applied change), generates a key for every entry it may serve
 //! and has the server sign an X.509-SVID for the public half, renews every SVID (and its own) at
@@ -8,11 +9,13 @@
 //!
 //! **Attestation** happens when the agent has no valid agent SVID: at start-up (first start, an
 //! empty data dir, or a stored SVID that expired while the agent was down) with the one method
-//! configured, and — with x509pop only — again at run time when its SVID expired while no server
-//! was reachable. Before it sends a token or a proof it checks the server against its trust
-//! anchors: the last bundle it stored in the data dir, or the pinned `bundle_sha256`. An x509pop
-//! proof is a signature over a value exported from the TLS connection it travels on
-//! ([`attest::x509pop`]), so it is worthless on any other connection.
+//! configured, and — with x509pop or TPM — again at run time when its SVID expired while no
+//! server was reachable. Before it sends a token or a proof it checks the server against its
+//! trust anchors: the last bundle it stored in the data dir, or the pinned `bundle_sha256`. An
+//! x509pop proof is a signature over a value exported from the TLS connection it travels on
+//! ([`attest::x509pop`]), so it is worthless on any other connection; so is a TPM challenge and
+//! the quote answering it ([`attest::tpm`]: two requests on one connection, the TPM driven from
+//! a blocking thread by [`crate::rt::tpm`]).
 //!
 //! **Offline.** While no server is reachable the agent keeps serving what it holds (SVIDs stay
 //! valid until their `NotAfter`) and retries with backoff, preferring the fastest server again
@@ -176,6 +179,9 @@ enum Method<'a> {
     JoinToken(&'a str),
     /// x509pop: a certificate chain and its key.
     X509Pop(&'a X509PopCredential),
+    /// TPM: the TPM reached through this configuration.
+    #[cfg(feature = "tpm")]
+    Tpm(&'a crate::rt::config::AgentTpmConfig),
 }
 
 impl Method<'_> {
@@ -183,13 +189,20 @@ impl Method<'_> {
         match self {
             Method::JoinToken(_) => "a join token",
             Method::X509Pop(_) => "x509pop",
+            #[cfg(feature = "tpm")]
+            Method::Tpm(_) => "TPM",
         }
     }
 
-    /// The attestation request for the connection `client` (an x509pop proof is bound to it).
-    fn request(&self, client: &ApiClient, key: &TlsKey) -> Result<ApiRequest, ApiClientError> {
+    /// Attests on the connection `client` (an x509pop proof and a TPM challenge are bound to
+    /// it); the server's answer.
+    async fn attest(
+        &self,
+        client: &ApiClient,
+        key: &TlsKey,
+    ) -> Result<ApiResponse, ApiClientError> {
         let public_key_der = key.public_key_der().to_vec();
-        Ok(match self {
+        let request = match self {
             Method::JoinToken(token) => ApiRequest::AttestJoinToken {
                 token: (*token).to_owned(),
                 public_key_der,
@@ -206,8 +219,118 @@ impl Method<'_> {
                     public_key_der,
                 }
             }
-        })
+            #[cfg(feature = "tpm")]
+            Method::Tpm(cfg) => return attest_tpm(client, cfg, public_key_der).await,
+        };
+        client.call(&request, CALL_TIMEOUT).await
     }
+}
+
+/// Longest wait for the TPM's work of one attestation step (a slow TPM makes RSA keys for
+/// seconds; a challenge must be answered within [`attest::tpm::CHALLENGE_TTL_SECS`]).
+#[cfg(feature = "tpm")]
+pub const TPM_STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs `work` on a blocking thread (the TPM's commands block), for at most
+/// [`TPM_STEP_TIMEOUT`].
+#[cfg(feature = "tpm")]
+async fn tpm_step<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, ApiClientError> {
+    let task = tokio::task::spawn_blocking(work);
+    match tokio::time::timeout(TPM_STEP_TIMEOUT, task).await {
+        Ok(Ok(Ok(v))) => Ok(v),
+        Ok(Ok(Err(e))) => Err(ApiClientError::Local(e.to_string())),
+        Ok(Err(e)) => Err(ApiClientError::Local(format!("the TPM thread failed: {e}"))),
+        Err(_) => Err(ApiClientError::Local(format!(
+            "the TPM did not answer within {TPM_STEP_TIMEOUT:?}"
+        ))),
+    }
+}
+
+/// TPM attestation on `client`: EK + fresh AK to the server, its credential activated and the
+/// PCRs quoted over the challenge, the connection and the SVID key.
+#[cfg(feature = "tpm")]
+async fn attest_tpm(
+    client: &ApiClient,
+    cfg: &crate::rt::config::AgentTpmConfig,
+    public_key_der: Vec<u8>,
+) -> Result<ApiResponse, ApiClientError> {
+    use crate::rt::tpm::AgentTpm;
+    use wire::api::{TPM_CREDENTIAL_BLOB_BYTES_MAX, TPM_ENCRYPTED_SECRET_BYTES_MAX};
+    let binding = client.exporter()?;
+    let config = cfg.clone();
+    let tpm = tpm_step(move || AgentTpm::open(&config)).await?;
+    match attest::tpm::EkPublic::parse(&tpm.ek_public) {
+        Ok(ek) => tracing::info!(
+            ek_hash = %ek.hash(),
+            ek = ek.algorithm(),
+            ek_certificate = tpm.ek_cert.is_some(),
+            "TPM opened (servers trust this EK through its certificate and [tpm] ek_ca_bundle, or its hash in [tpm] ek_hashes)"
+        ),
+        Err(e) => tracing::warn!(error = %e, "this TPM's EK is not one the servers accept"),
+    }
+    let (ek_public, ek_cert, ak_public) = (
+        tpm.ek_public.clone(),
+        tpm.ek_cert.clone(),
+        tpm.ak_public.clone(),
+    );
+    let begin = ApiRequest::AttestTpmBegin {
+        ek_public: ek_public.clone(),
+        ek_cert: ek_cert.clone(),
+        ak_public: ak_public.clone(),
+    };
+    let (credential_blob, encrypted_secret, token) = match client.call(&begin, CALL_TIMEOUT).await {
+        Ok(ApiResponse::TpmChallenge {
+            credential_blob,
+            encrypted_secret,
+            token,
+        }) => (credential_blob, encrypted_secret, token),
+        Ok(other) => {
+            return Err(ApiClientError::Protocol(format!(
+                "expected a TPM challenge, got {other:?}"
+            )))
+        }
+        Err(e) => {
+            // The AK is flushed off the blocking thread.
+            let _ = tpm_step(move || {
+                drop(tpm);
+                Ok(())
+            })
+            .await;
+            return Err(e);
+        }
+    };
+    if credential_blob.len() > TPM_CREDENTIAL_BLOB_BYTES_MAX
+        || encrypted_secret.len() > TPM_ENCRYPTED_SECRET_BYTES_MAX
+        || token.is_empty()
+        || token.len() > wire::api::TPM_TOKEN_BYTES_MAX
+    {
+        return Err(ApiClientError::Protocol(
+            "the TPM challenge is over the size limits".into(),
+        ));
+    }
+    let qualifying = attest::tpm::qualifying_data(&token, &binding, &public_key_der);
+    let pcrs = cfg.pcrs.clone();
+    let (secret, quote) = tpm_step(move || {
+        let mut tpm = tpm;
+        let secret = tpm.activate(&credential_blob, &encrypted_secret)?;
+        let quote = tpm.quote(&qualifying, &pcrs)?;
+        Ok((secret, quote))
+    })
+    .await?;
+    let finish = ApiRequest::AttestTpmFinish {
+        ek_public,
+        ek_cert,
+        ak_public,
+        token,
+        activated_secret: secret.to_vec(),
+        quote: quote.quote,
+        quote_signature: quote.signature,
+        pcrs: quote.pcrs,
+        public_key_der,
+    };
+    client.call(&finish, CALL_TIMEOUT).await
 }
 
 /// Attests with `method` through the first server that passes the check against `anchors`.
@@ -238,8 +361,7 @@ async fn attest_once(
                 client
                     .anchored_bundle(&cfg.trust_domain, anchors, env.wall(), CALL_TIMEOUT)
                     .await?;
-                let request = method.request(&client, key)?;
-                client.call(&request, CALL_TIMEOUT).await
+                method.attest(&client, key).await
             }
             .await;
             client.close().await;
@@ -342,9 +464,14 @@ impl Agent {
                 let method = match (&cfg.join_token, &x509pop) {
                     (Some(token), _) => Method::JoinToken(token),
                     (None, Some(credential)) => Method::X509Pop(credential),
+                    #[cfg(feature = "tpm")]
+                    (None, None) if cfg.tpm.is_some() => match &cfg.tpm {
+                        Some(tpm) => Method::Tpm(tpm),
+                        None => return Err(Error::Config("no [tpm] configured".into())),
+                    },
                     (None, None) => {
                         return Err(Error::Config(
-                            "this agent has no valid agent SVID (none yet, or it expired while the agent was down): configure an attestation method in agent.toml — a join token (join_token and bundle_sha256, from `sigil token generate` and `sigil bundle show --hash` on a server) or an [x509pop] certificate and key".into(),
+                            "this agent has no valid agent SVID (none yet, or it expired while the agent was down): configure an attestation method in agent.toml — a join token (join_token and bundle_sha256, from `sigil token generate` and `sigil bundle show --hash` on a server), an [x509pop] certificate and key, or [tpm]".into(),
                         ))
                     }
                 };
@@ -677,14 +804,15 @@ impl Agent {
         while !*stop.borrow() {
             let Some(client) = self.connect_best().await else {
                 let expired = lock(&self.inner.me).not_after <= self.inner.env.wall();
-                if expired && self.inner.x509pop.is_some() {
+                if expired && self.repeatable().is_some() {
                     match self.reattest().await {
                         Ok(()) => {
                             backoff = RECONNECT_MIN;
                             continue;
                         }
                         Err(e) => {
-                            tracing::warn!(retry_ms = backoff.as_millis(), error = %e, "this agent's SVID expired while no server was reachable and x509pop re-attestation failed; retrying — cached workload SVIDs are served until they expire");
+                            let method = self.repeatable().unwrap_or("x509pop");
+                            tracing::warn!(retry_ms = backoff.as_millis(), error = %e, "this agent's SVID expired while no server was reachable and {method} re-attestation failed; retrying — cached workload SVIDs are served until they expire");
                         }
                     }
                 } else if expired {
@@ -709,34 +837,48 @@ impl Agent {
         }
     }
 
-    /// x509pop again, after the agent SVID expired while no server was reachable: the same
-    /// certificate gives the same agent ID. Re-reads the certificate and key (they may have been
-    /// renewed on disk), falling back to the ones loaded at start-up.
+    /// The name of the configured repeatable attestation method (x509pop, TPM), if any.
+    fn repeatable(&self) -> Option<&'static str> {
+        if self.inner.x509pop.is_some() {
+            return Some("x509pop");
+        }
+        #[cfg(feature = "tpm")]
+        if self.inner.cfg.tpm.is_some() {
+            return Some("TPM");
+        }
+        None
+    }
+
+    /// x509pop or TPM again, after the agent SVID expired while no server was reachable: the
+    /// same certificate (or TPM) gives the same agent ID. x509pop re-reads the certificate and
+    /// key (they may have been renewed on disk), falling back to the ones loaded at start-up.
     async fn reattest(&self) -> Result<(), Error> {
         let inner = &self.inner;
-        let Some(loaded) = &inner.x509pop else {
-            return Err(Error::Config("no [x509pop] configured".into()));
-        };
-        let credential = match inner.cfg.x509pop.as_ref().map(|x| x.load()) {
-            Some(Ok(fresh)) => Arc::new(fresh),
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "could not re-read the x509pop certificate and key; using the ones loaded at start-up");
-                loaded.clone()
+        let credential = inner.x509pop.as_ref().map(|loaded| {
+            match inner.cfg.x509pop.as_ref().map(|x| x.load()) {
+                Some(Ok(fresh)) => Arc::new(fresh),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "could not re-read the x509pop certificate and key; using the ones loaded at start-up");
+                    loaded.clone()
+                }
+                None => loaded.clone(),
             }
-            None => loaded.clone(),
+        });
+        let method = match &credential {
+            Some(credential) => Method::X509Pop(credential),
+            #[cfg(feature = "tpm")]
+            None if inner.cfg.tpm.is_some() => match &inner.cfg.tpm {
+                Some(tpm) => Method::Tpm(tpm),
+                None => return Err(Error::Config("no [tpm] configured".into())),
+            },
+            None => return Err(Error::Config("no [x509pop] or [tpm] configured".into())),
         };
         let anchors = FirstContact {
             pin: inner.cfg.bundle_sha256.clone(),
             stored: Some(lock(&inner.cache).bundle()),
         };
-        let (spiffe_id, chain, not_after, bundle) = attest_once(
-            &inner.cfg,
-            Method::X509Pop(&credential),
-            &anchors,
-            &inner.key,
-            inner.env.clone(),
-        )
-        .await?;
+        let (spiffe_id, chain, not_after, bundle) =
+            attest_once(&inner.cfg, method, &anchors, &inner.key, inner.env.clone()).await?;
         let identity = NodeIdentity::new(chain.clone(), &inner.key).map_err(|e| Error::Os {
             what: "building the agent's TLS identity",
             detail: e.to_string(),
@@ -761,9 +903,9 @@ impl Agent {
             previous
         };
         if previous != spiffe_id {
-            tracing::warn!(previous = %previous, agent = %spiffe_id, "x509pop re-attestation gave this agent a new ID (its certificate changed): entries parented to the previous ID no longer apply");
+            tracing::warn!(previous = %previous, agent = %spiffe_id, method = method.name(), "re-attestation gave this agent a new ID (its certificate or TPM changed): entries parented to the previous ID no longer apply");
         }
-        tracing::info!(agent = %spiffe_id, "re-attested with x509pop after the agent SVID expired");
+        tracing::info!(agent = %spiffe_id, "re-attested with {} after the agent SVID expired", method.name());
         self.bump();
         Ok(())
     }

@@ -228,6 +228,9 @@ pub enum ApiClientError {
     /// No answer in time.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// Preparing a request or using an answer failed locally (e.g. at the agent's TPM).
+    #[error("{0}")]
+    Local(String),
 }
 
 /// What a newcomer (an agent without a valid SVID) may check a server against before it

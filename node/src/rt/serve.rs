@@ -40,7 +40,7 @@ use zeroize::Zeroizing;
 use crate::actors::membership::{next_step, MembershipStep};
 use crate::rt::admin::{serve_admin, AdminDefaults, AdminService};
 use crate::rt::api::{ApiClient, CONNECT_TIMEOUT};
-use crate::rt::config::{load_x509pop_cas, JoinConfig, ServerFileConfig};
+use crate::rt::config::{load_tpm_ek_cas, load_x509pop_cas, JoinConfig, ServerFileConfig};
 use crate::rt::quic::{QuicConfig, QuicTransport};
 use crate::rt::tls::{NodeIdentity, ServerTrust, TlsKey, TrustStore};
 use crate::rt::SystemEnv;
@@ -219,6 +219,33 @@ pub async fn run_server(
             cas
         }
     };
+    let tpm_policy = match &cfg.tpm {
+        None => attest::tpm::EkPolicy::default(),
+        Some(tpm) => {
+            let cas = match &tpm.ek_ca_bundle {
+                None => Vec::new(),
+                Some(path) => {
+                    let cas = load_tpm_ek_cas(path)?;
+                    let wall = dyn_env.wall();
+                    for (i, ca) in cas.iter().enumerate() {
+                        if attest::x509pop::ca_expired(ca, wall) {
+                            tracing::warn!(path = %path.display(), certificate = i + 1, "a TPM EK CA is outside its validity window: EK certificates under it are not trusted");
+                        }
+                    }
+                    cas
+                }
+            };
+            tracing::info!(
+                cas = cas.len(),
+                ek_hashes = tpm.ek_hashes.len(),
+                "TPM agent attestation enabled"
+            );
+            attest::tpm::EkPolicy {
+                cas,
+                ek_hashes: tpm.ek_hashes.iter().cloned().collect(),
+            }
+        }
+    };
     let raft_dir = cfg.data_dir.join("raft");
     std::fs::create_dir_all(&raft_dir).map_err(os("creating the data directory"))?;
     let kv = SledKv::open(&raft_dir).map_err(|e| Error::Os {
@@ -280,7 +307,9 @@ pub async fn run_server(
         })
     };
 
-    let service = NodeService::new(node.clone()).with_x509pop_cas(x509pop_cas);
+    let service = NodeService::new(node.clone())
+        .with_x509pop_cas(x509pop_cas)
+        .with_tpm(tpm_policy);
     let run = serve_quic(
         &cfg,
         &node,
