@@ -12,7 +12,8 @@
 //!   with an SVID that has not expired, and at the end of every cycle the SVID chains to the
 //!   bundle the agent serves (`openssl verify`).
 //!
-//! Faults are chosen by a seeded RNG, so a run's schedule (not its timing) repeats with its seed.
+//! Faults are chosen by a seeded RNG, so a run's fault schedule (not its timing) repeats with its
+//! seed.
 //! Everything binds 127.0.0.1 and stops what it started (also on panic: drop guards).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -621,7 +622,10 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Res<Report> {
     }
     progress("workload holds its SVID; starting fault cycles");
     let workload = Workload::start(opts.sigil.clone(), plane.socket.clone(), want.clone());
+    // The fault schedule has its own RNG: how many writes fit in a fault depends on timing, and
+    // must not shift the faults of later cycles.
     let mut rng = ChaCha20Rng::seed_from_u64(opts.seed);
+    let mut write_rng = ChaCha20Rng::seed_from_u64(opts.seed ^ 0x5eed_f0a1_10c0);
     let mut acked: BTreeSet<String> = BTreeSet::new();
     let n = plane.nodes.len();
     let minority = (n - 1) / 2;
@@ -693,7 +697,7 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Res<Report> {
         let writes_until = mono() + hold;
         let mut w = 0;
         while mono() < writes_until {
-            let via = rng.gen_range(0..n);
+            let via = write_rng.gen_range(0..n);
             if plane.nodes[via].running() && !plane.nodes[via].stopped {
                 match plane.create_entry(via, &format!("c{cycle}-w{w}")) {
                     Some(id) => {
