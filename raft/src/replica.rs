@@ -514,7 +514,7 @@ async fn dispatch<T: Transport>(raft: Raft, shared: Arc<Shared<T>>, write_timeou
                             let _ = shared.transport.send(from, frame);
                         }
                         Err(e) => {
-                            tracing::warn!(peer = from, error = %e, "cannot encode raft reply")
+                            tracing::warn!(peer = from, error = %e, "cannot encode a raft reply; the peer retries (this is a bug: please report it with this line)")
                         }
                     }
                 });

@@ -647,7 +647,7 @@ async fn serve_inbound(inner: Arc<Inner>, incoming: quinn::Incoming) {
             // A Raft connection without a server SVID (client certificates are optional in the
             // handshake because the node API shares the endpoint).
             bump(&inner.counters.inbound_refused);
-            tracing::warn!(%remote, error = %e, "refused inbound peer");
+            tracing::warn!(%remote, error = %e, "refused an inbound Raft connection: the peer has no valid server SVID of this trust domain (a node of another cluster, or one removed from this one, is dialling this address)");
             conn.close(VarInt::from_u32(CODE_REFUSED), b"refused");
             return;
         }
@@ -680,7 +680,7 @@ async fn serve_inbound(inner: Arc<Inner>, incoming: quinn::Incoming) {
                 tracing::warn!(
                     peer,
                     bytes_max = MESSAGE_BYTES_MAX,
-                    "dropped an oversized frame"
+                    "dropped an oversized frame (check that all nodes run compatible sigil versions)"
                 );
                 let _ = stream.stop(VarInt::from_u32(STOP_TOO_LARGE));
                 continue;
@@ -692,7 +692,7 @@ async fn serve_inbound(inner: Arc<Inner>, incoming: quinn::Incoming) {
             }
             Err(_) => {
                 bump(&inner.counters.frames_dropped);
-                tracing::warn!(peer, "dropped a frame that arrived too slowly");
+                tracing::warn!(peer, "dropped a frame that arrived too slowly (check the network between the nodes; Raft retries)");
                 let _ = stream.stop(VarInt::from_u32(STOP_TIMEOUT));
                 continue;
             }
