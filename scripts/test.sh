@@ -19,6 +19,11 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # py-spiffe interop (node/tests/api_cli.rs) runs in a venv: python3 with venv + ensurepip.
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
+# TPM attestation (feature tpm): tss-esapi links tpm2-tss (libtss2-dev); node/tests/tpm.rs
+# manufactures software TPMs with swtpm_setup + swtpm_localca (swtpm-tools) and runs swtpm.
+pkg-config --exists tss2-esys tss2-tctildr 2>/dev/null || need+=(libtss2-dev)
+command -v swtpm >/dev/null 2>&1 || need+=(swtpm)
+command -v swtpm_setup >/dev/null 2>&1 || need+=(swtpm-tools)
 if ((${#need[@]})); then
   if [ "$(id -u)" -ne 0 ]; then
     echo "error: missing packages ${need[*]} and not root; install them with apt-get" >&2
@@ -56,5 +61,9 @@ fi
 
 step "cargo test --workspace"
 cargo test --workspace --locked
+
+step "TPM attestation (feature tpm): clippy, and the tests against swtpm"
+cargo clippy -p node --features tpm --all-targets --locked -- -D warnings
+cargo test -p node --features tpm --locked --test tpm
 
 step "all checks passed"

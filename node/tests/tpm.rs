@@ -60,7 +60,17 @@ fn free_port_pair() -> u16 {
     panic!("no two consecutive free ports");
 }
 
-/// Manufactures a TPM in `dir/state` with `swtpm_setup`: EKs (RSA 2048 persisted, ECC), and
+/// Where `swtpm_localca` is (on PATH; Debian's swtpm-tools puts it in /usr/bin).
+fn swtpm_localca() -> PathBuf {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join("swtpm_localca"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/swtpm_localca"))
+}
+
+/// Manufactures a TPM in `dir/<name>-state` with `swtpm_setup`: EKs (RSA 2048 persisted, ECC), and
 /// with `certs` EK + platform certificates from a local CA in `dir/ca` (created on first use,
 /// shared by every TPM manufactured in `dir`).
 fn manufacture(dir: &Path, name: &str, certs: bool) -> PathBuf {
@@ -87,7 +97,8 @@ fn manufacture(dir: &Path, name: &str, certs: bool) -> PathBuf {
     std::fs::write(
         &setup_conf,
         format!(
-            "create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = {}\ncreate_certs_tool_options = {}\nactive_pcr_banks = sha256\n",
+            "create_certs_tool = {}\ncreate_certs_tool_config = {}\ncreate_certs_tool_options = {}\nactive_pcr_banks = sha256\n",
+            swtpm_localca().display(),
             localca_conf.display(),
             localca_options.display()
         ),
@@ -230,6 +241,10 @@ fn swtpm_activates_our_make_credential() {
                 .check(&ek, Some(cert), wire::UnixTime::from_secs(now_secs()))
                 .expect("the EK certificate chains to the local CA");
             assert_eq!(issuer.as_deref(), Some("CN=swtpm-localca"));
+            // The README's recipe for the EK hash from the certificate gives the same value.
+            if let Some(from_openssl) = openssl_ek_hash(dir.path(), cert) {
+                assert_eq!(from_openssl, ek.hash());
+            }
         }
         for _ in 0..3 {
             let secret: [u8; 32] = rand_core::RngCore::next_u64(&mut rng)
@@ -267,6 +282,21 @@ fn swtpm_activates_our_make_credential() {
             opened.as_millis()
         );
     }
+}
+
+/// `openssl x509 -pubkey | openssl pkey -pubin -outform DER | sha256sum` of a DER certificate
+/// (the README's recipe); `None` without openssl.
+fn openssl_ek_hash(dir: &Path, cert: &[u8]) -> Option<String> {
+    let path = dir.join("ek.der");
+    std::fs::write(&path, cert).expect("write the EK certificate");
+    let script = format!(
+        "openssl x509 -inform DER -in {} -pubkey -noout | openssl pkey -pubin -outform DER | sha256sum",
+        path.display()
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    let hash = text.split_whitespace().next()?.to_owned();
+    (out.status.success() && hash.len() == 64).then_some(hash)
 }
 
 fn now_secs() -> u64 {
