@@ -21,7 +21,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{json, my_uid, process_alive, send_signal, sigil, sigil_env, wait_for};
+use common::{json, my_uid, process_alive, send_signal, sigil, sigil_env, wait_for, NOBODY};
 
 const TD: &str = "dev.sigil.test";
 /// Bound on a start-up until the next steps are printed.
@@ -283,6 +283,52 @@ fn dev_runs_a_plane_survives_a_node_kill_stops_cleanly_and_resumes() {
     assert_eq!(bundle_before.len(), 3, "one CA per node");
     let pids: Vec<u32> = pid_files(&dir).into_iter().map(|(_, p)| p).collect();
     assert_eq!(pids.len(), 5, "dev, 3 nodes, agent: {pids:?}");
+
+    // Another user's workload (uid 65534, as README's quick start describes): refused until an
+    // entry names its uid, then served that identity, through the same socket.
+    let nobody_fetch = || {
+        common::sigil_as_nobody(
+            tmp.path(),
+            &["api", "fetch", "x509", "--json", "--socket", &socket],
+            Duration::from_secs(20),
+        )
+    };
+    if let Some(out) = nobody_fetch() {
+        assert!(!out.status.success(), "uid {NOBODY} has no entry yet");
+        let other = format!("spiffe://{TD}/nobody");
+        let created = sigil(&[
+            "entry",
+            "create",
+            "--admin-socket",
+            &admin1,
+            "--spiffe-id",
+            &other,
+            "--parent-id",
+            &agent_id,
+            "--selector",
+            &format!("unix:uid:{NOBODY}"),
+        ]);
+        assert!(
+            created.status.success(),
+            "{}",
+            String::from_utf8_lossy(&created.stderr)
+        );
+        let mut got = String::new();
+        assert!(
+            wait_for(WAIT, || {
+                let out = nobody_fetch().expect("ran before");
+                got = String::from_utf8_lossy(&out.stdout).into_owned()
+                    + &String::from_utf8_lossy(&out.stderr);
+                out.status.success() && got.contains(&other)
+            }),
+            "uid {NOBODY} never got {other}: {got}"
+        );
+        assert!(
+            !fetched_ids(&socket).expect("mine").contains(&other),
+            "not for this uid"
+        );
+        eprintln!("uid {NOBODY} got {other} through {socket}");
+    }
 
     // A second sigil dev on the same dir is refused.
     let second = sigil(&["dev", "--data-dir", &dir_s]);

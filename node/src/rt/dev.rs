@@ -35,7 +35,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -1703,6 +1703,10 @@ pub async fn run_dev(opts: DevOptions) -> Result<(), DevError> {
     let uid = own_uid()?;
     let plan = resolve(&opts, uid)?;
     create_private_dir(plan.layout.dir())?;
+    // Other users' workloads must reach DIR/agent.sock (0666; attestation decides what they
+    // get): the top directory is traversable, what is inside node-<i>/ and agent/ stays 0700.
+    std::fs::set_permissions(plan.layout.dir(), std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| io_fail("cannot set the permissions of", plan.layout.dir(), &e))?;
     let _lock = DirLock::take(&plan.layout)?;
     say(&format!(
         "sigil dev: {} trust domain {} with {} server node{} in {}",
