@@ -19,15 +19,15 @@ use std::str::FromStr;
 
 use tss_esapi::abstraction::{ak, ek, pcr, AsymmetricAlgorithmSelection};
 use tss_esapi::attributes::SessionAttributesBuilder;
-use tss_esapi::constants::SessionType;
+use tss_esapi::constants::{CapabilityType, SessionType};
 use tss_esapi::handles::{AuthHandle, KeyHandle, ObjectHandle, SessionHandle};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, SignatureSchemeAlgorithm};
 use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::key_bits::RsaKeyBits;
 use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
-    AttestInfo, Data, EncryptedSecret, IdObject, PcrSelectionList, PcrSelectionListBuilder,
-    PcrSlot, SignatureScheme, SymmetricDefinition,
+    AttestInfo, CapabilityData, Data, EncryptedSecret, IdObject, PcrSelectionList,
+    PcrSelectionListBuilder, PcrSlot, SignatureScheme, SymmetricDefinition,
 };
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::traits::Marshall;
@@ -77,6 +77,27 @@ impl std::fmt::Debug for AgentTpm {
             .field("ek_public_bytes", &self.ek_public.len())
             .field("ek_cert", &self.ek_cert.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+/// The NV index of the EK certificate for `ek` (TCG EK Credential Profile, low range).
+fn ek_cert_index(ek: EkAlgorithm) -> u32 {
+    match ek {
+        EkAlgorithm::Rsa => 0x01c0_0002,
+        EkAlgorithm::Ecc => 0x01c0_000a,
+    }
+}
+
+/// Whether the TPM has the NV index `index` (asked through TPM2_GetCapability, so a missing
+/// certificate does not make tpm2-tss log errors).
+fn nv_index_exists(ctx: &mut Context, index: u32) -> bool {
+    // Handles of type TPM_HT_NV_INDEX start at 0x01000000; ask from the index itself.
+    match ctx.execute_without_session(|c| c.get_capability(CapabilityType::Handles, index, 1)) {
+        Ok((CapabilityData::Handles(list), _)) => list
+            .into_inner()
+            .first()
+            .is_some_and(|h| tss_esapi::tss2_esys::TPM2_HANDLE::from(*h) == index),
+        _ => false,
     }
 }
 
@@ -135,9 +156,13 @@ impl AgentTpm {
             .map_err(tpm_error("encoding the endorsement key"))?;
         // No certificate is normal for a firmware TPM or an swtpm set up without one: the
         // server may still trust the EK by its hash.
-        tpm.ek_cert = ek::retrieve_ek_pubcert(&mut tpm.ctx, selection)
-            .ok()
-            .filter(|c| !c.is_empty() && c.len() <= wire::api::TPM_EK_CERT_BYTES_MAX);
+        tpm.ek_cert = if nv_index_exists(&mut tpm.ctx, ek_cert_index(cfg.ek)) {
+            ek::retrieve_ek_pubcert(&mut tpm.ctx, selection)
+                .ok()
+                .filter(|c| !c.is_empty() && c.len() <= wire::api::TPM_EK_CERT_BYTES_MAX)
+        } else {
+            None
+        };
         let created = ak::create_ak_2(
             &mut tpm.ctx,
             ek,
