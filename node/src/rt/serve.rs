@@ -31,7 +31,7 @@ use std::path::PathBuf;
 
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use raft::replica::{Replica, ReplicaConfig};
-use raft::SledKv;
+use raft::{Kv, SledKv};
 use tokio::sync::watch;
 use wire::api::{ApiRequest, ApiResponse};
 use wire::{Bundle, Command, Env, PeerId, SendError, ServerRecord, Transport, UnixTime};
@@ -252,6 +252,15 @@ pub async fn run_server(
         what: "opening the Raft store",
         detail: e.to_string(),
     })?;
+    // A store without a single key was never written: no vote, no log, no snapshot. Such a
+    // node is brand new and has no log to wait for below.
+    let fresh = kv
+        .range(&[], None, 1)
+        .map_err(|e| Error::Os {
+            what: "reading the Raft store",
+            detail: e.to_string(),
+        })?
+        .is_empty();
     let late = LateTransport::default();
     let replica = Arc::new(
         Replica::start(cfg.node_id, &ReplicaConfig::default(), kv, late.clone())
@@ -261,7 +270,9 @@ pub async fn run_server(
                 detail: e.to_string(),
             })?,
     );
-    let has_log = replica.has_log(Duration::from_secs(2)).await;
+    // A restarting node's log shows in Raft's metrics a moment after it starts: wait for it
+    // (at most 2 s). A fresh node decides at once (this wait was most of a cold start).
+    let has_log = !fresh && replica.has_log(Duration::from_secs(2)).await;
     if cfg.bootstrap && !has_log {
         let members = [(cfg.node_id, BasicNode::new(cfg.advertise.to_string()))].into();
         let created = replica.initialize(members).await.map_err(|e| Error::Os {
