@@ -307,7 +307,7 @@ pub async fn run_server(
     .with_seed_address(cfg.advertise.to_string());
     let admin_path = cfg.admin_socket.clone();
     let mut admin_stop = stop_rx.clone();
-    let admin_task = {
+    let mut admin_task = {
         let path = admin_path.clone();
         #[allow(clippy::disallowed_methods)] // the production shell's tasks
         tokio::spawn(async move {
@@ -331,11 +331,20 @@ pub async fn run_server(
     );
     tokio::pin!(run);
     tokio::pin!(shutdown);
-    let result = tokio::select! {
-        r = &mut run => r,
-        () = &mut shutdown => {
-            tracing::info!("shutting down");
-            Ok(())
+    // The admin API ending while the node runs (its socket could not be bound, say) is reported
+    // when it happens; the node carries on serving Raft and the node API.
+    let mut admin_ended = false;
+    let result = loop {
+        tokio::select! {
+            r = &mut run => break r,
+            () = &mut shutdown => {
+                tracing::info!("shutting down");
+                break Ok(());
+            }
+            r = &mut admin_task, if !admin_ended => {
+                admin_ended = true;
+                report_admin_end(r, &admin_path, false);
+            }
         }
     };
     stop_tx.send_replace(true);
@@ -344,12 +353,34 @@ pub async fn run_server(
         t.close().await;
     }
     replica.shutdown().await;
-    match admin_task.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "admin API stopped with an error"),
-        Err(e) => tracing::warn!(error = %e, "admin API task failed"),
+    if !admin_ended {
+        report_admin_end(admin_task.await, &admin_path, true);
     }
     result
+}
+
+/// Logs how the admin API task ended, with what to do about it.
+fn report_admin_end(
+    ended: Result<Result<(), Error>, tokio::task::JoinError>,
+    socket: &Path,
+    stopping: bool,
+) {
+    let socket = socket.display();
+    match ended {
+        Ok(Ok(())) if stopping => {}
+        Ok(Ok(())) => {
+            tracing::warn!(%socket, "admin API stopped; `sigil` admin commands will not work on this node until it restarts")
+        }
+        Ok(Err(e)) if stopping => {
+            tracing::warn!(%socket, error = %e, "admin API stopped with an error while the node shut down; if the socket file is left behind, remove it before the next start")
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(%socket, error = %e, "admin API stopped with an error; `sigil` admin commands will not work on this node until it restarts (check admin_socket in server.toml: its directory must be writable by this user and the path free of other files)")
+        }
+        Err(e) => {
+            tracing::warn!(%socket, error = %e, "admin API task failed (a bug in sigil: please report it with this log); `sigil` admin commands will not work on this node until it restarts")
+        }
+    }
 }
 
 /// Joins the cluster through the first seed that accepts: fetch the bundle, check it against the
