@@ -25,6 +25,8 @@ use crate::Error;
 pub const CONTACT_SAMPLE: Duration = Duration::from_millis(100);
 /// Longest pause of the rotation loop (it also wakes on every applied change).
 pub const ROTATION_TICK_MAX: Duration = Duration::from_secs(10);
+/// Least pause of the rotation loop after a proposal failed.
+pub const PROPOSAL_RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// `spiffe_refresh_hint` of the bundle this node serves.
 pub const REFRESH_HINT_SECS_DEFAULT: u64 = 300;
 /// Lifetime of this node's own server SVID.
@@ -289,19 +291,27 @@ async fn rotation_loop<T: Transport>(node: ServerNode<T>) {
             rotation.handle_applied(&applied.state, wall, &mut proposals);
             rotation.next_deadline()
         };
+        let mut failed = false;
         for cmd in proposals {
-            match inner.replica.write(cmd).await {
+            match inner.replica.write(cmd.clone()).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(refused)) => tracing::debug!(%refused, "rotation proposal refused"),
                 Err(e) => {
-                    tracing::info!(error = %e, "rotation proposal not committed yet; retried later")
+                    tracing::info!(error = %e, "rotation proposal not committed yet; retried shortly");
+                    lock(&inner.rotation).handle_proposal_failed(&cmd);
+                    failed = true;
                 }
             }
         }
-        let wait = deadline
+        let mut wait = deadline
             .map(|d| d.saturating_since(inner.env.wall()))
             .unwrap_or(ROTATION_TICK_MAX)
             .clamp(Duration::from_millis(10), ROTATION_TICK_MAX);
+        if failed {
+            // Retried at the next applied change (a new leader commits one at once), or after
+            // this pause, which keeps a write that fails fast from spinning.
+            wait = wait.max(PROPOSAL_RETRY_PAUSE);
+        }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = progress.changed() => {}

@@ -439,12 +439,20 @@ async fn write_with_retries<T: Transport>(
             Ok(resp) => return Ok(resp.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 if let Some(leader) = f.leader_id.filter(|l| *l != self_id) {
-                    let forwarded = shared
-                        .call(leader, RpcRequest::Write(proposal.clone()), per_try)
-                        .await;
+                    // The leader this node knows may be gone for good: after a restart it is
+                    // the one in the stored vote. Stop waiting for it as soon as Raft learns
+                    // of another leader (or an election starts) rather than at the deadline.
+                    let mut metrics = raft.metrics();
+                    let call = shared.call(leader, RpcRequest::Write(proposal.clone()), per_try);
+                    let forwarded = tokio::select! {
+                        biased;
+                        r = call => Some(r),
+                        _ = metrics.wait_for(|m| m.current_leader != Some(leader)) => None,
+                    };
                     // Anything but a committed answer (not leader any more, no quorum there,
-                    // no reply) means: pause and try again until the caller's deadline.
-                    if let Ok(RpcResponse::Write(Ok(response))) = forwarded {
+                    // no reply, another leader) means: pause and try again until the caller's
+                    // deadline. A retry is safe: the proposal's ID makes it apply once.
+                    if let Some(Ok(RpcResponse::Write(Ok(response)))) = forwarded {
                         return Ok(response);
                     }
                 }

@@ -92,6 +92,22 @@ impl CaRotation {
         result.map_err(Error::Attest)
     }
 
+    /// Proposing `cmd` failed (no quorum in time, Raft stopping): a publication is proposed
+    /// again at the next tick instead of after the keyring's publish retry (30 s, which a
+    /// restart whose old leader stays down used to wait out), and a prune is left to the next
+    /// sweep.
+    pub fn handle_proposal_failed(&mut self, cmd: &Command) {
+        match cmd {
+            Command::PublishAuthority { authority, .. } => {
+                self.keyring.handle_publish_failed(&authority.id);
+            }
+            Command::PruneAuthority { id, .. } => {
+                self.pruning.remove(id);
+            }
+            _ => {}
+        }
+    }
+
     /// The applied state changed: confirm publications that committed, sweep expired keys.
     pub fn handle_applied(&mut self, state: &State, wall: UnixTime, out: &mut Vec<Command>) {
         let authorities = state.authorities();
@@ -202,6 +218,38 @@ mod tests {
         commit(&mut state, &mut out); // ActivateAuthority
         assert_eq!(state.bundle(300).x509_authorities.len(), 1);
         assert_eq!(state.bundle(300).jwt_authorities.len(), 1);
+    }
+
+    #[test]
+    fn a_failed_publication_is_proposed_again_at_the_next_tick() {
+        let keys = SeededKeySource::new(Seed::from_u64(7));
+        let mut rng = Seed::from_u64(8).rng();
+        let mut rot = CaRotation::new(td(), 1, Duration::from_secs(24 * HOUR));
+        let published = |out: &[Command]| -> Vec<String> {
+            out.iter()
+                .filter_map(|c| match c {
+                    Command::PublishAuthority { authority, .. } => Some(authority.id.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let t0 = UnixTime::from_secs(1_700_000_000);
+        let mut out = Vec::new();
+        rot.handle_tick(t0, &keys, &mut rng, &mut out)
+            .expect("tick");
+        let first = published(&out);
+        assert_eq!(first.len(), 2, "{out:?}");
+        let t1 = t0.saturating_add(Duration::from_secs(1));
+        let mut again = Vec::new();
+        rot.handle_tick(t1, &keys, &mut rng, &mut again)
+            .expect("tick");
+        assert!(again.is_empty(), "in flight: not proposed twice: {again:?}");
+        for cmd in &out {
+            rot.handle_proposal_failed(cmd);
+        }
+        rot.handle_tick(t1, &keys, &mut rng, &mut again)
+            .expect("tick");
+        assert_eq!(published(&again), first, "failed: the same keys at once");
     }
 
     #[test]
