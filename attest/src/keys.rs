@@ -154,6 +154,47 @@ impl Signer for RingSigner {
 /// [`Seed`]; the n-th generated key depends only on the seed and n.
 pub struct SeededKeySource {
     rng: Mutex<ChaCha20Rng>,
+    /// Every private scalar handed out, indexed by its first 8 bytes, so the simulator's secret
+    /// checker can ask whether bytes on the wire contain one ([`SeededKeySource::leaked_in`]).
+    issued: Mutex<IssuedScalars>,
+}
+
+/// The scalars a [`SeededKeySource`] handed out: a bit per possible 2-byte prefix (a cheap
+/// first test for every window scanned), then the scalars by their 8-byte prefix.
+#[derive(Default)]
+struct IssuedScalars {
+    prefixes: Vec<u64>,
+    by_head: std::collections::BTreeMap<[u8; 8], Vec<[u8; 32]>>,
+}
+
+impl IssuedScalars {
+    fn insert(&mut self, scalar: [u8; 32]) {
+        if self.prefixes.is_empty() {
+            self.prefixes = vec![0; 1024];
+        }
+        let p = usize::from(u16::from_be_bytes([scalar[0], scalar[1]]));
+        self.prefixes[p / 64] |= 1 << (p % 64);
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&scalar[..8]);
+        self.by_head.entry(head).or_default().push(scalar);
+    }
+
+    fn found_in(&self, bytes: &[u8]) -> bool {
+        if self.by_head.is_empty() {
+            return false;
+        }
+        bytes.windows(32).any(|w| {
+            let p = usize::from(u16::from_be_bytes([w[0], w[1]]));
+            if self.prefixes[p / 64] & (1 << (p % 64)) == 0 {
+                return false;
+            }
+            let mut head = [0u8; 8];
+            head.copy_from_slice(&w[..8]);
+            self.by_head
+                .get(&head)
+                .is_some_and(|all| all.iter().any(|s| s[..] == *w))
+        })
+    }
 }
 
 impl fmt::Debug for SeededKeySource {
@@ -167,7 +208,17 @@ impl SeededKeySource {
     pub fn new(seed: Seed) -> SeededKeySource {
         SeededKeySource {
             rng: Mutex::new(ChaCha20Rng::from_seed(seed.0)),
+            issued: Mutex::default(),
         }
+    }
+
+    /// Whether `bytes` contain the private scalar of any key this source generated (the
+    /// simulator scans every frame and answer with it: private keys must never travel).
+    pub fn leaked_in(&self, bytes: &[u8]) -> bool {
+        self.issued
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .found_in(bytes)
     }
 }
 
@@ -182,6 +233,10 @@ impl KeySource for SeededKeySource {
                     let mut scalar = [0u8; 32];
                     rng.fill_bytes(&mut scalar);
                     if let Ok(key) = p256::ecdsa::SigningKey::from_slice(&scalar) {
+                        self.issued
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(scalar);
                         return Ok(Box::new(SeededSigner::new(key)?));
                     }
                 }
@@ -265,6 +320,39 @@ mod tests {
             .is_err());
         let other = source.generate(KeyAlg::EcP256).expect("generate");
         assert_ne!(other.public_key_der(), spki, "fresh keys differ");
+    }
+
+    #[test]
+    fn seeded_source_finds_its_private_scalars_in_bytes() {
+        let source = SeededKeySource::new(Seed::from_u64(4));
+        assert!(!source.leaked_in(&[0u8; 64]), "no keys yet");
+        let mut scalars = Vec::new();
+        let mut publics = Vec::new();
+        for _ in 0..3 {
+            // The n-th key's scalar is the n-th 32 bytes drawn (redrawn only if invalid).
+            let mut replay = ChaCha20Rng::from_seed(Seed::from_u64(4).0);
+            for _ in 0..scalars.len() {
+                replay.fill_bytes(&mut [0u8; 32]);
+            }
+            let mut scalar = [0u8; 32];
+            replay.fill_bytes(&mut scalar);
+            let key = source.generate(KeyAlg::EcP256).expect("key");
+            publics.push(key.public_key_der().to_vec());
+            scalars.push(scalar);
+        }
+        for scalar in &scalars {
+            let mut frame = b"header".to_vec();
+            frame.extend_from_slice(scalar);
+            frame.extend_from_slice(b"trailer");
+            assert!(source.leaked_in(&frame));
+            assert!(
+                !source.leaked_in(&frame[7..]),
+                "a scalar cut short is not a match"
+            );
+        }
+        for public in &publics {
+            assert!(!source.leaked_in(public), "public keys are fine to send");
+        }
     }
 
     #[test]

@@ -1,11 +1,14 @@
-//! `chaos`: real-process chaos against the `sigil` binary on loopback (see [`chaos::real`]).
+//! `chaos`: seeded whole-deployment simulation runs, and real-process chaos.
 //!
 //! ```text
+//! cargo run -p chaos --release -- --seeds N [--first-seed S] [--nodes 3|5] [--steps N] [--twice]
+//! cargo run -p chaos --release -- --seed S [--nodes 3|5]
 //! cargo build --release -p node && cargo run -p chaos --release -- real [--nodes 3|5] [--cycles N] [--seed S] [--sigil PATH] [--dir DIR]
 //! ```
-//! Prints one line per cycle and a summary; on a violation prints it with the seed and the
-//! command that repeats the schedule, keeps the data dir (logs of every process), and exits 1.
-//! Seeded whole-cluster simulation runs are `cargo run -p sim --release -- --seeds N`.
+//! Seed mode is the simulator's runner ([`sim::runner`]): per-seed results, the failing seed and
+//! the exact command that reproduces it. `real` prints one line per cycle and a summary; on a
+//! violation it prints it with the seed and the command that repeats the schedule, keeps the data
+//! dir (logs of every process), and exits 1.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,6 +16,7 @@ use std::process::ExitCode;
 use chaos::real::{run, Options};
 
 const USAGE: &str = "usage: chaos real [--nodes 3|5] [--cycles N] [--seed S] [--sigil PATH] [--dir DIR]
+       chaos --seeds N [--first-seed S] [--nodes 3|5] [--steps N] [--twice]   (seeded simulation; chaos --help-seeds)
   --nodes N     server nodes, 3 or 5 (default 3)
   --cycles N    fault cycles (default 50)
   --seed S      seed of the fault schedule (default: derived from the process ID, and printed)
@@ -63,6 +67,19 @@ fn parse() -> Result<Options, String> {
 }
 
 fn main() -> ExitCode {
+    let first = std::env::args().nth(1);
+    match first.as_deref() {
+        Some("real") | None => {}
+        Some("-h" | "--help") => {
+            println!("{USAGE}\n\n{}", sim::runner::usage("chaos"));
+            return ExitCode::SUCCESS;
+        }
+        Some("--help-seeds") => {
+            println!("{}", sim::runner::usage("chaos"));
+            return ExitCode::SUCCESS;
+        }
+        Some(_) => return sim::runner::main_with_args("chaos", std::env::args().skip(1)),
+    }
     let opts = match parse() {
         Ok(o) => o,
         Err(e) if e.is_empty() => {

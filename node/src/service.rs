@@ -165,6 +165,11 @@ impl<T: Transport> NodeService<T> {
         self
     }
 
+    /// The server node answering.
+    pub fn node(&self) -> &ServerNode<T> {
+        &self.node
+    }
+
     fn td(&self) -> &TrustDomain {
         &self.node.config().issuer.trust_domain
     }

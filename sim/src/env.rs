@@ -44,6 +44,11 @@ impl SimEnv {
         self.skew_ms.store(skew_ms, Ordering::Relaxed);
     }
 
+    /// Whether `bytes` contain a private key this environment generated (secret checker).
+    pub fn leaked_in(&self, bytes: &[u8]) -> bool {
+        self.keys.leaked_in(bytes)
+    }
+
     /// Steps the wall clock by `delta_ms` (an NTP step, forward or back).
     pub fn step_wall_ms(&self, delta_ms: i64) {
         self.skew_ms.fetch_add(delta_ms, Ordering::Relaxed);

@@ -3,8 +3,10 @@
 //! Owns the fakes behind the seams — [`env::SimEnv`] for [`wire::Env`] (virtual clock, per-node
 //! wall skew and steps, seeded RNG tree, deterministic keys), [`net::SimNet`] for [`wire::Transport`] (delay, loss,
 //! duplication, reordering, partitions incl. asymmetric), `raft::MemKv` as the disk (a crash loses
-//! unflushed writes) — and the seeded world runner with its oracle and checks ([`world`]). The
-//! whole cluster runs on one current-thread tokio runtime with paused time, and openraft's
+//! unflushed writes) — the simulated agents and workloads ([`agent`], on the production agent
+//! cache and node API handler), the seeded world ([`world`]), the checkers ([`check`], one file
+//! per family of invariants) and the many-seed runner ([`runner`], also behind `chaos`). The
+//! whole deployment runs on one current-thread tokio runtime with paused time, and openraft's
 //! election RNG is seeded, so one seed gives one run.
 //!
 //! Never starts threads, reads an OS clock or RNG, or links quinn, sled or tonic (scripts/test.sh
@@ -12,8 +14,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod agent;
+pub mod check;
 pub mod env;
 pub mod net;
+pub mod runner;
 pub mod world;
 
 pub use world::{run_seed, Report, RunOptions};

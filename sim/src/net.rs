@@ -75,6 +75,18 @@ struct NetInner {
     down: BTreeSet<PeerId>,
     trace: u64,
     stats: NetStats,
+    tap: Option<TapFn>,
+}
+
+/// Sees every delivered frame (the secret checker).
+pub type Tap = Arc<dyn Fn(PeerId, PeerId, &[u8]) + Send + Sync>;
+
+struct TapFn(Tap);
+
+impl std::fmt::Debug for TapFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tap")
+    }
 }
 
 impl NetInner {
@@ -102,6 +114,7 @@ impl SimNet {
                 down: BTreeSet::new(),
                 trace: 0xcbf2_9ce4_8422_2325,
                 stats: NetStats::default(),
+                tap: None,
             })),
         }
     }
@@ -155,6 +168,42 @@ impl SimNet {
                 }
             }
         }
+    }
+
+    /// Calls `tap` with every frame delivered from now on.
+    pub fn set_tap(&self, tap: Tap) {
+        self.with(|n| n.tap = Some(TapFn(tap)));
+    }
+
+    /// One request/response exchange between `from` and `to` outside the framed transport (an
+    /// agent's node API call): `None` when a direction is cut, an end is down, or the seed's loss
+    /// drops it; else the round trip's delay, drawn like a frame's (twice). Counted in the stats.
+    pub fn round_trip(&self, from: PeerId, to: PeerId) -> Option<Duration> {
+        self.with(|n| {
+            let loss = n.config.loss.clamp(0.0, 1.0);
+            if !n.link_up(from, to) || !n.link_up(to, from) || n.rng.gen_bool(loss) {
+                n.stats.dropped += 1;
+                return None;
+            }
+            let (lo, hi) = (
+                n.config.delay_min_ms,
+                n.config.delay_max_ms.max(n.config.delay_min_ms),
+            );
+            let ms = n.rng.gen_range(lo..=hi) + n.rng.gen_range(lo..=hi);
+            n.stats.delivered += 2;
+            n.trace = fnv(fnv(n.trace, &from.to_le_bytes()), &to.to_le_bytes());
+            Some(Duration::from_millis(ms))
+        })
+    }
+
+    /// Whether frames from `from` reach `to` (neither end down, no cut).
+    pub fn link_up(&self, from: PeerId, to: PeerId) -> bool {
+        self.with(|n| n.link_up(from, to))
+    }
+
+    /// Whether both directions between `a` and `b` are up (neither end down, no cut).
+    pub fn connected(&self, a: PeerId, b: PeerId) -> bool {
+        self.with(|n| n.link_up(a, b) && n.link_up(b, a))
     }
 
     /// Restores every link (down nodes stay down).
@@ -217,6 +266,9 @@ impl SimNet {
                 *c = c.saturating_sub(1);
             }
             let inbox = n.inboxes.get(&to).filter(|_| n.link_up(from, to)).cloned();
+            if let (Some(tap), Some(_)) = (&n.tap, &inbox) {
+                (tap.0)(from, to, &frame);
+            }
             match inbox {
                 Some(inbox) if inbox.send((from, frame.clone())).is_ok() => {
                     n.stats.delivered += 1;

@@ -26,7 +26,7 @@
 //! only in memory and go only to the workloads they belong to. The x509pop key stays where the
 //! configuration points; the agent only reads it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -37,6 +37,7 @@ use wire::api::{AgentView, ApiRequest, ApiResponse, IssuedX509, SignX509, SIGN_B
 use wire::{Bundle, EntryId, Env, Selector, SpiffeId, TrustDomain, UnixTime};
 use zeroize::Zeroizing;
 
+use crate::actors::agent::{past_half_life, AgentCache, HeldJwt, HeldX509};
 use crate::rt::agent_admin::{serve_agent_admin, HealthSource};
 use crate::rt::api::{ApiClient, ApiClientError, FirstContact, CONNECT_TIMEOUT};
 use crate::rt::config::{AgentFileConfig, X509PopCredential};
@@ -59,8 +60,6 @@ pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
 pub const RTT_GRACE: Duration = Duration::from_millis(200);
 /// How often the agent looks for a faster server than the one it uses.
 pub const REPROBE_INTERVAL: Duration = Duration::from_secs(60);
-/// Most cached JWT-SVIDs (per SPIFFE ID and audience set); the cache starts over when full.
-pub const JWT_CACHE_MAX: usize = 4096;
 /// How long a first attestation keeps retrying while servers answer "unavailable".
 pub const ATTEST_RETRY_MAX: Duration = Duration::from_secs(60);
 /// A stored agent SVID is reused at start-up only with at least this much life left.
@@ -75,23 +74,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// One workload SVID the agent holds.
-struct HeldSvid {
-    revision: u64,
-    spiffe_id: SpiffeId,
-    chain: Vec<Vec<u8>>,
-    key_pkcs8: Zeroizing<Vec<u8>>,
-    issued_at: UnixTime,
-    not_after: UnixTime,
-}
-
-/// A cached JWT-SVID.
-struct HeldJwt {
-    token: String,
-    issued_at: UnixTime,
-    expires_at: UnixTime,
-}
-
 /// The agent's identity towards the servers.
 struct AgentIdentity {
     spiffe_id: SpiffeId,
@@ -100,40 +82,8 @@ struct AgentIdentity {
     not_after: UnixTime,
 }
 
-#[derive(Default)]
-struct Cache {
-    view: Option<AgentView>,
-    /// Our bundle when no view arrived yet (from attestation or the data dir).
-    bundle: Bundle,
-    svids: BTreeMap<EntryId, HeldSvid>,
-    jwts: BTreeMap<(SpiffeId, Vec<String>), HeldJwt>,
-    /// When a server last sent a view (health output).
-    last_contact: Option<UnixTime>,
-}
-
-impl Cache {
-    fn bundle(&self) -> Bundle {
-        self.view
-            .as_ref()
-            .map(|v| v.bundle.clone())
-            .unwrap_or_else(|| self.bundle.clone())
-    }
-
-    /// Entries of the view whose selectors all hold for the workload.
-    fn matching(&self, selectors: &BTreeSet<Selector>) -> Vec<&wire::RegistrationEntry> {
-        self.view
-            .iter()
-            .flat_map(|v| v.entries.iter())
-            .filter(|e| e.matches(selectors))
-            .collect()
-    }
-}
-
-/// Half-life test: renew once `wall` passed the middle of `[issued_at, not_after]`.
-fn past_half_life(issued_at: UnixTime, not_after: UnixTime, wall: UnixTime) -> bool {
-    let life = not_after.saturating_since(issued_at);
-    wall >= issued_at.saturating_add(life / 2)
-}
+/// The agent's cache; workload keys are PKCS#8 DER, wiped when dropped.
+type Cache = AgentCache<Zeroizing<Vec<u8>>>;
 
 struct Inner {
     cfg: AgentFileConfig,
@@ -497,10 +447,7 @@ impl Agent {
                     issued_at: wall,
                     not_after,
                 }),
-                cache: Mutex::new(Cache {
-                    bundle: bundle.clone(),
-                    ..Cache::default()
-                }),
+                cache: Mutex::new(Cache::new(bundle.clone())),
                 changes: watch::channel(0).0,
                 client: Mutex::new(None),
                 mint_gate: tokio::sync::Mutex::new(()),
@@ -540,19 +487,11 @@ impl Agent {
             spiffe_id: self.spiffe_id().to_string(),
             connected: server.is_some(),
             server: server.unwrap_or_default(),
-            last_server_contact_unix: cache.last_contact.map_or(0, secs),
+            last_server_contact_unix: cache.last_contact().map_or(0, secs),
             agent_svid_not_after_unix: secs(agent_not_after),
-            x509_svids: u32::try_from(cache.svids.len()).unwrap_or(u32::MAX),
-            earliest_svid_not_after_unix: cache
-                .svids
-                .values()
-                .map(|s| s.not_after)
-                .min()
-                .map_or(0, secs),
-            entries: cache
-                .view
-                .as_ref()
-                .map_or(0, |v| u32::try_from(v.entries.len()).unwrap_or(u32::MAX)),
+            x509_svids: u32::try_from(cache.x509_count()).unwrap_or(u32::MAX),
+            earliest_svid_not_after_unix: cache.earliest_not_after().map_or(0, secs),
+            entries: u32::try_from(cache.entries().len()).unwrap_or(u32::MAX),
             bundle_authorities: u32::try_from(cache.bundle().x509_authorities.len())
                 .unwrap_or(u32::MAX),
             now_unix: secs(self.inner.env.wall()),
@@ -648,20 +587,10 @@ impl Agent {
     /// Applies a new view: drops SVIDs of entries that left it, signs the ones missing or
     /// changed.
     async fn apply_view(&self, client: &ApiClient, view: AgentView) -> Result<(), ApiClientError> {
-        let bundle_changed;
-        {
-            let mut cache = lock(&self.inner.cache);
-            let keep: BTreeSet<&EntryId> = view.entries.iter().map(|e| &e.id).collect();
-            cache.svids.retain(|id, _| keep.contains(id));
-            bundle_changed = cache.bundle() != view.bundle;
-            cache.view = Some(view.clone());
-            cache.last_contact = Some(self.inner.env.wall());
-            let ids: BTreeSet<SpiffeId> =
-                view.entries.iter().map(|e| e.spiffe_id.clone()).collect();
-            cache.jwts.retain(|(id, _), _| ids.contains(id));
-        }
+        let bundle = view.bundle.clone();
+        let bundle_changed = lock(&self.inner.cache).apply_view(view, self.inner.env.wall());
         if bundle_changed {
-            self.store_bundle(&view.bundle);
+            self.store_bundle(&bundle);
         }
         self.bump();
         self.renew_svids(client).await
@@ -670,21 +599,7 @@ impl Agent {
     /// Signs SVIDs for entries without one, whose entry changed, or past half life.
     async fn renew_svids(&self, client: &ApiClient) -> Result<(), ApiClientError> {
         let wall = self.inner.env.wall();
-        let due: Vec<(EntryId, u64)> = {
-            let cache = lock(&self.inner.cache);
-            cache
-                .view
-                .iter()
-                .flat_map(|v| v.entries.iter())
-                .filter(|e| match cache.svids.get(&e.id) {
-                    None => true,
-                    Some(h) => {
-                        h.revision != e.revision || past_half_life(h.issued_at, h.not_after, wall)
-                    }
-                })
-                .map(|e| (e.id.clone(), e.revision))
-                .collect()
-        };
+        let due = lock(&self.inner.cache).due(wall);
         for batch in due.chunks(SIGN_BATCH_MAX) {
             let mut keys = Vec::with_capacity(batch.len());
             let mut requests = Vec::with_capacity(batch.len());
@@ -711,13 +626,13 @@ impl Agent {
                         chain,
                         not_after,
                     }) => {
-                        cache.svids.insert(
+                        cache.store_x509(
                             entry_id,
-                            HeldSvid {
+                            HeldX509 {
                                 revision: *revision,
                                 spiffe_id,
                                 chain,
-                                key_pkcs8: Zeroizing::new(key.pkcs8_der().to_vec()),
+                                key: Zeroizing::new(key.pkcs8_der().to_vec()),
                                 issued_at: wall,
                                 not_after,
                             },
@@ -886,13 +801,7 @@ impl Agent {
         if let Err(e) = inner.files.store_svid(&chain, not_after) {
             tracing::warn!(error = %e, "could not store the new agent SVID");
         }
-        {
-            let mut cache = lock(&inner.cache);
-            cache.bundle = bundle.clone();
-            if let Some(view) = cache.view.as_mut() {
-                view.bundle = bundle.clone();
-            }
-        }
+        lock(&inner.cache).set_bundle(bundle.clone());
         self.store_bundle(&bundle);
         let previous = {
             let mut me = lock(&inner.me);
@@ -940,28 +849,20 @@ impl WorkloadSource for Agent {
         let cache = lock(&self.inner.cache);
         let wall = self.inner.env.wall();
         cache
-            .matching(selectors)
+            .x509_for(selectors, wall)
             .into_iter()
-            .filter_map(|e| {
-                let held = cache.svids.get(&e.id)?;
-                (held.not_after > wall).then(|| WorkloadX509 {
-                    spiffe_id: held.spiffe_id.clone(),
-                    chain: held.chain.clone(),
-                    key_pkcs8: held.key_pkcs8.clone(),
-                    hint: e.hint.clone(),
-                })
+            .map(|served| WorkloadX509 {
+                spiffe_id: served.svid.spiffe_id.clone(),
+                chain: served.svid.chain.clone(),
+                key_pkcs8: served.svid.key.clone(),
+                hint: served.entry.hint.clone(),
             })
             .collect()
     }
 
     fn bundles(&self) -> (Bundle, Vec<(TrustDomain, Bundle)>) {
         let cache = lock(&self.inner.cache);
-        let federated = cache
-            .view
-            .as_ref()
-            .map(|v| v.federated.clone())
-            .unwrap_or_default();
-        (cache.bundle(), federated)
+        (cache.bundle(), cache.federated())
     }
 
     fn jwt_svids(
@@ -977,13 +878,9 @@ impl WorkloadSource for Agent {
         audience.sort();
         audience.dedup();
         let wanted: Vec<(EntryId, SpiffeId, String)> = {
-            let cache = lock(&self.inner.cache);
-            let mut seen = BTreeSet::new();
-            cache
-                .matching(selectors)
+            lock(&self.inner.cache)
+                .jwt_wanted(selectors, spiffe_id.as_ref())
                 .into_iter()
-                .filter(|e| spiffe_id.as_ref().is_none_or(|id| *id == e.spiffe_id))
-                .filter(|e| seen.insert(e.spiffe_id.clone()))
                 .map(|e| (e.id.clone(), e.spiffe_id.clone(), e.hint.clone()))
                 .collect()
         };
@@ -994,10 +891,8 @@ impl WorkloadSource for Agent {
                 let key = (id.clone(), audience.clone());
                 let cached = |agent: &Agent| {
                     lock(&agent.inner.cache)
-                        .jwts
-                        .get(&key)
-                        .filter(|j| !past_half_life(j.issued_at, j.expires_at, wall))
-                        .map(|j| j.token.clone())
+                        .cached_jwt(&key, wall)
+                        .map(str::to_owned)
                 };
                 let mut hit = cached(&agent);
                 // One mint at a time: concurrent misses for the same key wait and then hit.
@@ -1014,11 +909,7 @@ impl WorkloadSource for Agent {
                     None => {
                         let (token, expires_at) =
                             agent.mint_jwt(entry_id, audience.clone()).await?;
-                        let mut cache = lock(&agent.inner.cache);
-                        if cache.jwts.len() >= JWT_CACHE_MAX {
-                            cache.jwts.clear();
-                        }
-                        cache.jwts.insert(
+                        lock(&agent.inner.cache).store_jwt(
                             key,
                             HeldJwt {
                                 token: token.clone(),

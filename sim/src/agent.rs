@@ -1,0 +1,317 @@
+//! Simulated agents and their workloads.
+//!
+//! A [`SimAgent`] is the production agent's logic on simulated links: it attests with a join
+//! token and then, on every tick, picks the nearest server node it reaches (seeded round-trip
+//! times; failover when the link or the node goes), syncs its view, has the node sign SVIDs for
+//! what [`AgentCache::due`] says, and renews its own SVID at half life. Every call is a real
+//! node API request answered by that node's production handler ([`NodeService::handle`]); the
+//! call travels the simulated network ([`SimNet::round_trip`]: cuts, down nodes, loss and
+//! delay apply). Its workloads are served from the cache exactly as the Workload API serves
+//! them ([`AgentCache::x509_for`]).
+//!
+//! What differs from production: views are pulled on each tick instead of pushed on a watch
+//! stream, and the agent never re-attests (a join token is single use), so an agent whose SVID
+//! expired while it reached no node that could renew it stays expired — counted, not a
+//! violation: that is the documented join-token behaviour.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use node::actors::agent::{past_half_life, AgentCache, HeldX509};
+use node::service::NodeService;
+use wire::api::{ApiRequest, ApiResponse, SignX509, SIGN_BATCH_MAX};
+use wire::{Bundle, Env, KeyAlg, PeerId, Selector, Signer, SpiffeId, UnixTime};
+
+use crate::check::Delivered;
+use crate::env::SimEnv;
+use crate::net::{SimEndpoint, SimNet};
+
+/// Peer IDs of agents on the simulated network start here (server nodes are 1..=5).
+pub const AGENT_PEER_BASE: PeerId = 100;
+
+/// A workload key the agent holds (never printed).
+pub struct SimKey(#[allow(dead_code)] Box<dyn Signer>);
+
+impl std::fmt::Debug for SimKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SimKey(redacted)")
+    }
+}
+
+/// A workload on an agent's host: its selectors.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    /// What workload attestation found.
+    pub selectors: BTreeSet<Selector>,
+}
+
+/// The links and nodes an agent talks to during one tick.
+#[derive(Debug)]
+pub struct Links<'a> {
+    /// The network.
+    pub net: &'a SimNet,
+    /// Running nodes' API handlers.
+    pub services: &'a BTreeMap<u64, NodeService<SimEndpoint>>,
+    /// Virtual time at the start of the run.
+    pub start: tokio::time::Instant,
+    /// Scans every answer for private keys.
+    pub secrets: &'a crate::check::secrets::SecretScan,
+}
+
+/// What an agent's tick produced for the checkers.
+#[derive(Debug, Default)]
+pub struct TickReport {
+    /// SVIDs received.
+    pub delivered: Vec<Delivered>,
+    /// Sign requests a node refused (stale, no key yet, entry deleted …).
+    pub refused: u64,
+}
+
+/// A simulated agent.
+pub struct SimAgent {
+    /// Its peer ID on the network.
+    pub peer: PeerId,
+    /// Its environment (clock, keys).
+    pub env: Arc<SimEnv>,
+    token: String,
+    /// Its SPIFFE ID (known before attestation: it follows from the token).
+    pub spiffe_id: SpiffeId,
+    key: Box<dyn Signer>,
+    chain: Vec<Vec<u8>>,
+    issued_at: UnixTime,
+    not_after: UnixTime,
+    /// The agent's cache (production logic).
+    pub cache: AgentCache<SimKey>,
+    /// The node it follows.
+    pub server: Option<u64>,
+    /// Seeded round-trip ranking of the nodes, nearest first.
+    preference: Vec<u64>,
+    /// Its workloads.
+    pub workloads: Vec<Workload>,
+    /// Whether it ever attested.
+    pub attested: bool,
+}
+
+impl std::fmt::Debug for SimAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimAgent")
+            .field("peer", &self.peer)
+            .field("spiffe_id", &self.spiffe_id)
+            .field("server", &self.server)
+            .finish()
+    }
+}
+
+fn now_since(start: tokio::time::Instant) -> Duration {
+    #[allow(clippy::disallowed_methods)] // the simulator's virtual clock
+    tokio::time::Instant::now().duration_since(start)
+}
+
+impl SimAgent {
+    /// An agent that will attest with `token` (already registered), preferring nodes in
+    /// `preference` order, serving `workloads`.
+    pub fn new(
+        peer: PeerId,
+        env: Arc<SimEnv>,
+        token: String,
+        spiffe_id: SpiffeId,
+        preference: Vec<u64>,
+        workloads: Vec<Workload>,
+    ) -> Result<SimAgent, String> {
+        let key = env
+            .keys()
+            .generate(KeyAlg::EcP256)
+            .map_err(|e| format!("agent key: {e}"))?;
+        Ok(SimAgent {
+            peer,
+            env,
+            token,
+            spiffe_id,
+            key,
+            chain: Vec::new(),
+            issued_at: UnixTime::EPOCH,
+            not_after: UnixTime::EPOCH,
+            cache: AgentCache::new(Bundle::default()),
+            server: None,
+            preference,
+            workloads,
+            attested: false,
+        })
+    }
+
+    /// Whether its agent SVID is valid now.
+    pub fn alive(&self) -> bool {
+        self.attested && self.not_after > self.env.wall()
+    }
+
+    /// One node API call to `node`; `None` when it does not get through (or is answered late
+    /// because the link went down meanwhile).
+    async fn call(
+        &self,
+        links: &Links<'_>,
+        node: u64,
+        request: ApiRequest,
+    ) -> Option<(ApiResponse, Duration)> {
+        let service = links.services.get(&node)?.clone();
+        let rtt = links.net.round_trip(self.peer, node)?;
+        tokio::time::sleep(rtt / 2).await;
+        let at = now_since(links.start);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let chain = self.chain.clone();
+        service.handle(&chain, None, request, tx).await;
+        let answer = rx.recv().await?;
+        let bytes = wire::codec::encode(&answer).unwrap_or_default();
+        links.secrets.scan(
+            || format!("an answer of node {node} to {}", self.spiffe_id),
+            &bytes,
+        );
+        tokio::time::sleep(rtt / 2).await;
+        links.net.connected(self.peer, node).then_some((answer, at))
+    }
+
+    /// The node to talk to: the current one while reachable, else the nearest reachable.
+    fn pick(&mut self, links: &Links<'_>) -> Option<u64> {
+        let up = |n: &u64| links.services.contains_key(n) && links.net.connected(self.peer, *n);
+        if let Some(s) = self.server.filter(up) {
+            return Some(s);
+        }
+        self.server = self.preference.iter().copied().find(up);
+        self.server
+    }
+
+    /// One round: attest if needed, then sync, sign what is due, renew the agent SVID.
+    pub async fn tick(&mut self, links: &Links<'_>) -> TickReport {
+        let mut report = TickReport::default();
+        let Some(node) = self.pick(links) else {
+            return report;
+        };
+        if !self.attested {
+            let request = ApiRequest::AttestJoinToken {
+                token: self.token.clone(),
+                public_key_der: self.key.public_key_der().to_vec(),
+            };
+            if let Some((
+                ApiResponse::AgentSvid {
+                    chain,
+                    not_after,
+                    bundle,
+                    ..
+                },
+                _,
+            )) = self.call(links, node, request).await
+            {
+                self.chain = chain;
+                self.issued_at = self.env.wall();
+                self.not_after = not_after;
+                self.cache.set_bundle(bundle);
+                self.attested = true;
+            }
+            return report;
+        }
+        if !self.alive() {
+            return report;
+        }
+        let view = match self.call(links, node, ApiRequest::Sync).await {
+            Some((ApiResponse::View(view), _)) => view,
+            other => {
+                crate::world::event(|| {
+                    format!("agent {} sync at node {node}: {other:?}", self.peer)
+                });
+                self.server = None; // fail over on the next tick
+                return report;
+            }
+        };
+        self.cache.apply_view(view, self.env.wall());
+        let due = self.cache.due(self.env.wall());
+        for batch in due.chunks(SIGN_BATCH_MAX) {
+            let mut keys = Vec::with_capacity(batch.len());
+            let mut requests = Vec::with_capacity(batch.len());
+            for (entry_id, _) in batch {
+                let Ok(key) = self.env.keys().generate(KeyAlg::EcP256) else {
+                    continue;
+                };
+                requests.push(SignX509 {
+                    entry_id: entry_id.clone(),
+                    public_key_der: key.public_key_der().to_vec(),
+                });
+                keys.push(key);
+            }
+            // What the node has applied at signing time, for the checkers.
+            let node_bundle = links.services.get(&node).map(|s| s.node().bundle());
+            let node_wall = links.services.get(&node).map(|s| s.node().env().wall());
+            let Some((ApiResponse::X509(results), at)) = self
+                .call(links, node, ApiRequest::SignX509 { requests })
+                .await
+            else {
+                return report;
+            };
+            let wall = self.env.wall();
+            for (((entry_id, revision), key), result) in batch.iter().zip(keys).zip(results) {
+                match result {
+                    Ok(issued) => {
+                        let Some(leaf) = issued.chain.first().cloned() else {
+                            continue;
+                        };
+                        if let (Some(entry), Some(bundle), Some(node_wall)) = (
+                            self.cache.entries().iter().find(|e| e.id == *entry_id),
+                            &node_bundle,
+                            node_wall,
+                        ) {
+                            report.delivered.push(Delivered {
+                                node,
+                                entry: entry.clone(),
+                                cert_der: leaf,
+                                at,
+                                node_wall,
+                                node_bundle: bundle.clone(),
+                            });
+                        }
+                        self.cache.store_x509(
+                            entry_id.clone(),
+                            HeldX509 {
+                                revision: *revision,
+                                spiffe_id: issued.spiffe_id,
+                                chain: issued.chain,
+                                key: SimKey(key),
+                                issued_at: wall,
+                                not_after: issued.not_after,
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        crate::world::event(|| {
+                            format!("agent {} sign {entry_id} at node {node}: {e:?}", self.peer)
+                        });
+                        report.refused += 1;
+                    }
+                }
+            }
+        }
+        if past_half_life(self.issued_at, self.not_after, self.env.wall()) {
+            let request = ApiRequest::RenewAgent {
+                public_key_der: self.key.public_key_der().to_vec(),
+            };
+            match self.call(links, node, request).await {
+                Some((
+                    ApiResponse::AgentSvid {
+                        chain, not_after, ..
+                    },
+                    _,
+                )) => {
+                    self.chain = chain;
+                    self.issued_at = self.env.wall();
+                    self.not_after = not_after;
+                }
+                other => {
+                    crate::world::event(|| {
+                        format!("agent {} renewal at node {node}: {other:?}", self.peer)
+                    });
+                    // As in production: a failed renewal ends the session with this node.
+                    self.server = None;
+                }
+            }
+        }
+        report
+    }
+}
