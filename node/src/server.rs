@@ -6,9 +6,14 @@
 //! - **Rotation loop**: on every applied change and at the keyring's next deadline, feeds the
 //!   rotation actor and proposes what it asks for (publish / activate / prune). A key is
 //!   confirmed to the keyring only once its publication is in the applied state.
-//! - **Contact loop**: samples Raft metrics every [`CONTACT_SAMPLE`]; a follower that knows a
-//!   leader, or a leader that heard from a quorum recently, counts as in contact. The issuer
-//!   refuses to sign once contact is older than `staleness_max`.
+//! - **Contact loop**: samples Raft every [`CONTACT_SAMPLE`]. A node counts as in contact with a
+//!   leader when it is the leader and heard from a quorum within `quorum_ack_max`, or when its
+//!   applied index advanced past what it restored from its own storage
+//!   ([`Replica::restored_index`]) — a newly committed entry proves a leader with a quorum. The issuer refuses to sign once contact is older than `staleness_max`.
+//! - **Tick loop**: the leader commits a [`Command::Tick`] every [`tick_interval`] so an idle
+//!   cluster still advances every node's applied index. (Naming a leader in Raft's metrics is not
+//!   contact: a follower keeps naming one for a few election timeouts after the last message, and
+//!   a leader that lost its quorum never steps down — the simulator found both.)
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,7 +21,7 @@ use std::time::Duration;
 use attest::x509::{X509Svid, X509SvidRequest};
 use openraft::ServerState;
 use raft::replica::Replica;
-use wire::{Bundle, EntryId, Env, SpiffeId, Transport, TrustDomain};
+use wire::{Bundle, Command, EntryId, Env, SpiffeId, Transport, TrustDomain};
 
 use crate::actors::{CaRotation, Issuer, IssuerConfig};
 use crate::Error;
@@ -31,6 +36,17 @@ pub const PROPOSAL_RETRY_PAUSE: Duration = Duration::from_secs(1);
 pub const REFRESH_HINT_SECS_DEFAULT: u64 = 300;
 /// Lifetime of this node's own server SVID.
 pub const SERVER_SVID_TTL: Duration = Duration::from_secs(3600);
+/// Bounds of the leader's tick interval (a quarter of `staleness_max`, see [`tick_interval`]).
+pub const TICK_INTERVAL_MIN: Duration = Duration::from_millis(200);
+/// Longest tick interval: a restarted follower counts contact only from the first entry it
+/// applies beyond its restored log, so this bounds how long it waits before issuing.
+pub const TICK_INTERVAL_MAX: Duration = Duration::from_secs(2);
+
+/// How often the leader commits a [`Command::Tick`]: a quarter of `staleness_max`, within
+/// [`TICK_INTERVAL_MIN`]..=[`TICK_INTERVAL_MAX`].
+pub fn tick_interval(staleness_max: Duration) -> Duration {
+    (staleness_max / 4).clamp(TICK_INTERVAL_MIN, TICK_INTERVAL_MAX)
+}
 
 /// Settings of one server node.
 #[derive(Debug, Clone)]
@@ -113,6 +129,7 @@ impl<T: Transport> ServerNode<T> {
         };
         env.spawn("rotation", Box::pin(rotation_loop(node.clone())));
         env.spawn("contact", Box::pin(contact_loop(node.clone())));
+        env.spawn("tick", Box::pin(tick_loop(node.clone())));
         node
     }
 
@@ -320,25 +337,47 @@ async fn rotation_loop<T: Transport>(node: ServerNode<T>) {
     }
 }
 
-/// Samples Raft metrics and reports leader contact to the issuer.
+/// Samples Raft and reports leader contact to the issuer (see the module docs).
 async fn contact_loop<T: Transport>(node: ServerNode<T>) {
     let inner = &node.inner;
     let stop = inner.stop.subscribe();
     let quorum_ack_max_ms = u64::try_from(inner.cfg.quorum_ack_max.as_millis()).unwrap_or(u64::MAX);
+    // The log this node restarted with: applying it again proves nothing.
+    let mut last_applied = inner.replica.restored_index();
     while !*stop.borrow() {
         let in_contact = {
             let m = inner.replica.raft().metrics();
             let m = m.borrow();
-            match m.state {
-                ServerState::Leader => m
-                    .millis_since_quorum_ack
-                    .is_some_and(|ms| ms <= quorum_ack_max_ms),
-                _ => m.current_leader.is_some(),
-            }
+            let applied = m.last_applied.map_or(0, |l| l.index);
+            let leading = m.state == ServerState::Leader
+                && m.millis_since_quorum_ack
+                    .is_some_and(|ms| ms <= quorum_ack_max_ms);
+            let progressed = applied > last_applied;
+            last_applied = last_applied.max(applied);
+            leading || progressed
         };
         if in_contact {
             lock(&inner.issuer).handle_leader_contact(inner.env.mono());
         }
         tokio::time::sleep(CONTACT_SAMPLE).await;
+    }
+}
+
+/// On the leader, commits a [`Command::Tick`] every [`tick_interval`].
+async fn tick_loop<T: Transport>(node: ServerNode<T>) {
+    let inner = &node.inner;
+    let mut stop = inner.stop.subscribe();
+    let every = tick_interval(inner.cfg.issuer.staleness_max);
+    while !*stop.borrow() {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => break,
+        }
+        let leading = inner.replica.raft().metrics().borrow().state == ServerState::Leader;
+        if leading {
+            if let Err(e) = inner.replica.write(Command::Tick).await {
+                tracing::debug!(error = %e, "tick not committed (no quorum?)");
+            }
+        }
     }
 }

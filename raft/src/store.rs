@@ -37,6 +37,15 @@ const KEY_COMMITTED: &[u8] = b"meta/committed";
 const KEY_PURGED: &[u8] = b"meta/purged";
 const KEY_SNAPSHOT: &[u8] = b"sm/snapshot";
 
+/// The commit index `kv` holds (0 when none): what a restart applies again from its own log.
+pub fn committed_index<K: Kv>(kv: &K) -> u64 {
+    get::<K, Option<LogId>>(kv, KEY_COMMITTED, ErrorSubject::Store)
+        .ok()
+        .flatten()
+        .flatten()
+        .map_or(0, |l| l.index)
+}
+
 fn log_key(index: u64) -> Vec<u8> {
     let mut k = LOG_PREFIX.to_vec();
     k.extend_from_slice(&index.to_be_bytes());

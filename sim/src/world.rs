@@ -261,10 +261,7 @@ impl World {
             svid_check: SvidChecker::new(td()),
             staleness_check: StalenessChecker::new(
                 SIM_STALENESS_MAX,
-                crate::check::staleness::slack(
-                    ServerConfig::new(1, td()).quorum_ack_max,
-                    Duration::from_millis(election_min * 2),
-                ),
+                crate::check::staleness::slack(ServerConfig::new(1, td()).quorum_ack_max),
             ),
             workload_check: WorkloadChecker::new(td()),
             secrets: Arc::default(),

@@ -194,6 +194,9 @@ pub enum Command {
         /// The trust domain.
         trust_domain: TrustDomain,
     },
+    /// Changes nothing: the leader commits one every few seconds so that every node that
+    /// applies it knows it is in contact with a leader that has a quorum (`staleness_max`).
+    Tick,
 }
 
 /// Identifies one client proposal across retries and duplicate deliveries, so that the state

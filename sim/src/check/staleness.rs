@@ -3,18 +3,15 @@
 //! SVID for that entry later than `staleness_max` after it.
 //!
 //! The bound has a slack ([`slack`]): a leader counts a quorum acknowledgement for
-//! `quorum_ack_max`, the contact sampler runs every 100 ms, and a follower counts as in contact
-//! while its Raft metrics name a leader — openraft keeps naming the old leader until the
-//! follower's election timer fires, which the swarm saw take up to ~3 election timeouts after
-//! the follower stopped hearing anything (seed 2035: 5.5 s with 1.6 s timeouts).
+//! `quorum_ack_max`, and the contact sampler runs every 100 ms.
 //!
-//! Why not "a node in a minority stops": a follower counts as in contact while it hears a leader,
-//! and openraft's leader does not step down when it loses its quorum. With one-way cuts (the
-//! leader reaches a follower, nothing reaches the leader) the follower keeps issuing from the
-//! state it has beyond `staleness_max` (seed 2001 of the swarm found it). Nothing can commit
-//! through that leader, so its followers miss nothing it could commit; what they can miss is a
-//! write committed by a new leader elsewhere that cannot reach them — exactly what the delete
-//! rule below checks.
+//! History: contact used to mean "Raft's metrics name a leader". The swarm showed that a
+//! follower keeps naming its old leader for a few election timeouts after the last message,
+//! and that a leader that lost its quorum never steps down, so a follower that still hears it
+//! (one-way cuts) kept issuing; seeds 2041 and 3086 issued SVIDs for deleted entries 17.5 s and
+//! 13.7 s after the delete committed, with `staleness_max` at 10 s. Contact is now applied
+//! progress (the leader commits a tick every `staleness_max`/4), which this checker bounds
+//! tightly.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -23,9 +20,9 @@ use wire::EntryId;
 
 use super::Delivered;
 
-/// Slack on top of `staleness_max` for a cluster with these timeouts (see the module docs).
-pub fn slack(quorum_ack_max: Duration, election_timeout_max: Duration) -> Duration {
-    quorum_ack_max + election_timeout_max * 4 + Duration::from_millis(500)
+/// Slack on top of `staleness_max` (see the module docs).
+pub fn slack(quorum_ack_max: Duration) -> Duration {
+    quorum_ack_max + Duration::from_millis(500)
 }
 
 /// The staleness checker.
