@@ -1201,7 +1201,17 @@ pub fn run_seed(opts: &RunOptions) -> Report {
         .start_paused(true)
         .build();
     match rt {
-        Ok(rt) => rt.block_on(run(opts)),
+        // A panic in the code under test (a security assertion firing) is a violation of this
+        // seed, reported with the rest, not the end of a many-seed run.
+        Ok(rt) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(run(opts))))
+            .unwrap_or_else(|panic| {
+                let msg = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
+                    .unwrap_or_else(|| "unknown panic".into());
+                Report::failed(opts.seed, format!("panicked: {msg}"))
+            }),
         Err(e) => Report::failed(
             opts.seed,
             format!("cannot build the simulation runtime: {e}"),
