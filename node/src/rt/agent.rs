@@ -639,7 +639,7 @@ impl Agent {
                         );
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "the server refused an SVID; retried on the next view or renewal")
+                        tracing::warn!(error = %e, "the server refused an SVID; retried on the next view or renewal (if it persists, check the entry with `sigil entry show` and the server's log)")
                     }
                 }
             }
@@ -672,7 +672,7 @@ impl Agent {
         let identity = NodeIdentity::new(chain.clone(), &self.inner.key)
             .map_err(|e| ApiClientError::Protocol(e.to_string()))?;
         if let Err(e) = self.inner.files.store_svid(&chain, not_after) {
-            tracing::warn!(error = %e, "could not store the renewed agent SVID");
+            tracing::warn!(error = %e, "could not store the renewed agent SVID; it is used from memory, but a restart will need to attest again (check that data_dir is writable and the disk not full)");
         }
         let mut me = lock(&self.inner.me);
         me.identity = identity;
@@ -799,7 +799,7 @@ impl Agent {
             detail: e.to_string(),
         })?;
         if let Err(e) = inner.files.store_svid(&chain, not_after) {
-            tracing::warn!(error = %e, "could not store the new agent SVID");
+            tracing::warn!(error = %e, "could not store the new agent SVID; it is used from memory, but a restart will need to attest again (check that data_dir is writable and the disk not full)");
         }
         lock(&inner.cache).set_bundle(bundle.clone());
         self.store_bundle(&bundle);
