@@ -6,14 +6,17 @@
 //! - **Rotation loop**: on every applied change and at the keyring's next deadline, feeds the
 //!   rotation actor and proposes what it asks for (publish / activate / prune). A key is
 //!   confirmed to the keyring only once its publication is in the applied state.
-//! - **Contact loop**: samples Raft every [`CONTACT_SAMPLE`]. A node counts as in contact with a
-//!   leader when it is the leader and heard from a quorum within `quorum_ack_max`, or when its
-//!   applied index advanced past what it restored from its own storage
-//!   ([`Replica::restored_index`]) — a newly committed entry proves a leader with a quorum. The issuer refuses to sign once contact is older than `staleness_max`.
-//! - **Tick loop**: the leader commits a [`Command::Tick`] every [`tick_interval`] so an idle
-//!   cluster still advances every node's applied index. (Naming a leader in Raft's metrics is not
-//!   contact: a follower keeps naming one for a few election timeouts after the last message, and
-//!   a leader that lost its quorum never steps down — the simulator found both.)
+//! - **Contact loop**: samples every [`CONTACT_SAMPLE`]. A node is in contact with a leader
+//!   when it leads and heard from a quorum within `quorum_ack_max`, or — as of the proposer's
+//!   clock — when the newest [`Command::Tick`] it applied was proposed: a committed tick proves
+//!   that a leader had a quorum then. The issuer refuses to sign once contact is older than
+//!   `staleness_max`.
+//! - **Tick loop**: the leader commits a tick every [`tick_interval`]. (Naming a leader in Raft's
+//!   metrics is not contact: a follower keeps naming one for a few election timeouts after the
+//!   last message, and a leader that lost its quorum never steps down. Applied progress alone is
+//!   not either: a lagging follower catching up applies old entries. The simulator found all
+//!   three.) Dating contact by the proposer's clock makes the bound depend on clock skew: a node
+//!   whose clock is behind the leader's by δ keeps issuing up to δ longer.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,7 +24,7 @@ use std::time::Duration;
 use attest::x509::{X509Svid, X509SvidRequest};
 use openraft::ServerState;
 use raft::replica::Replica;
-use wire::{Bundle, Command, EntryId, Env, SpiffeId, Transport, TrustDomain};
+use wire::{Bundle, Command, EntryId, Env, Mono, SpiffeId, Transport, TrustDomain};
 
 use crate::actors::{CaRotation, Issuer, IssuerConfig};
 use crate::Error;
@@ -38,8 +41,8 @@ pub const REFRESH_HINT_SECS_DEFAULT: u64 = 300;
 pub const SERVER_SVID_TTL: Duration = Duration::from_secs(3600);
 /// Bounds of the leader's tick interval (a quarter of `staleness_max`, see [`tick_interval`]).
 pub const TICK_INTERVAL_MIN: Duration = Duration::from_millis(200);
-/// Longest tick interval: a restarted follower counts contact only from the first entry it
-/// applies beyond its restored log, so this bounds how long it waits before issuing.
+/// Longest tick interval: a restarted node counts contact only from the first tick it applies,
+/// so this bounds how long it waits before issuing.
 pub const TICK_INTERVAL_MAX: Duration = Duration::from_secs(2);
 
 /// How often the leader commits a [`Command::Tick`]: a quarter of `staleness_max`, within
@@ -342,42 +345,54 @@ async fn contact_loop<T: Transport>(node: ServerNode<T>) {
     let inner = &node.inner;
     let stop = inner.stop.subscribe();
     let quorum_ack_max_ms = u64::try_from(inner.cfg.quorum_ack_max.as_millis()).unwrap_or(u64::MAX);
-    // The log this node restarted with: applying it again proves nothing.
-    let mut last_applied = inner.replica.restored_index();
     while !*stop.borrow() {
-        let in_contact = {
+        let leading = {
             let m = inner.replica.raft().metrics();
             let m = m.borrow();
-            let applied = m.last_applied.map_or(0, |l| l.index);
-            let leading = m.state == ServerState::Leader
+            m.state == ServerState::Leader
                 && m.millis_since_quorum_ack
-                    .is_some_and(|ms| ms <= quorum_ack_max_ms);
-            let progressed = applied > last_applied;
-            last_applied = last_applied.max(applied);
-            leading || progressed
+                    .is_some_and(|ms| ms <= quorum_ack_max_ms)
         };
-        if in_contact {
-            lock(&inner.issuer).handle_leader_contact(inner.env.mono());
+        let now = inner.env.mono();
+        // The newest tick's time by our clock, as a monotonic instant; a tick from before this
+        // process started (replayed from the log) proves nothing.
+        let ticked = inner.replica.read(|a| a.last_tick).and_then(|at| {
+            let age = inner.env.wall().saturating_since(at);
+            let since_start = now.saturating_since(Mono::ZERO);
+            since_start.checked_sub(age).map(Mono::from_duration)
+        });
+        let in_contact = if leading { Some(now) } else { ticked };
+        if let Some(at) = in_contact {
+            lock(&inner.issuer).handle_leader_contact(at);
         }
         tokio::time::sleep(CONTACT_SAMPLE).await;
     }
 }
 
-/// On the leader, commits a [`Command::Tick`] every [`tick_interval`].
+/// On the leader, commits a [`Command::Tick`] as soon as it leads and then every
+/// [`tick_interval`].
 async fn tick_loop<T: Transport>(node: ServerNode<T>) {
     let inner = &node.inner;
     let mut stop = inner.stop.subscribe();
     let every = tick_interval(inner.cfg.issuer.staleness_max);
+    let mut last: Option<Mono> = None;
     while !*stop.borrow() {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = stop.changed() => break,
-        }
         let leading = inner.replica.raft().metrics().borrow().state == ServerState::Leader;
-        if leading {
-            if let Err(e) = inner.replica.write(Command::Tick).await {
+        let now = inner.env.mono();
+        if !leading {
+            last = None;
+        } else if last.is_none_or(|t| now.saturating_since(t) >= every) {
+            last = Some(now);
+            let tick = Command::Tick {
+                at: inner.env.wall(),
+            };
+            if let Err(e) = inner.replica.write(tick).await {
                 tracing::debug!(error = %e, "tick not committed (no quorum?)");
             }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every.min(CONTACT_SAMPLE)) => {}
+            _ = stop.changed() => break,
         }
     }
 }

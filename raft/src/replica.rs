@@ -263,7 +263,6 @@ pub struct Replica<T: Transport> {
     progress: tokio::sync::watch::Receiver<u64>,
     write_timeout: Duration,
     dispatcher: tokio::task::JoinHandle<()>,
-    restored_index: u64,
 }
 
 impl<T: Transport> std::fmt::Debug for Replica<T> {
@@ -308,14 +307,8 @@ impl<T: Transport> Replica<T> {
         }
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
-        let committed = store::committed_index(&kv);
         let (log, sm) = store::open(kv).map_err(|e| StartError::Storage(e.to_string()))?;
         let applied = sm.applied();
-        let restored_index = applied
-            .read()
-            .map(|a| a.last_applied.map_or(0, |l| l.index))
-            .unwrap_or(0)
-            .max(committed);
         let progress = sm.subscribe();
         // Request IDs start at a random point: replies addressed to an earlier incarnation of
         // this node (still in flight when it restarted) must not match this one's requests.
@@ -346,7 +339,6 @@ impl<T: Transport> Replica<T> {
             progress,
             write_timeout: Duration::from_millis(config.write_timeout_ms),
             dispatcher,
-            restored_index,
         })
     }
 }
@@ -360,12 +352,6 @@ impl<T: Transport> Replica<T> {
     /// The underlying openraft handle (metrics, membership changes).
     pub fn raft(&self) -> &Raft {
         &self.raft
-    }
-
-    /// The log index this replica applies from its own storage after a (re)start: the state
-    /// machine's and the persisted commit index. Applying past it needs a leader.
-    pub fn restored_index(&self) -> u64 {
-        self.restored_index
     }
 
     /// The applied state, shared with the state machine.

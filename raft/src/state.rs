@@ -567,7 +567,7 @@ pub fn apply(state: &mut State, cmd: Command) -> Response {
                 .ok_or_else(|| not_found("federated trust domain", &trust_domain))?;
             Ok(Outcome::Done)
         }
-        Command::Tick => Ok(Outcome::Done),
+        Command::Tick { .. } => Ok(Outcome::Done),
     }
 }
 

@@ -28,6 +28,7 @@ use wire::codec;
 use crate::kv::{Kv, KvOp};
 use crate::state::{apply_proposal, State};
 use crate::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote};
+use wire::UnixTime;
 
 const LOG_PREFIX: &[u8] = b"log/";
 /// Just past every `log/…` key (`'0'` follows `'/'`).
@@ -36,15 +37,6 @@ const KEY_VOTE: &[u8] = b"meta/vote";
 const KEY_COMMITTED: &[u8] = b"meta/committed";
 const KEY_PURGED: &[u8] = b"meta/purged";
 const KEY_SNAPSHOT: &[u8] = b"sm/snapshot";
-
-/// The commit index `kv` holds (0 when none): what a restart applies again from its own log.
-pub fn committed_index<K: Kv>(kv: &K) -> u64 {
-    get::<K, Option<LogId>>(kv, KEY_COMMITTED, ErrorSubject::Store)
-        .ok()
-        .flatten()
-        .flatten()
-        .map_or(0, |l| l.index)
-}
 
 fn log_key(index: u64) -> Vec<u8> {
     let mut k = LOG_PREFIX.to_vec();
@@ -232,6 +224,9 @@ pub struct Applied {
     pub last_applied: Option<LogId>,
     /// The last applied membership.
     pub membership: StoredMembership,
+    /// The proposer's time of the newest [`wire::Command::Tick`] applied since this process
+    /// started (not in snapshots): when a leader last had a quorum, as far as this node knows.
+    pub last_tick: Option<UnixTime>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -266,6 +261,7 @@ impl<K: Kv> StateMachineStore<K> {
                 state,
                 last_applied: snap.meta.last_log_id,
                 membership: snap.meta.last_membership.clone(),
+                last_tick: None,
             };
         }
         let index = applied.last_applied.map_or(0, |l| l.index);
@@ -348,7 +344,12 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachineStore<K> {
                 applied.last_applied = Some(entry.log_id);
                 let response = match entry.payload {
                     EntryPayload::Blank => Ok(wire::Outcome::Done),
-                    EntryPayload::Normal(proposal) => apply_proposal(&mut applied.state, proposal),
+                    EntryPayload::Normal(proposal) => {
+                        if let wire::Command::Tick { at } = proposal.cmd {
+                            applied.last_tick = applied.last_tick.max(Some(at));
+                        }
+                        apply_proposal(&mut applied.state, proposal)
+                    }
                     EntryPayload::Membership(m) => {
                         applied.membership = StoredMembership::new(Some(entry.log_id), m);
                         Ok(wire::Outcome::Done)

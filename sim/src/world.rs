@@ -261,7 +261,15 @@ impl World {
             svid_check: SvidChecker::new(td()),
             staleness_check: StalenessChecker::new(
                 SIM_STALENESS_MAX,
-                crate::check::staleness::slack(ServerConfig::new(1, td()).quorum_ack_max),
+                crate::check::staleness::slack(
+                    ServerConfig::new(1, td()).quorum_ack_max,
+                    if faults.clocks {
+                        // Two skews, plus a backward step while a tick is in flight.
+                        Duration::from_millis(2 * SIM_SKEW_MAX_MS.unsigned_abs() + 2_000)
+                    } else {
+                        Duration::ZERO
+                    },
+                ),
             ),
             workload_check: WorkloadChecker::new(td()),
             secrets: Arc::default(),

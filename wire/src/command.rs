@@ -194,9 +194,12 @@ pub enum Command {
         /// The trust domain.
         trust_domain: TrustDomain,
     },
-    /// Changes nothing: the leader commits one every few seconds so that every node that
-    /// applies it knows it is in contact with a leader that has a quorum (`staleness_max`).
-    Tick,
+    /// Changes nothing in the state: the leader commits one every few seconds, and a node that
+    /// applies it knows a leader had a quorum at `at` (its `staleness_max` contact).
+    Tick {
+        /// The proposing leader's wall time.
+        at: UnixTime,
+    },
 }
 
 /// Identifies one client proposal across retries and duplicate deliveries, so that the state

@@ -3,15 +3,18 @@
 //! SVID for that entry later than `staleness_max` after it.
 //!
 //! The bound has a slack ([`slack`]): a leader counts a quorum acknowledgement for
-//! `quorum_ack_max`, and the contact sampler runs every 100 ms.
+//! `quorum_ack_max`, the contact sampler runs every 100 ms, and a follower dates contact by the
+//! leader's clock when it proposed its newest tick, so clock error between them adds to it.
 //!
 //! History: contact used to mean "Raft's metrics name a leader". The swarm showed that a
 //! follower keeps naming its old leader for a few election timeouts after the last message,
 //! and that a leader that lost its quorum never steps down, so a follower that still hears it
 //! (one-way cuts) kept issuing; seeds 2041 and 3086 issued SVIDs for deleted entries 17.5 s and
-//! 13.7 s after the delete committed, with `staleness_max` at 10 s. Contact is now applied
-//! progress (the leader commits a tick every `staleness_max`/4), which this checker bounds
-//! tightly.
+//! 13.7 s after the delete committed, with `staleness_max` at 10 s. Counting any applied
+//! progress as contact was not enough either: seed 100173 had a lagging follower catch up on
+//! old entries, counting each batch as contact, and issue for a deleted entry 14.2 s after the
+//! delete. Contact is now the proposer's time of the newest committed tick (the leader commits
+//! one every `staleness_max`/4).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -20,9 +23,10 @@ use wire::EntryId;
 
 use super::Delivered;
 
-/// Slack on top of `staleness_max` (see the module docs).
-pub fn slack(quorum_ack_max: Duration) -> Duration {
-    quorum_ack_max + Duration::from_millis(500)
+/// Slack on top of `staleness_max` (see the module docs): `clock_error` is the most a node's
+/// clock can be behind a leader's.
+pub fn slack(quorum_ack_max: Duration, clock_error: Duration) -> Duration {
+    quorum_ack_max + clock_error + Duration::from_millis(500)
 }
 
 /// The staleness checker.
