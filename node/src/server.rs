@@ -333,6 +333,9 @@ async fn rotation_loop<T: Transport>(node: ServerNode<T>) {
             wait = wait.max(PROPOSAL_RETRY_PAUSE);
         }
         tokio::select! {
+            // Fixed order: tokio would pick among ready branches at random, which the
+            // simulator could not reproduce from its seed.
+            biased;
             _ = tokio::time::sleep(wait) => {}
             _ = progress.changed() => {}
             _ = stop.changed() => {}
@@ -391,6 +394,9 @@ async fn tick_loop<T: Transport>(node: ServerNode<T>) {
             }
         }
         tokio::select! {
+            // Fixed order: tokio would pick among ready branches at random, which the
+            // simulator could not reproduce from its seed.
+            biased;
             _ = tokio::time::sleep(every.min(CONTACT_SAMPLE)) => {}
             _ = stop.changed() => break,
         }

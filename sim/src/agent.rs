@@ -59,6 +59,14 @@ pub struct Links<'a> {
     pub secrets: &'a crate::check::secrets::SecretScan,
 }
 
+/// When and in what state a node handled a call.
+#[derive(Debug)]
+struct Handled {
+    at: Duration,
+    node_wall: UnixTime,
+    node_bundle: Bundle,
+}
+
 /// What an agent's tick produced for the checkers.
 #[derive(Debug, Default)]
 pub struct TickReport {
@@ -146,17 +154,22 @@ impl SimAgent {
     }
 
     /// One node API call to `node`; `None` when it does not get through (or is answered late
-    /// because the link went down meanwhile).
+    /// because the link went down meanwhile). Also returns when the node handled it, with the
+    /// node's clock and applied bundle at that moment (for the checkers).
     async fn call(
         &self,
         links: &Links<'_>,
         node: u64,
         request: ApiRequest,
-    ) -> Option<(ApiResponse, Duration)> {
+    ) -> Option<(ApiResponse, Handled)> {
         let service = links.services.get(&node)?.clone();
         let rtt = links.net.round_trip(self.peer, node)?;
         tokio::time::sleep(rtt / 2).await;
-        let at = now_since(links.start);
+        let at = Handled {
+            at: now_since(links.start),
+            node_wall: service.node().env().wall(),
+            node_bundle: service.node().bundle(),
+        };
         let (tx, mut rx) = tokio::sync::mpsc::channel(1);
         let chain = self.chain.clone();
         service.handle(&chain, None, request, tx).await;
@@ -237,10 +250,7 @@ impl SimAgent {
                 });
                 keys.push(key);
             }
-            // What the node has applied at signing time, for the checkers.
-            let node_bundle = links.services.get(&node).map(|s| s.node().bundle());
-            let node_wall = links.services.get(&node).map(|s| s.node().env().wall());
-            let Some((ApiResponse::X509(results), at)) = self
+            let Some((ApiResponse::X509(results), handled)) = self
                 .call(links, node, ApiRequest::SignX509 { requests })
                 .await
             else {
@@ -253,18 +263,15 @@ impl SimAgent {
                         let Some(leaf) = issued.chain.first().cloned() else {
                             continue;
                         };
-                        if let (Some(entry), Some(bundle), Some(node_wall)) = (
-                            self.cache.entries().iter().find(|e| e.id == *entry_id),
-                            &node_bundle,
-                            node_wall,
-                        ) {
+                        if let Some(entry) = self.cache.entries().iter().find(|e| e.id == *entry_id)
+                        {
                             report.delivered.push(Delivered {
                                 node,
                                 entry: entry.clone(),
                                 cert_der: leaf,
-                                at,
-                                node_wall,
-                                node_bundle: bundle.clone(),
+                                at: handled.at,
+                                node_wall: handled.node_wall,
+                                node_bundle: handled.node_bundle.clone(),
                             });
                         }
                         self.cache.store_x509(
