@@ -23,6 +23,7 @@ use node::service::NodeService;
 use wire::api::{ApiRequest, ApiResponse, SignX509, SIGN_BATCH_MAX};
 use wire::{Bundle, Env, KeyAlg, PeerId, Selector, Signer, SpiffeId, UnixTime};
 
+use crate::check::workloads::Serve;
 use crate::check::Delivered;
 use crate::env::SimEnv;
 use crate::net::{SimEndpoint, SimNet};
@@ -146,6 +147,24 @@ impl SimAgent {
             workloads,
             attested: false,
         })
+    }
+
+    /// What workload `w` is served now (as the Workload API would serve it), for the
+    /// checkers, judged against `bundle`.
+    pub fn serve<'a>(&'a self, w: &'a Workload, bundle: &'a Bundle) -> Serve<'a> {
+        let wall = self.env.wall();
+        Serve {
+            agent: &self.spiffe_id,
+            selectors: &w.selectors,
+            served: self
+                .cache
+                .x509_for(&w.selectors, wall)
+                .into_iter()
+                .filter_map(|s| Some((s.entry, s.svid.chain.first()?.as_slice())))
+                .collect(),
+            bundle,
+            wall,
+        }
     }
 
     /// Whether its agent SVID is valid now.

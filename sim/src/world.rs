@@ -35,7 +35,7 @@ use crate::check::raft::RaftChecker;
 use crate::check::secrets::SecretScan;
 use crate::check::staleness::StalenessChecker;
 use crate::check::svids::SvidChecker;
-use crate::check::workloads::{Serve, WorkloadChecker};
+use crate::check::workloads::WorkloadChecker;
 use crate::check::Delivered;
 use crate::env::SimEnv;
 use crate::net::{fnv, NetConfig, NetStats, SimEndpoint, SimNet};
@@ -529,20 +529,8 @@ impl World {
                 self.on_delivered(d);
             }
             let bundle = agent.cache.bundle();
-            let wall = agent.env.wall();
             for w in &agent.workloads {
-                let served = agent.cache.x509_for(&w.selectors, wall);
-                let serve = Serve {
-                    agent: &agent.spiffe_id,
-                    selectors: &w.selectors,
-                    served: served
-                        .iter()
-                        .filter_map(|s| Some((s.entry, s.svid.chain.first()?.as_slice())))
-                        .collect(),
-                    bundle: &bundle,
-                    wall,
-                };
-                self.workload_check.on_serve(&serve);
+                self.workload_check.on_serve(&agent.serve(w, &bundle));
             }
         }
         self.agents = agents;
@@ -593,23 +581,14 @@ impl World {
                     truth.len()
                 ));
             }
-            let wall = agent.env.wall();
             for w in &agent.workloads {
                 let entitled: Vec<&RegistrationEntry> =
                     truth.iter().filter(|e| e.matches(&w.selectors)).collect();
-                let served = agent.cache.x509_for(&w.selectors, wall);
-                let serve = Serve {
-                    agent: &agent.spiffe_id,
-                    selectors: &w.selectors,
-                    served: served
-                        .iter()
-                        .filter_map(|s| Some((s.entry, s.svid.chain.first()?.as_slice())))
-                        .collect(),
-                    bundle: &converged,
-                    wall,
-                };
-                self.workload_check
-                    .check_settled(&serve, &entitled, &converged)?;
+                self.workload_check.check_settled(
+                    &agent.serve(w, &converged),
+                    &entitled,
+                    &converged,
+                )?;
             }
         }
         Ok(())
