@@ -103,6 +103,17 @@ fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
+/// The last `lines` lines of a log file (or why it could not be read).
+fn log_tail(path: &Path, lines: usize) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("(unreadable: {e})"),
+    }
+}
+
 /// Runs `sigil ARGS` to completion within [`CALL_LIMIT`] (killed after). Its output is read
 /// while it runs (a large `entry list` must not block on a full pipe).
 fn sigil(bin: &Path, args: &[&str]) -> Output {
@@ -178,6 +189,13 @@ impl Proc {
 
     fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// How the process ended, if it has.
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     fn kill9(&mut self) {
@@ -371,10 +389,27 @@ impl Plane {
             _rt: rt,
         };
         for id in 1..=opts.nodes {
-            plane.add_node(id)?;
+            plane.add_node_retrying(id)?;
         }
         plane.start_agent()?;
         Ok(plane)
+    }
+
+    /// Adds node `id`; a process that exits while starting (its port taken between choosing and
+    /// binding it, say) is started again once, on a new port with a new join token.
+    fn add_node_retrying(&mut self, id: u64) -> Res<()> {
+        match self.add_node(id) {
+            Err(e) if e.starts_with(&format!("node {id} exited")) => {
+                eprintln!("chaos real: {e}\nchaos real: starting node {id} again");
+                if let Some(mut gone) = self.nodes.pop() {
+                    gone.proc.kill9();
+                }
+                let home = self.opts.dir.join(format!("node-{id}"));
+                let _ = std::fs::rename(&home, home.with_extension("failed-start"));
+                self.add_node(id)
+            }
+            other => other,
+        }
     }
 
     fn add_node(&mut self, id: u64) -> Res<()> {
@@ -416,21 +451,39 @@ impl Plane {
             stopped: false,
         });
         let n = self.nodes.len();
+        let mut exited = None;
         let up = wait_for(START_WAIT, || {
-            self.status(0).is_some_and(|s| {
-                s["members"].as_array().is_some_and(|m| {
-                    m.iter().filter(|m| m["voter"] == true).count() == n
-                        && m.iter().all(|m| !m["x509_authority"].is_null())
+            exited = self.nodes[n - 1].proc.exited();
+            exited.is_some()
+                || self.status(0).is_some_and(|s| {
+                    s["members"].as_array().is_some_and(|m| {
+                        m.iter().filter(|m| m["voter"] == true).count() == n
+                            && m.iter().all(|m| !m["x509_authority"].is_null())
+                    })
                 })
-            })
         });
-        if !up {
-            return Err(format!(
-                "node {id} did not come up as a voter with a CA within {START_WAIT:?}; see {}",
-                self.nodes[n - 1].log.display()
+        if up && exited.is_none() {
+            return Ok(());
+        }
+        // A test's temp dir is gone by the time anyone reads the failure: the logs go with it.
+        let what = match exited {
+            Some(status) => format!("node {id} exited ({status}) while starting"),
+            None => format!("node {id} did not come up as a voter with a CA within {START_WAIT:?}"),
+        };
+        let status = self
+            .status(0)
+            .map_or_else(|| "unavailable".to_owned(), |s| s.to_string());
+        let mut logs = String::new();
+        for node in [&self.nodes[0], &self.nodes[n - 1]] {
+            logs.push_str(&format!(
+                "\n--- last lines of {} ---\n{}",
+                node.log.display(),
+                log_tail(&node.log, 40)
             ));
         }
-        Ok(())
+        Err(format!(
+            "{what}; cluster status from node 1: {status}{logs}"
+        ))
     }
 
     fn status(&self, i: usize) -> Option<Value> {

@@ -34,7 +34,7 @@ use raft::replica::{Replica, ReplicaConfig};
 use raft::{Kv, SledKv};
 use tokio::sync::watch;
 use wire::api::{ApiRequest, ApiResponse};
-use wire::{Bundle, Command, Env, PeerId, SendError, ServerRecord, Transport, UnixTime};
+use wire::{Bundle, Command, Env, Mono, PeerId, SendError, ServerRecord, Transport, UnixTime};
 use zeroize::Zeroizing;
 
 use crate::actors::membership::{next_step, MembershipStep};
@@ -53,8 +53,12 @@ pub const FIRST_KEY_WAIT: Duration = Duration::from_secs(60);
 /// How often membership (peer addresses, reconciliation) is looked at, besides every applied
 /// change.
 pub const MEMBERSHIP_TICK: Duration = Duration::from_secs(1);
-/// Longest wait for a new learner to catch up before it is promoted (retried after).
-pub const LEARNER_CATCH_UP_MAX: Duration = Duration::from_secs(60);
+/// Longest one reconcile step waits for a new learner to catch up before promoting it. A learner
+/// still behind is looked at again at the next membership tick, by whichever node leads then: a
+/// step that waited long would hold reconciliation on a node that may no longer lead.
+pub const LEARNER_CATCH_UP_WAIT: Duration = Duration::from_secs(3);
+/// A learner still behind this long after it was added gets a warning.
+pub const LEARNER_CATCH_UP_WARN: Duration = Duration::from_secs(30);
 /// A learner this close to the leader's last log index counts as caught up.
 pub const LEARNER_LAG_MAX: u64 = 8;
 /// How long a join request may take (it commits through Raft on the seed's side).
@@ -589,6 +593,24 @@ fn caught_up<T: Transport>(node: &ServerNode<T>, id: u64) -> bool {
     matched.is_some_and(|i| i.saturating_add(LEARNER_LAG_MAX) >= last)
 }
 
+/// Reports a learner that is not caught up: at debug level at first, then a warning once it has
+/// been behind for [`LEARNER_CATCH_UP_WARN`] (and again every such period).
+fn learner_behind(id: u64, now: Mono) {
+    static SINCE: std::sync::Mutex<Option<(u64, Mono, Mono)>> = std::sync::Mutex::new(None);
+    let mut since = SINCE.lock().unwrap_or_else(|p| p.into_inner());
+    let (_, first, warned) = match *since {
+        Some(s) if s.0 == id => s,
+        _ => (id, now, now),
+    };
+    if now.saturating_since(warned) >= LEARNER_CATCH_UP_WARN {
+        tracing::warn!(node = id, behind_secs = now.saturating_since(first).as_secs(), "the new learner has not caught up yet; it is promoted once it has (check that it is reachable from the leader)");
+        *since = Some((id, first, now));
+    } else {
+        tracing::debug!(node = id, "the new learner has not caught up yet; promotion is retried at the next membership tick");
+        *since = Some((id, first, warned));
+    }
+}
+
 /// As leader, takes one step towards the desired membership.
 async fn reconcile<T: Transport>(node: &ServerNode<T>, transport: &QuicTransport) {
     let (voters, learners, addrs, leader) = membership(node);
@@ -635,11 +657,11 @@ async fn reconcile<T: Transport>(node: &ServerNode<T>, transport: &QuicTransport
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             };
-            if tokio::time::timeout(LEARNER_CATCH_UP_MAX, caught)
+            if tokio::time::timeout(LEARNER_CATCH_UP_WAIT, caught)
                 .await
                 .is_err()
             {
-                tracing::warn!(node = id, "the new learner has not caught up yet; it is promoted once it has (check that it is reachable)");
+                learner_behind(id, node.env().mono());
                 return;
             }
             raft.change_membership(ChangeMembers::AddVoterIds([id].into()), false)
