@@ -6,9 +6,9 @@
 //! unflushed writes) — the simulated agents and workloads ([`agent`], on the production agent
 //! cache and node API handler), the seeded world ([`world`]), the checkers ([`check`], one file
 //! per family of invariants) and the many-seed runner ([`runner`], also behind `chaos`). The
-//! whole deployment runs on one current-thread tokio runtime with paused time, and openraft's
-//! election RNG is seeded, so one seed gives one run — except for tokio's own `select!` RNG,
-//! which is not seeded yet (README, "Known gap"), so `--twice` can show different trace hashes.
+//! whole deployment runs on one current-thread tokio runtime with paused time; openraft's
+//! election RNG and the runtime's own RNG (the branch order of unbiased `select!`s; needs
+//! `--cfg tokio_unstable`, set in `.cargo/config.toml`) are seeded, so one seed gives one run.
 //!
 //! Never starts threads, reads an OS clock or RNG, or links quinn, sled or tonic (scripts/test.sh
 //! checks the dependency graph). It builds `node` without its production shell.

@@ -98,6 +98,9 @@ pub fn main_with_args(prog: &str, args: impl Iterator<Item = String>) -> ExitCod
         args.steps,
         if args.twice { ", each run twice" } else { "" }
     );
+    if !crate::world::reproducible() {
+        eprintln!("{prog}: warning: built without `--cfg tokio_unstable` (a RUSTFLAGS environment variable replaces the one in .cargo/config.toml), so tokio's RNG is not seeded and a seed may not reproduce its run exactly");
+    }
     #[allow(clippy::disallowed_methods)] // wall time of the whole batch, for the report only
     let wall_start = std::time::Instant::now();
     let mut sim_total = std::time::Duration::ZERO;

@@ -1181,12 +1181,23 @@ pub async fn run(opts: &RunOptions) -> Report {
     report
 }
 
+/// Whether this build seeds tokio's RNG, which makes runs reproducible (built with
+/// `--cfg tokio_unstable`, as `.cargo/config.toml` does).
+pub fn reproducible() -> bool {
+    cfg!(tokio_unstable)
+}
+
 /// Runs one seed on its own current-thread runtime with paused (virtual) time.
 pub fn run_seed(opts: &RunOptions) -> Report {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build();
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_time().start_paused(true);
+    // The runtime's RNG orders the branches of every unbiased `select!` (openraft's too): seeded
+    // from the run's seed, a seed reproduces its run exactly (`.cargo/config.toml`).
+    #[cfg(tokio_unstable)]
+    builder.rng_seed(tokio::runtime::RngSeed::from_bytes(
+        &opts.seed.to_le_bytes(),
+    ));
+    let rt = builder.build();
     match rt {
         // A panic in the code under test (a security assertion firing) is a violation of this
         // seed, reported with the rest, not the end of a many-seed run.
