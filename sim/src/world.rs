@@ -512,8 +512,13 @@ impl World {
         }
     }
 
+    /// The simulated agents.
+    pub fn agents(&self) -> &[SimAgent] {
+        &self.agents
+    }
+
     /// Every agent runs one tick, then its workloads are served and checked.
-    async fn tick_agents(&mut self) {
+    pub async fn tick_agents(&mut self) {
         self.observe_cut_off();
         let mut agents = std::mem::take(&mut self.agents);
         for agent in &mut agents {

@@ -299,3 +299,109 @@ fn swarm_seeds_hold_every_invariant() {
         "no cut-off node issued inside staleness_max: the permissive side went unexercised"
     );
 }
+
+/// Both sides of `staleness_max`, for one agent: cut off together with its node, a workload
+/// keeps being renewed (its SVIDs live 4 s, so holding one 7.5 s into the cut means renewals
+/// crossed it) until `staleness_max`, then the node stops and the SVID runs out; after the heal
+/// the workload is served again.
+#[test]
+fn a_cut_off_node_renews_its_agent_until_staleness_max_then_stops() {
+    // Seeds differ in which node the agent follows and whether it leads.
+    for seed in 21..27 {
+        cut_off_with_agent(seed);
+    }
+}
+
+fn cut_off_with_agent(seed: u64) {
+    use sim::world::{Faults, SIM_STALENESS_MAX};
+    const TTL: Duration = Duration::from_secs(4);
+    const STEP: Duration = Duration::from_millis(500);
+    block_on(async {
+        let mut faults = Faults::none();
+        faults.agents = 1;
+        let mut w = World::start_with(seed, 3, &faults).await;
+        let leader = w
+            .wait_leader(Duration::from_secs(10))
+            .await
+            .expect("a leader");
+        let mut entry = w.new_entry();
+        entry.parent_id = w.agents()[0].spiffe_id.clone();
+        entry.selectors = ["unix:uid:2".parse().expect("selector")].into();
+        entry.x509_svid_ttl_secs = u32::try_from(TTL.as_secs()).expect("small");
+        let id = entry.id.clone();
+        w.write(
+            leader,
+            Command::CreateEntries {
+                entries: vec![entry],
+            },
+        )
+        .await
+        .expect("committed")
+        .expect("entry created");
+        // The workload with uid 2 (the agent's second workload) holds a valid SVID for it.
+        let holds = |w: &World| {
+            let agent = &w.agents()[0];
+            let wall = wire::Env::wall(agent.env.as_ref());
+            agent
+                .cache
+                .x509_for(&agent.workloads[1].selectors, wall)
+                .iter()
+                .any(|s| s.entry.id == id)
+        };
+        let mut waited = Duration::ZERO;
+        while !holds(&w) {
+            assert!(waited < Duration::from_secs(20), "no SVID before the cut");
+            tokio::time::sleep(STEP).await;
+            w.tick_agents().await;
+            waited += STEP;
+        }
+        let agent = &w.agents()[0];
+        let node = agent.server.expect("the agent follows a node");
+        let peer = agent.peer;
+        let others: Vec<u64> = (1..=3).filter(|n| *n != node).collect();
+        w.net().partition(&[vec![node, peer], others]);
+
+        let slack = sim::check::staleness::slack(
+            node::server::ServerConfig::new(1, "sim.test".parse().expect("td")).quorum_ack_max,
+            Duration::ZERO,
+        );
+        let mut cut_for = Duration::ZERO;
+        let mut lost_at = None;
+        while cut_for < SIM_STALENESS_MAX + slack + TTL + Duration::from_secs(3) {
+            tokio::time::sleep(STEP).await;
+            w.tick_agents().await;
+            cut_for += STEP;
+            if lost_at.is_none() && !holds(&w) {
+                lost_at = Some(cut_for);
+            }
+        }
+        let lost_at = lost_at.expect("the cut-off node never stopped renewing");
+        eprintln!(
+            "seed {seed}: cut off with node {node} (leader {leader}): the workload lost its SVID {lost_at:?} into the cut"
+        );
+        // Contact is dated by the newest committed tick (one every staleness_max / 4), so the
+        // node may stop as early as 3/4 of staleness_max into the cut.
+        assert!(
+            lost_at >= SIM_STALENESS_MAX * 3 / 4,
+            "the workload lost its SVID {lost_at:?} into the cut: renewals did not cross it"
+        );
+        assert!(
+            lost_at <= SIM_STALENESS_MAX + slack + TTL + STEP,
+            "renewed until {lost_at:?} into the cut, past staleness_max"
+        );
+
+        w.net().heal();
+        let mut healed_for = Duration::ZERO;
+        while !holds(&w) {
+            assert!(
+                healed_for < Duration::from_secs(20),
+                "not served again after the heal"
+            );
+            tokio::time::sleep(STEP).await;
+            w.tick_agents().await;
+            healed_for += STEP;
+        }
+        assert!(w.violations().is_empty(), "{:?}", w.violations());
+        w.shutdown().await;
+    });
+}
