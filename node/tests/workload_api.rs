@@ -1,6 +1,8 @@
 //! The SPIFFE Workload API end to end: `serve_workload_api` on a Unix socket in a tempdir, over a
 //! fake `WorkloadSource` holding real SVIDs (minted by published, active keyrings) for this test
 //! process's own uid, driven by the unmodified rust `spiffe` client and by a raw tonic client.
+//! The attacker tests run real processes (`exec_attacker.py`) that connect and then `exec`
+//! another program, and hold connections up to the per-uid limit.
 #![allow(clippy::disallowed_methods)] // tests run their own runtime and wait on wall-clock deadlines
 
 use std::collections::BTreeSet;
@@ -185,6 +187,29 @@ impl Source {
             federated: Mutex::new(Authority::new(&self::td(FEDERATED_TD), 2)),
             entries: Mutex::new(vec![(sel.clone(), app), (sel, db)]),
             federate: Mutex::new(true),
+            tick: watch::channel(0).0,
+        })
+    }
+
+    /// One entry per `(selector, path)`: `spiffe://<TD>/<path>`, no hint.
+    fn with_entries(entries: &[(Selector, &str)]) -> Arc<Source> {
+        let td = td(TD);
+        let mut authority = Authority::new(&td, 3);
+        let entries = entries
+            .iter()
+            .map(|(sel, path)| {
+                (
+                    [sel.clone()].into(),
+                    authority.x509(&format!("spiffe://{TD}/{path}"), ""),
+                )
+            })
+            .collect();
+        Arc::new(Source {
+            td,
+            authority: Mutex::new(authority),
+            federated: Mutex::new(Authority::new(&self::td(FEDERATED_TD), 4)),
+            entries: Mutex::new(entries),
+            federate: Mutex::new(false),
             tick: watch::channel(0).0,
         })
     }
@@ -885,4 +910,298 @@ async fn socket_replaces_a_stale_one_and_shutdown_ends_open_streams() {
     let err = bounded("refusal", r).await.expect_err("refused");
     assert!(err.to_string().contains("not a socket"), "{err}");
     assert_eq!(std::fs::read(&path).expect("file"), b"precious");
+}
+
+/// The real executable of `python3` (what `/proc/<pid>/exe` shows for it), or `None` without one.
+fn python_exe() -> Option<PathBuf> {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import os, sys; print(os.path.realpath(sys.executable))",
+        ])
+        .output()
+        .ok()?;
+    let path = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
+    (out.status.success() && path.is_file()).then_some(path)
+}
+
+fn path_selector(path: &Path) -> Selector {
+    Selector::new("unix", &format!("path:{}", path.display())).expect("selector")
+}
+
+/// A running `exec_attacker.py`, its output lines as they come.
+struct Attacker {
+    child: std::process::Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Attacker {
+    fn start(python: &Path, args: &[&Path]) -> Attacker {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/exec_attacker.py");
+        let mut child = std::process::Command::new(python)
+            .arg(script)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start exec_attacker.py");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Attacker { child, lines }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until every line of `want` was printed (in any order).
+    async fn expect(&mut self, want: &[&str]) {
+        let mut missing: Vec<&str> = want.to_vec();
+        while !missing.is_empty() {
+            let line = bounded("attacker output", self.lines.recv())
+                .await
+                .expect("the attacker exited early");
+            missing.retain(|w| *w != line);
+        }
+    }
+
+    fn say(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{line}").expect("write to the attacker");
+    }
+}
+
+impl Drop for Attacker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn first_spiffe_id(msg: &wire::workload::X509svidResponse) -> &str {
+    msg.svids.first().map_or("", |s| s.spiffe_id.as_str())
+}
+
+/// Asserts an exec-after-connect refusal: `PermissionDenied` saying so.
+fn assert_exec_refusal(what: &str, status: &Status) {
+    assert_eq!(status.code(), Code::PermissionDenied, "{what}: {status:?}");
+    assert!(
+        status.message().contains("exec after connect"),
+        "{what}: {}",
+        status.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_execs_after_connecting_never_gets_the_new_programs_entry() {
+    let Some(python) = python_exe() else {
+        eprintln!("skipped: no python3 on PATH (scripts/test.sh installs it)");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The "trusted" program: a copy of the interpreter at a path of its own (another file,
+    // so another `unix:path` and another inode).
+    let trusted = dir.path().join("trusted-python");
+    std::fs::copy(&python, &trusted).expect("copy python3");
+    let trusted = trusted.canonicalize().expect("canonical");
+    let source = Source::with_entries(&[
+        (path_selector(&python), "untrusted"),
+        (path_selector(&trusted), "trusted"),
+    ]);
+    let server = Server::start(source.clone()).await;
+    let untrusted_id = format!("spiffe://{TD}/untrusted");
+    let trusted_id = format!("spiffe://{TD}/trusted");
+
+    // Control: the trusted program connecting by itself gets its entry.
+    let relay = dir.path().join("relay-control.sock");
+    let mut honest = Attacker::start(&trusted, &[Path::new("direct"), &server.path, &relay]);
+    honest.expect(&["ready"]).await;
+    let mut raw = raw_client(&relay).await;
+    let got = bounded(
+        "control",
+        raw.fetch_x509svid(with_header(X509svidRequest {})),
+    )
+    .await
+    .expect("the trusted program is served")
+    .into_inner();
+    let first = bounded("control message", got.take(1).collect::<Vec<_>>()).await;
+    let first = first[0].as_ref().expect("message");
+    assert_eq!(first_spiffe_id(first), trusted_id);
+    drop(raw);
+    drop(honest);
+
+    // 1. Connect as python3, then exec the trusted program, which asks on that connection.
+    let relay = dir.path().join("relay-exec.sock");
+    let mut attacker = Attacker::start(
+        &python,
+        &[Path::new("exec"), &server.path, &relay, &trusted],
+    );
+    attacker.expect(&["connected", "ready"]).await;
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{}/exe", attacker.pid())).expect("exe"),
+        trusted,
+        "the attacker runs the trusted program now"
+    );
+    let mut raw = raw_client(&relay).await;
+    let status = bounded(
+        "exec: x509",
+        raw.fetch_x509svid(with_header(X509svidRequest {})),
+    )
+    .await
+    .expect_err("refused after exec");
+    assert_exec_refusal("FetchX509SVID after exec", &status);
+    let status = bounded(
+        "exec: jwt",
+        raw.fetch_jwtsvid(with_header(JwtsvidRequest {
+            audience: vec!["a".into()],
+            spiffe_id: String::new(),
+        })),
+    )
+    .await
+    .expect_err("refused after exec");
+    assert_exec_refusal("FetchJWTSVID after exec", &status);
+    drop(raw);
+    drop(attacker);
+
+    // 2. Connect as python3 and fork: the child (still python3) keeps the connection and asks;
+    //    the parent, whose pid the agent saw, execs the trusted program.
+    let relay = dir.path().join("relay-fork.sock");
+    let mut attacker = Attacker::start(
+        &python,
+        &[Path::new("fork"), &server.path, &relay, &trusted],
+    );
+    attacker.expect(&["connected", "ready"]).await;
+    let mut raw = raw_client(&relay).await;
+    // Before the exec: the connecting process is python3, and is served as such.
+    let mut stream = bounded(
+        "fork: x509",
+        raw.fetch_x509svid(with_header(X509svidRequest {})),
+    )
+    .await
+    .expect("python3 is served before the exec")
+    .into_inner();
+    let first = bounded("fork: first", stream.next())
+        .await
+        .expect("item")
+        .expect("message");
+    assert_eq!(first_spiffe_id(&first), untrusted_id);
+    attacker.say("go");
+    let pid = attacker.pid();
+    let execed = bounded("the parent's exec", async {
+        while std::fs::read_link(format!("/proc/{pid}/exe")).ok().as_ref() != Some(&trusted) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    execed.await;
+    // After it: a new call on the connection is refused, never served as the trusted program.
+    let status = bounded(
+        "fork: x509 again",
+        raw.fetch_x509svid(with_header(X509svidRequest {})),
+    )
+    .await
+    .expect_err("refused after exec");
+    assert_exec_refusal("FetchX509SVID after the parent's exec", &status);
+    let status = bounded(
+        "fork: bundles",
+        raw.fetch_x509_bundles(with_header(X509BundlesRequest {})),
+    )
+    .await
+    .expect_err("refused after exec");
+    assert_exec_refusal("FetchX509Bundles after the parent's exec", &status);
+    // The stream opened before the exec sends no update (a rotated key) after it.
+    source.rotate_first();
+    source.bump();
+    let end = bounded("fork: stream update", stream.next())
+        .await
+        .expect("item")
+        .expect_err("the stream ends refused");
+    assert_exec_refusal("stream update after the parent's exec", &end);
+    drop(stream);
+    drop(raw);
+    drop(attacker);
+    server.shutdown().await;
+}
+
+/// True if the server accepted `conn`: it sends its HTTP/2 SETTINGS (refused ones are closed).
+async fn accepted(conn: &mut tokio::net::UnixStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut byte = [0u8; 1];
+    matches!(
+        bounded("first bytes", conn.read(&mut byte)).await,
+        Ok(n) if n > 0
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_bounded_per_uid() {
+    let limit = 3;
+    let cfg = UnixAttestConfig {
+        connections_per_uid_max: limit,
+        ..UnixAttestConfig::default()
+    };
+    let server = Server::start_with(Source::for_uid(my_uid()), cfg).await;
+    let mut held = Vec::new();
+    for _ in 0..limit {
+        let mut conn = tokio::net::UnixStream::connect(&server.path)
+            .await
+            .expect("connect");
+        assert!(accepted(&mut conn).await, "within the limit");
+        held.push(conn);
+    }
+    // One more from the same uid is closed at once, and a client cannot get through.
+    let mut extra = tokio::net::UnixStream::connect(&server.path)
+        .await
+        .expect("connect");
+    assert!(!accepted(&mut extra).await, "past the limit");
+    let r = timeout(Duration::from_secs(3), try_raw_client(&server.path)).await;
+    let refused = match r {
+        Err(_) | Ok(Err(_)) => true,
+        Ok(Ok(mut raw)) => raw
+            .fetch_x509svid(with_header(X509svidRequest {}))
+            .await
+            .is_err(),
+    };
+    assert!(refused, "a client past the limit is not served");
+    // Closing one frees its slot: the next connection is served.
+    drop(held.pop());
+    let mut raw = bounded("a freed slot", async {
+        loop {
+            let mut probe = tokio::net::UnixStream::connect(&server.path)
+                .await
+                .expect("connect");
+            if accepted(&mut probe).await {
+                drop(probe);
+                // The probe's slot is given back as well; the client takes it.
+                if let Ok(Ok(mut raw)) =
+                    timeout(Duration::from_secs(3), try_raw_client(&server.path)).await
+                {
+                    if raw
+                        .fetch_x509svid(with_header(X509svidRequest {}))
+                        .await
+                        .is_ok()
+                    {
+                        break raw;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    raw.fetch_x509svid(with_header(X509svidRequest {}))
+        .await
+        .expect("served within the limit");
+    drop(raw);
+    drop(held);
+    server.shutdown().await;
 }

@@ -8,8 +8,23 @@
 //! 1. must carry the metadata `workload.spiffe.io: true`, or it fails with `InvalidArgument`
 //!    (SPIFFE_Workload_Endpoint.md §6);
 //! 2. attests the caller from the socket's peer credentials (`SO_PEERCRED` via tonic's
-//!    [`UdsConnectInfo`]) with [`unix_attest::attest`]; a caller that cannot be attested gets
-//!    `PermissionDenied`. The workload never presents a credential itself.
+//!    [`UdsConnectInfo`]) with [`unix_attest::attest_pinned`]; a caller that cannot be attested
+//!    gets `PermissionDenied`. The workload never presents a credential itself;
+//! 3. once the answer is built, checks again that the process is still the one pinned when the
+//!    connection was accepted ([`ProcessPin::check`]) and refuses with `PermissionDenied`
+//!    otherwise (see "Connections").
+//!
+//! Connections ([`serve_workload_api`]): every accepted connection is counted against its uid
+//! (at most [`UnixAttestConfig::connections_per_uid_max`] open at once; more are closed at
+//! once, with a log line naming the uid and the limit), goes through the shared `:authority`
+//! adapter ([`AuthorityFix`]) and gets a [`ProcessPin`] of the connecting process, taken right
+//! after `accept` on a blocking thread. Nothing is read from or written to the connection until
+//! the pin is taken, so no request is answered from an unpinned connection. A process that ran
+//! `exec` on another file since the pin (or that exited) is refused on that connection, so a
+//! connection opened by one program cannot be used to obtain the identity of the program its
+//! process runs next (the fd handed to a child, then `exec` of a trusted binary). An `exec` that
+//! completes before the pin is taken is not seen (README "Security model"). Streams check the
+//! pin again before every update they send.
 //!
 //! The RPCs (SPIFFE_Workload_API.md §5–§6):
 //! - `FetchX509SVID` (stream): every message is the full state — all SVIDs of the caller (first
@@ -61,8 +76,11 @@ use wire::workload::{
 use wire::{Bundle, Selector, SpiffeId, TrustDomain, UnixTime};
 
 use crate::rt::admin::io_text;
-use crate::rt::unix_attest::{self, PeerCred, UnixAttestConfig};
+use crate::rt::h2_authority::AuthorityFix;
+use crate::rt::unix_attest::{self, PeerCred, ProcessPin, UnixAttestConfig, UnixAttestError};
 use crate::Error;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tonic::transport::server::Connected;
 
 /// One X.509-SVID a workload may hold.
 #[derive(Clone)]
@@ -190,41 +208,50 @@ impl WorkloadApiService {
         SpiffeWorkloadApiServer::new(self).max_decoding_message_size(REQUEST_BYTES_MAX)
     }
 
-    /// Header check and attestation: the caller's selectors.
+    /// Header check and attestation: the caller's selectors, for the process pinned when its
+    /// connection was accepted.
     async fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
         check_header(req.metadata())?;
-        let cred = req
+        let conn = req
             .extensions()
-            .get::<UdsConnectInfo>()
-            .and_then(|info| info.peer_cred)
+            .get::<WorkloadConnInfo>()
+            .cloned()
             .ok_or_else(|| {
                 Status::permission_denied(
-                    "cannot attest the caller: its Unix peer credentials are unavailable",
+                    "cannot attest the caller: the connection was not accepted by the Workload API listener",
                 )
             })?;
+        let cred = conn.uds.peer_cred.ok_or_else(|| {
+            Status::permission_denied(
+                "cannot attest the caller: its Unix peer credentials are unavailable",
+            )
+        })?;
         let cred = PeerCred {
             pid: cred.pid(),
             uid: cred.uid(),
             gid: cred.gid(),
         };
+        let pin = conn.pin().await.map_err(|e| refusal(cred, &e))?;
         let cfg = self.attest_cfg.clone();
         // Attestation reads /proc and may hash the executable: off the async workers.
-        let attested = tokio::task::spawn_blocking(move || unix_attest::attest(cred, &cfg))
-            .await
-            .map_err(|_| Status::internal("workload attestation did not complete"))?;
+        let attested =
+            tokio::task::spawn_blocking(move || unix_attest::attest_pinned(cred, &pin, &cfg))
+                .await
+                .map_err(|_| Status::internal("workload attestation did not complete"))?;
         match attested {
-            Ok(selectors) => Ok(Caller { cred, selectors }),
-            Err(e) => {
-                tracing::info!(pid = ?cred.pid, uid = cred.uid, error = %e, "workload attestation failed");
-                let pid = cred
-                    .pid
-                    .map_or_else(|| "unknown".to_owned(), |p| p.to_string());
-                Err(Status::permission_denied(format!(
-                    "cannot attest the caller (pid {pid}, uid {}): {e}",
-                    cred.uid
-                )))
-            }
+            Ok(selectors) => Ok(Caller {
+                cred,
+                pin,
+                selectors,
+            }),
+            Err(e) => Err(refusal(cred, &e)),
         }
+    }
+
+    /// Checks, after an answer was built and before it is sent, that the caller's process is
+    /// still the pinned one running the pinned executable.
+    async fn recheck(&self, caller: &Caller) -> Result<(), Status> {
+        recheck(caller.cred, caller.pin, self.attest_cfg.clone()).await
     }
 
     /// A stream that sends `first`, then a new message whenever the source changes.
@@ -238,6 +265,9 @@ impl WorkloadApiService {
     ) -> FullStateStream<M> {
         let watcher = Watcher {
             source: self.source.clone(),
+            cred: caller.cred,
+            pin: caller.pin,
+            attest_cfg: self.attest_cfg.clone(),
             selectors: caller.selectors,
             changes,
             stop: self.stop.subscribe(),
@@ -253,7 +283,7 @@ impl WorkloadApiService {
     }
 
     /// First message and stream for the three streaming RPCs.
-    fn open<M: Send + 'static>(
+    async fn open<M: Send + 'static>(
         &self,
         caller: Caller,
         what: &'static str,
@@ -269,6 +299,7 @@ impl WorkloadApiService {
                 return Err(status);
             }
         };
+        self.recheck(&caller).await?;
         tracing::debug!(pid = ?caller.cred.pid, uid = caller.cred.uid, rpc = what, "stream opened");
         Ok(Response::new(
             self.watch(caller, changes, digest, first, build),
@@ -291,7 +322,34 @@ impl StreamStopper {
 #[derive(Debug, Clone)]
 struct Caller {
     cred: PeerCred,
+    /// Its process as pinned when the connection was accepted.
+    pin: ProcessPin,
     selectors: BTreeSet<Selector>,
+}
+
+/// The `PermissionDenied` for a caller that cannot be attested (logged).
+fn refusal(cred: PeerCred, e: &UnixAttestError) -> Status {
+    tracing::info!(pid = ?cred.pid, uid = cred.uid, error = %e, "workload attestation failed");
+    let pid = cred
+        .pid
+        .map_or_else(|| "unknown".to_owned(), |p| p.to_string());
+    Status::permission_denied(format!(
+        "cannot attest the caller (pid {pid}, uid {}): {e}",
+        cred.uid
+    ))
+}
+
+/// [`ProcessPin::check`] off the async workers, as a `PermissionDenied` when it fails.
+async fn recheck(
+    cred: PeerCred,
+    pin: ProcessPin,
+    cfg: Arc<UnixAttestConfig>,
+) -> Result<(), Status> {
+    match tokio::task::spawn_blocking(move || pin.check(&cfg)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(refusal(cred, &e)),
+        Err(_) => Err(Status::internal("workload attestation did not complete")),
+    }
 }
 
 /// Rejects a request without `workload.spiffe.io: true`.
@@ -484,6 +542,9 @@ where
 /// A stream's state between messages.
 struct Watcher<M> {
     source: Arc<dyn WorkloadSource>,
+    cred: PeerCred,
+    pin: ProcessPin,
+    attest_cfg: Arc<UnixAttestConfig>,
     selectors: BTreeSet<Selector>,
     changes: watch::Receiver<u64>,
     stop: watch::Receiver<bool>,
@@ -527,6 +588,11 @@ impl<M: Send + 'static> Watcher<M> {
                 Err(status) => return Some((Err(status), None)),
                 Ok((_, digest)) if digest == self.last => continue,
                 Ok((message, digest)) => {
+                    // The process holding the stream must still be the pinned one.
+                    if let Err(status) = recheck(self.cred, self.pin, self.attest_cfg.clone()).await
+                    {
+                        return Some((Err(status), None));
+                    }
                     self.last = digest;
                     return Some((Ok(message), Some(self)));
                 }
@@ -583,7 +649,7 @@ impl SpiffeWorkloadApi for WorkloadApiService {
         request: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         let caller = self.caller(&request).await?;
-        self.open(caller, "FetchX509SVID", x509_svid_message)
+        self.open(caller, "FetchX509SVID", x509_svid_message).await
     }
 
     async fn fetch_x509_bundles(
@@ -592,6 +658,7 @@ impl SpiffeWorkloadApi for WorkloadApiService {
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         let caller = self.caller(&request).await?;
         self.open(caller, "FetchX509Bundles", x509_bundles_message)
+            .await
     }
 
     async fn fetch_jwt_bundles(
@@ -600,6 +667,7 @@ impl SpiffeWorkloadApi for WorkloadApiService {
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         let caller = self.caller(&request).await?;
         self.open(caller, "FetchJWTBundles", jwt_bundles_message)
+            .await
     }
 
     async fn fetch_jwtsvid(
@@ -641,6 +709,7 @@ impl SpiffeWorkloadApi for WorkloadApiService {
             tracing::debug!(pid = ?caller.cred.pid, uid = caller.cred.uid, "FetchJWTSVID: no identity");
             return Err(Status::permission_denied(NO_IDENTITY));
         }
+        self.recheck(&caller).await?;
         Ok(Response::new(JwtsvidResponse {
             svids: svids
                 .into_iter()
@@ -666,7 +735,7 @@ impl SpiffeWorkloadApi for WorkloadApiService {
             return Err(Status::invalid_argument("svid must be specified"));
         }
         // Validation needs no identity of the caller, but the caller must be attestable.
-        let _caller = self.caller(&request).await?;
+        let caller = self.caller(&request).await?;
         let (ours, own, others) = federated(&*self.source);
         let mut bundles = others;
         bundles.insert(ours, own);
@@ -682,6 +751,7 @@ impl SpiffeWorkloadApi for WorkloadApiService {
                 fields.insert(name.clone(), json_to_pb(value));
             }
         }
+        self.recheck(&caller).await?;
         Ok(Response::new(resp))
     }
 
@@ -758,29 +828,284 @@ pub fn bind_workload_socket(path: &Path) -> Result<tokio::net::UnixListener, Err
     opened
 }
 
+/// What a request learns about its connection (tonic's connect info for [`WorkloadConn`]).
+#[derive(Debug, Clone)]
+struct WorkloadConnInfo {
+    /// Peer address and credentials (`SO_PEERCRED`, read when the connection was accepted).
+    uds: UdsConnectInfo,
+    /// The connecting process's pin; `None` until taken.
+    pin: watch::Receiver<Option<Result<ProcessPin, UnixAttestError>>>,
+}
+
+/// Longest wait for a connection's pin (it is taken before the connection is read from, so a
+/// request normally finds it ready).
+const PIN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl WorkloadConnInfo {
+    /// The pin, once taken.
+    async fn pin(&self) -> Result<ProcessPin, UnixAttestError> {
+        let mut rx = self.pin.clone();
+        let pid = self.uds.peer_cred.and_then(|c| c.pid()).unwrap_or(0);
+        let waited = tokio::time::timeout(PIN_WAIT, rx.wait_for(Option::is_some)).await;
+        let taken = match waited {
+            Ok(Ok(pin)) => pin.clone(),
+            // The pin was never taken (runtime shutting down) or is overdue.
+            Ok(Err(_)) | Err(_) => None,
+        };
+        taken.unwrap_or(Err(UnixAttestError::Gone(pid)))
+    }
+}
+
+/// Open Workload API connections per uid, bounded.
+#[derive(Debug, Clone)]
+struct UidLimits {
+    max: usize,
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<u32, UidCount>>>,
+}
+
+#[derive(Debug, Default)]
+struct UidCount {
+    open: usize,
+    /// Connections refused since this uid last had none open (for the log's rate limit).
+    refused: u64,
+}
+
+/// One open connection of `uid`, counted until dropped.
+#[derive(Debug)]
+struct UidSlot {
+    uid: u32,
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<u32, UidCount>>>,
+}
+
+impl UidLimits {
+    fn new(max: usize) -> UidLimits {
+        UidLimits {
+            max,
+            counts: Arc::default(),
+        }
+    }
+
+    /// A slot for a new connection of `uid`, or how many were refused so far (this one too).
+    fn acquire(&self, uid: u32) -> Result<UidSlot, u64> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(uid).or_default();
+        if count.open >= self.max {
+            count.refused = count.refused.saturating_add(1);
+            let refused = count.refused;
+            if count.open == 0 {
+                // A limit of 0: nothing is ever held for this uid.
+                counts.remove(&uid);
+            }
+            return Err(refused);
+        }
+        count.open += 1;
+        Ok(UidSlot {
+            uid,
+            counts: self.counts.clone(),
+        })
+    }
+
+    #[cfg(test)]
+    fn open(&self, uid: u32) -> usize {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts.get(&uid).map_or(0, |c| c.open)
+    }
+}
+
+impl Drop for UidSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.uid) {
+            count.open = count.open.saturating_sub(1);
+            if count.open == 0 {
+                counts.remove(&self.uid);
+            }
+        }
+    }
+}
+
+/// An accepted Workload API connection: the `:authority` adapter over the socket, its uid's
+/// slot, and its process pin. Reads and writes wait until the pin is taken.
+struct WorkloadConn {
+    inner: AuthorityFix<tokio::net::UnixStream>,
+    info: WorkloadConnInfo,
+    /// Resolves once the pin is taken; `None` afterwards.
+    pinning: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    _slot: UidSlot,
+}
+
+impl std::fmt::Debug for WorkloadConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkloadConn")
+            .field("info", &self.info)
+            .field("pinned", &self.pinning.is_none())
+            .finish()
+    }
+}
+
+impl WorkloadConn {
+    /// Ready once the pin is taken.
+    fn poll_pinned(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let Some(pinning) = self.pinning.as_mut() {
+            if pinning.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.pinning = None;
+        }
+        Poll::Ready(())
+    }
+}
+
+impl AsyncRead for WorkloadConn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.poll_pinned(cx).is_pending() {
+            return Poll::Pending;
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for WorkloadConn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.poll_pinned(cx).is_pending() {
+            return Poll::Pending;
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.poll_pinned(cx).is_pending() {
+            return Poll::Pending;
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+impl Connected for WorkloadConn {
+    type ConnectInfo = WorkloadConnInfo;
+
+    fn connect_info(&self) -> WorkloadConnInfo {
+        self.info.clone()
+    }
+}
+
+/// Takes an accepted connection in: counts it against its uid (closes it past the limit) and
+/// starts pinning its process. `None`: the connection is closed.
+fn accept(
+    stream: tokio::net::UnixStream,
+    limits: &UidLimits,
+    cfg: &Arc<UnixAttestConfig>,
+) -> Option<WorkloadConn> {
+    let cred = match stream.peer_cred() {
+        Ok(cred) => cred,
+        Err(e) => {
+            tracing::info!(error = %e, "closed a Workload API connection without peer credentials");
+            return None;
+        }
+    };
+    let slot = match limits.acquire(cred.uid()) {
+        Ok(slot) => slot,
+        Err(refused) => {
+            // Logged at the 1st, 2nd, 4th, 8th... refusal while the uid stays at the limit.
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    uid = cred.uid(),
+                    limit = limits.max,
+                    refused,
+                    "closed a Workload API connection: uid {} already has {} open connections (the limit per uid)",
+                    cred.uid(),
+                    limits.max
+                );
+            }
+            return None;
+        }
+    };
+    let peer = PeerCred {
+        pid: cred.pid(),
+        uid: cred.uid(),
+        gid: cred.gid(),
+    };
+    // The executable's path now, in the accept loop (the kernel's record only: never blocks),
+    // so an exec after this point is seen even before the pin below is taken.
+    let exe_at_accept = unix_attest::exe_path(peer, cfg);
+    let (tx, rx) = watch::channel(None);
+    let pin_cfg = cfg.clone();
+    // The rest (/proc reads and a stat of the executable, whose file system may be slow): on a
+    // blocking thread, at once.
+    drop(tokio::task::spawn_blocking(move || {
+        let pin = ProcessPin::take(peer, exe_at_accept.as_deref(), &pin_cfg);
+        tx.send_replace(Some(pin));
+    }));
+    let inner = AuthorityFix::new(stream);
+    let uds = inner.connect_info();
+    let mut waiter = rx.clone();
+    Some(WorkloadConn {
+        inner,
+        info: WorkloadConnInfo { uds, pin: rx },
+        pinning: Some(Box::pin(async move {
+            let _ = waiter.wait_for(Option::is_some).await;
+        })),
+        _slot: slot,
+    })
+}
+
 /// Longest wait for Workload API connections to close after shutdown.
 pub const DRAIN_MAX: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Serves the Workload API from `source` on a Unix socket at `path` until `shutdown` completes.
 ///
 /// The socket gets mode 0666 ([`WORKLOAD_SOCKET_MODE`]): workloads of every uid connect, and
-/// attestation (`attest_cfg`) decides what each gets. A stale socket file at `path` is replaced;
-/// the socket file is removed when serving ends. On shutdown every open stream ends with
-/// `Unavailable`, then the connections drain.
+/// attestation (`attest_cfg`) decides what each gets. Each uid may hold
+/// `attest_cfg.connections_per_uid_max` connections at once; each connection pins its process
+/// (module docs). A stale socket file at `path` is replaced; the socket file is removed when
+/// serving ends. On shutdown every open stream ends with `Unavailable`, then the connections
+/// drain.
 pub async fn serve_workload_api(
     path: &Path,
     source: Arc<dyn WorkloadSource>,
     attest_cfg: UnixAttestConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
+    let limits = UidLimits::new(attest_cfg.connections_per_uid_max);
     let service = WorkloadApiService::new(source, attest_cfg);
+    let cfg = service.attest_cfg.clone();
     let stopper = service.stopper();
     let listener = bind_workload_socket(path)?;
-    tracing::info!(socket = %path.display(), "Workload API listening");
-    // grpc-python sends an `:authority` the HTTP/2 server refuses; see h2_authority.
-    let incoming = tokio_stream::StreamExt::map(
+    tracing::info!(socket = %path.display(), connections_per_uid_max = limits.max, "Workload API listening");
+    // Per-uid limit, process pin, and the `:authority` adapter (grpc-python; see h2_authority).
+    let incoming = tokio_stream::StreamExt::filter_map(
         tokio_stream::wrappers::UnixListenerStream::new(listener),
-        |conn| conn.map(super::h2_authority::AuthorityFix::new),
+        move |conn| match conn {
+            Ok(stream) => accept(stream, &limits, &cfg).map(Ok),
+            Err(e) => Some(Err(e)),
+        },
     );
     let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
@@ -1052,21 +1377,58 @@ mod tests {
         assert_eq!(m["n"], Pb::Unset);
     }
 
+    /// This test process as a caller holding `unix:uid:1000`, pinned.
+    fn own_caller() -> Caller {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata("/proc/self").expect("/proc/self");
+        let cred = PeerCred {
+            pid: Some(i32::try_from(std::process::id()).expect("pid")),
+            uid: meta.uid(),
+            gid: meta.gid(),
+        };
+        let cfg = UnixAttestConfig::default();
+        let pin = ProcessPin::take(cred, unix_attest::exe_path(cred, &cfg).as_deref(), &cfg)
+            .expect("pin");
+        Caller {
+            cred,
+            pin,
+            selectors: uid1000(),
+        }
+    }
+
+    #[test]
+    fn connections_are_bounded_per_uid() {
+        let limits = UidLimits::new(2);
+        let a = limits.acquire(7).expect("first");
+        let b = limits.acquire(7).expect("second");
+        assert_eq!(limits.acquire(7).err(), Some(1));
+        assert_eq!(limits.acquire(7).err(), Some(2));
+        // Other uids have their own budget.
+        let other = limits.acquire(8).expect("other uid");
+        assert_eq!(limits.open(7), 2);
+        drop(a);
+        assert_eq!(limits.open(7), 1);
+        let c = limits.acquire(7).expect("a slot was freed");
+        drop((b, c, other));
+        assert_eq!(limits.open(7), 0);
+        assert!(
+            limits.counts.lock().expect("lock").is_empty(),
+            "no state kept for idle uids"
+        );
+        let none = UidLimits::new(0);
+        assert_eq!(none.acquire(7).err(), Some(1));
+        assert!(none.counts.lock().expect("lock").is_empty());
+    }
+
     #[tokio::test]
     async fn stream_resends_only_on_real_change_and_stops() {
         use tonic::codegen::tokio_stream::StreamExt;
         let f = Arc::new(fake());
         let svc = WorkloadApiService::new(f.clone(), UnixAttestConfig::default());
-        let caller = Caller {
-            cred: PeerCred {
-                pid: Some(1),
-                uid: 1000,
-                gid: 1000,
-            },
-            selectors: uid1000(),
-        };
+        let caller = own_caller();
         let mut stream = svc
             .open(caller, "test", x509_svid_message)
+            .await
             .expect("open")
             .into_inner();
         let wait = std::time::Duration::from_secs(10);
@@ -1102,16 +1464,9 @@ mod tests {
         assert!(stream.next().await.is_none());
         // Stopping ends an open stream with Unavailable.
         f.svids.lock().expect("lock").push(svid("e", "", 5));
-        let caller = Caller {
-            cred: PeerCred {
-                pid: Some(1),
-                uid: 1000,
-                gid: 1000,
-            },
-            selectors: uid1000(),
-        };
         let mut stream = svc
-            .open(caller, "test", x509_svid_message)
+            .open(own_caller(), "test", x509_svid_message)
+            .await
             .expect("open")
             .into_inner();
         stream.next().await.expect("first").expect("ok");
