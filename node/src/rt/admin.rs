@@ -956,6 +956,10 @@ pub async fn serve_admin_with_mode<T: Transport>(
 
 /// Serves gRPC `routes` on a Unix socket at `path` made by [`bind_admin_socket`] with `mode`
 /// until `shutdown` completes, then removes the socket file. `what` names the API in logs.
+/// Connections go through the Workload API's `:authority` adapter
+/// ([`AuthorityFix`](super::h2_authority::AuthorityFix)), so grpc-python clients, which name
+/// the socket path as `:authority`, are served too; requests still carry the peer credentials
+/// (`UdsConnectInfo`).
 pub async fn serve_on_socket(
     path: &Path,
     mode: u32,
@@ -965,7 +969,10 @@ pub async fn serve_on_socket(
 ) -> Result<(), Error> {
     let listener = bind_admin_socket(path, mode)?;
     tracing::info!(socket = %path.display(), "{what} listening");
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::UnixListenerStream::new(listener),
+        |conn| conn.map(super::h2_authority::AuthorityFix::new),
+    );
     let served = tonic::transport::Server::builder()
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown)
