@@ -693,6 +693,122 @@ pub fn not_after(der: &[u8]) -> Result<UnixTime, crate::Error> {
     Ok(UnixTime::from_secs(secs))
 }
 
+/// A serial number as lowercase hex of its value: big-endian, without leading zero bytes (DER
+/// adds one to a serial whose high bit is set; a random serial may start with zeros).
+pub fn serial_hex(bytes: &[u8]) -> String {
+    let start = bytes
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(bytes.len().saturating_sub(1));
+    hex(&bytes[start..])
+}
+
+/// A leaf certificate's serial ([`serial_hex`]) and `NotAfter`. Parses only; does not validate.
+pub fn serial_and_not_after(der: &[u8]) -> Result<(String, UnixTime), crate::Error> {
+    let cert = parse_cert(der).map_err(crate::Error::X509)?;
+    let secs = u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0);
+    Ok((serial_hex(cert.raw_serial()), UnixTime::from_secs(secs)))
+}
+
+/// Checks an authority another server node asks to publish (a forwarded
+/// `Command::PublishAuthority`): it must be what [`X509Ca::create`] or the JWT keyring makes for
+/// node `node_id` of `td`. X.509: a self-signed CA certificate (basic constraints CA, key usage
+/// keyCertSign, its signature verifies with its own key), exactly the URI SAN `spiffe://<td>`,
+/// a Subject serialNumber equal to its serial (unique per CA, SPIRE #4585), the ID
+/// `x509-n<node>-<serial prefix>`, the same `NotAfter` and public key as the record. JWT: the
+/// ID `jwt-n<node>-…` and a P-256 key. The text of an error says which rule failed.
+pub fn check_node_authority(
+    authority: &Authority,
+    td: &TrustDomain,
+    node_id: u64,
+) -> Result<(), String> {
+    if authority.node_id != node_id {
+        return Err(format!(
+            "authority {} belongs to node {}, not to node {node_id} that publishes it",
+            authority.id, authority.node_id
+        ));
+    }
+    authority.validate().map_err(|e| e.to_string())?;
+    let x509 = match &authority.key {
+        AuthorityKey::Jwt(j) => {
+            if !authority.id.starts_with(&format!("jwt-n{node_id}-")) {
+                return Err(format!(
+                    "a JWT authority of node {node_id} is named jwt-n{node_id}-…"
+                ));
+            }
+            return match &j.key {
+                wire::PublicJwk::Ec { crv, .. } if crv == "P-256" => Ok(()),
+                _ => Err("a JWT authority's key must be an EC P-256 key".into()),
+            };
+        }
+        AuthorityKey::X509(x) => x,
+    };
+    let cert = parse_cert(&x509.cert_der).map_err(|e| format!("CA certificate: {e}"))?;
+    let is_ca = matches!(cert.basic_constraints(), Ok(Some(bc)) if bc.value.ca);
+    let can_sign = matches!(cert.key_usage(), Ok(Some(ku)) if ku.value.key_cert_sign());
+    if !is_ca || !can_sign {
+        return Err("not a CA certificate (basic constraints CA and key usage keyCertSign)".into());
+    }
+    check_critical_extensions(&cert).map_err(|e| format!("CA certificate: {e}"))?;
+    if !signed_by(&cert, &cert) {
+        return Err("the CA certificate is not self-signed by its own key".into());
+    }
+    let uris: Vec<&str> = match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::URI(u) => Some(*u),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    if uris != [td.id().as_str()] {
+        return Err(format!(
+            "a CA of trust domain {td} has exactly the URI SAN {}",
+            td.id()
+        ));
+    }
+    let serial = serial_hex(cert.raw_serial());
+    let subject_serial: Vec<&str> = cert
+        .subject()
+        .iter_by_oid(&x509_parser::oid_registry::OID_X509_SERIALNUMBER)
+        .filter_map(|a| a.as_str().ok())
+        .collect();
+    // The Subject carries the minted 16 bytes in hex; the certificate the same number.
+    let [named] = subject_serial.as_slice() else {
+        return Err("the CA's Subject must carry exactly one serialNumber".into());
+    };
+    let named_bytes: Option<Vec<u8>> = (named.len() == 32)
+        .then(|| {
+            (0..16)
+                .map(|i| u8::from_str_radix(named.get(2 * i..2 * i + 2)?, 16).ok())
+                .collect()
+        })
+        .flatten();
+    if named_bytes.as_deref().map(serial_hex) != Some(serial) {
+        return Err("the CA's Subject serialNumber must be its certificate serial".into());
+    }
+    let expected_id = format!("x509-n{node_id}-{}", named.get(..16).unwrap_or(""));
+    if authority.id != expected_id {
+        return Err(format!(
+            "authority {} must be named {expected_id} after its node and serial",
+            authority.id
+        ));
+    }
+    let not_after = u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0);
+    if authority.not_after.as_secs() != not_after {
+        return Err("the authority's not_after differs from its certificate's".into());
+    }
+    let spki = cert.public_key().raw;
+    if jwk_of_spki(spki).ok().as_ref() != Some(&x509.key) {
+        return Err("the authority's key differs from its certificate's".into());
+    }
+    Ok(())
+}
+
 /// Rejects certificates with a critical extension we do not process.
 pub(crate) fn check_critical_extensions(cert: &X509Certificate<'_>) -> Result<(), X509Reject> {
     for ext in cert.extensions() {

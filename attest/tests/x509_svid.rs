@@ -18,7 +18,8 @@ use rcgen::{
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_ASN1_SIGNING};
 use wire::{
-    Bundle, BundleMap, EntryId, RegistrationEntry, Seed, SpiffeId, UnixTime, X509Authority,
+    AuthorityKey, Bundle, BundleMap, EntryId, RegistrationEntry, Seed, SpiffeId, UnixTime,
+    X509Authority,
 };
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -1021,4 +1022,39 @@ fn validation_bounds_chain_length_and_certificate_size() {
         reject(validate_x509_svid(&[&trailing], &bundles, t0())),
         X509Reject::Malformed
     );
+}
+
+/// A CA published through Raft by another member is checked: what `X509Ca::create` makes for
+/// that node passes; another node's, a CA from elsewhere, a renamed one or a changed key fail.
+#[test]
+fn check_node_authority_accepts_a_nodes_own_ca_and_refuses_forgeries() {
+    use attest::x509::check_node_authority;
+    let keys = SeededKeySource::new(Seed::from_u64(8));
+    let signer = wire::KeySource::generate(&keys, wire::KeyAlg::EcP256).expect("key");
+    let mut rng = common::rng(8);
+    let ca =
+        X509Ca::create(signer, &td(TD), 2, t0(), secs(86_400), secs(10), &mut rng).expect("create");
+    let own = ca.authority().clone();
+    assert_eq!(check_node_authority(&own, &td(TD), 2), Ok(()));
+    // Published by another node, or for another trust domain.
+    assert!(check_node_authority(&own, &td(TD), 3).is_err());
+    assert!(check_node_authority(&own, &td("other.org"), 2).is_err());
+    // Renamed, or with another key or expiry than its certificate's.
+    let mut renamed = own.clone();
+    renamed.id = "x509-n2-ffffffffffffffff".into();
+    assert!(check_node_authority(&renamed, &td(TD), 2).is_err());
+    let mut later = own.clone();
+    later.not_after = later.not_after.saturating_add(secs(1));
+    assert!(check_node_authority(&later, &td(TD), 2).is_err());
+    let (_, other) = rcgen_ca(TD);
+    let mut swapped = own.clone();
+    if let AuthorityKey::X509(x) = &mut swapped.key {
+        x.key = other.key.clone();
+    }
+    assert!(check_node_authority(&swapped, &td(TD), 2).is_err());
+    // A CA made elsewhere (rcgen: no serialNumber in its Subject), under our node's name.
+    let mut foreign_ca = own.clone();
+    foreign_ca.key = AuthorityKey::X509(other);
+    let err = check_node_authority(&foreign_ca, &td(TD), 2).expect_err("refused");
+    assert!(!err.is_empty());
 }

@@ -423,11 +423,20 @@ impl Plane {
         std::fs::create_dir_all(&home).map_err(|e| e.to_string())?;
         let mut text = server_toml(&self.opts, id, bind, relay.addr());
         if let Some(seed) = self.nodes.first() {
-            let token = json_of(&sigil(
-                &self.opts.sigil,
-                &seed.admin_args(&["token", "generate", "--server", "--json"]),
-            ))
-            .ok_or("could not generate a server join token")?;
+            // A token for this node's ID; one that re-admits it if an earlier start already
+            // joined it (a start that failed after its join).
+            let node_id = id.to_string();
+            let generate = |rejoin: bool| {
+                let mut args = vec!["token", "generate", "--server", "--node-id", &node_id];
+                if rejoin {
+                    args.push("--rejoin");
+                }
+                args.push("--json");
+                json_of(&sigil(&self.opts.sigil, &seed.admin_args(&args)))
+            };
+            let token = generate(false)
+                .or_else(|| generate(true))
+                .ok_or("could not generate a server join token")?;
             text.push_str(&format!(
                 "\n[join]\ntoken = \"{}\"\nseeds = [\"{}\"]\nbundle_sha256 = \"{}\"\n",
                 token["token"].as_str().unwrap_or_default(),

@@ -22,6 +22,8 @@ use wire::admin::admin_client::AdminClient;
 use wire::admin::{self as pb, PAGE_SIZE_MAX};
 use wire::{Selector, SpiffeId, TrustDomain};
 
+pub mod agents;
+
 /// A failed command: one line for stderr.
 #[derive(Debug)]
 pub struct CliError(String);
@@ -606,6 +608,31 @@ enum TokenCommand {
     /// Create a single-use join token for an agent, or with `--server` for a new server node
     /// (shown once; the server stores only its hash).
     Generate(TokenGenerate),
+    /// Every join token, used or not: its hash, purpose, expiry, and who used it (never the
+    /// token itself).
+    List(TokenList),
+    /// Forget a join token (used or not): it admits nobody any more. Name it by the token or by
+    /// its hash (a unique prefix of at least 8 characters, as `sigil token list` shows).
+    Revoke(TokenRevoke),
+}
+
+#[derive(Debug, Args)]
+struct TokenList {
+    /// Print JSON: {"tokens": [{"token_sha256", "purpose", "created_at_secs", "expires_at_secs",
+    /// "consumed_by", "consumed_at_secs", "node_id", "rejoin"}]}.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("which").required(true))]
+struct TokenRevoke {
+    /// The token itself.
+    #[arg(long, value_name = "TOKEN", group = "which")]
+    token: Option<String>,
+    /// The token's SHA-256, or a unique prefix of it (at least 8 hex characters).
+    #[arg(long, value_name = "HASH", group = "which")]
+    sha256: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -621,6 +648,14 @@ struct TokenGenerate {
     /// bundle hash to pin and a `[join]` snippet for the joining node's server.toml.
     #[arg(long, conflicts_with = "spiffe_id")]
     server: bool,
+    /// Server tokens: the node ID the token admits (the joining node's `node_id` must be this)
+    /// [default: the next unused ID, printed].
+    #[arg(long, value_name = "N", requires = "server", value_parser = clap::value_parser!(u64).range(1..))]
+    node_id: Option<u64>,
+    /// Server tokens: re-admit a member whose server SVID expired while it was down (needs
+    /// --node-id). Without it a token for a member's ID is refused.
+    #[arg(long, requires = "node_id")]
+    rejoin: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -649,7 +684,11 @@ pub fn join_snippet(token: &str, seed: &str, bundle_sha256: &str) -> String {
 impl TokenArgs {
     /// Runs the command, writing results to `out`.
     pub async fn run(self, out: &mut impl Write) -> Result<(), CliError> {
-        let TokenCommand::Generate(g) = self.command;
+        let g = match self.command {
+            TokenCommand::Generate(g) => g,
+            TokenCommand::List(l) => return l.run(&self.socket, out).await,
+            TokenCommand::Revoke(r) => return r.run(&self.socket, out).await,
+        };
         let ttl_secs = match &g.ttl {
             None => 0,
             Some(t) => match parse_duration_secs(t).map_err(|e| fail(format!("--ttl: {e}")))? {
@@ -674,6 +713,8 @@ impl TokenArgs {
                 ttl_secs,
                 spiffe_id,
                 purpose: purpose.into(),
+                node_id: g.node_id.unwrap_or(0),
+                rejoin: g.rejoin,
             })
             .await?
             .into_inner();
@@ -698,6 +739,93 @@ impl TokenArgs {
         if !resp.entry_id.is_empty() {
             writeln!(out, "Entry ID: {}", resp.entry_id)?;
         }
+        Ok(())
+    }
+}
+
+fn purpose_name(purpose: i32) -> &'static str {
+    match pb::JoinTokenPurpose::try_from(purpose) {
+        Ok(pb::JoinTokenPurpose::Server) => "server",
+        _ => "agent",
+    }
+}
+
+impl TokenList {
+    async fn run(self, socket: &AdminSocket, out: &mut impl Write) -> Result<(), CliError> {
+        let mut client = socket.connect().await?;
+        let mut tokens = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = client
+                .list_join_tokens(pb::ListJoinTokensRequest {
+                    page_size: PAGE_SIZE_MAX,
+                    page_token: page_token.clone(),
+                })
+                .await?
+                .into_inner();
+            tokens.extend(page.tokens);
+            // A token that does not advance would loop forever.
+            if page.next_page_token.is_empty() || page.next_page_token == page_token {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+        if self.json {
+            let list: Vec<Value> = tokens
+                .iter()
+                .map(|t| {
+                    json!({
+                        "token_sha256": t.token_sha256,
+                        "purpose": purpose_name(t.purpose),
+                        "created_at_secs": t.created_at_secs,
+                        "expires_at_secs": t.expires_at_secs,
+                        "consumed_by": (!t.consumed_by.is_empty()).then_some(&t.consumed_by),
+                        "consumed_at_secs": t.consumed_at_secs,
+                        "node_id": t.node_id,
+                        "rejoin": t.rejoin,
+                    })
+                })
+                .collect();
+            return print_json(out, &json!({ "tokens": list }));
+        }
+        writeln!(out, "Found {} join token(s)", tokens.len())?;
+        for t in &tokens {
+            writeln!(out)?;
+            writeln!(out, "Token SHA-256: {}", t.token_sha256)?;
+            let purpose = match (purpose_name(t.purpose), t.node_id) {
+                ("server", Some(n)) if t.rejoin => format!("server (re-admits node {n})"),
+                ("server", Some(n)) => format!("server (admits node {n})"),
+                (p, _) => p.to_owned(),
+            };
+            writeln!(out, "Purpose      : {purpose}")?;
+            writeln!(out, "Created at   : {}", rfc3339(t.created_at_secs))?;
+            writeln!(out, "Expires at   : {}", rfc3339(t.expires_at_secs))?;
+            if t.consumed_by.is_empty() {
+                writeln!(out, "Used         : no")?;
+            } else {
+                let at = t.consumed_at_secs.map(rfc3339).unwrap_or_default();
+                writeln!(out, "Used         : by {} at {at}", t.consumed_by)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl TokenRevoke {
+    async fn run(self, socket: &AdminSocket, out: &mut impl Write) -> Result<(), CliError> {
+        let mut client = socket.connect().await?;
+        let resp = client
+            .revoke_join_token(pb::RevokeJoinTokenRequest {
+                token: self.token.unwrap_or_default(),
+                token_sha256: self.sha256.unwrap_or_default(),
+            })
+            .await?
+            .into_inner();
+        writeln!(
+            out,
+            "Join token {} revoked: it admits nobody any more",
+            resp.token_sha256
+        )?;
         Ok(())
     }
 }
@@ -732,11 +860,16 @@ fn print_server_token(
                 "bundle_sha256": resp.bundle_sha256,
                 "trust_domain": resp.trust_domain,
                 "seeds": seeds,
+                "node_id": resp.node_id,
             }),
         );
     }
     writeln!(out, "Token: {}", resp.token)?;
-    writeln!(out, "Purpose: server (admits one new server node)")?;
+    writeln!(
+        out,
+        "Purpose: server (admits server node {} once)",
+        resp.node_id
+    )?;
     writeln!(out, "Expires at: {}", rfc3339(resp.expires_at_secs))?;
     writeln!(out, "Bundle SHA-256: {}", resp.bundle_sha256)?;
     writeln!(out)?;
@@ -747,7 +880,8 @@ fn print_server_token(
     };
     writeln!(
         out,
-        "Add this to the joining node's server.toml (next to {td}its own node_id and bind, and bootstrap = false):"
+        "Add this to the joining node's server.toml, which must say {td}node_id = {} (the token admits only that ID), its bind, and bootstrap = false:",
+        resp.node_id
     )?;
     writeln!(out)?;
     write!(
@@ -899,9 +1033,16 @@ struct ClusterStatus {
 
 #[derive(Debug, Args)]
 struct ClusterRemoveServer {
-    /// The server node's ID (its `node_id`, see `sigil cluster status`).
+    /// The server node's ID (its `node_id`, see `sigil cluster status`). A removed ID is never
+    /// admitted again.
     #[arg(value_name = "NODE_ID", value_parser = clap::value_parser!(u64).range(1..))]
     node_id: u64,
+    /// Its keys may be compromised: take its CA and JWT keys out of the trust bundle now, so
+    /// every SVID it signed stops verifying (workloads it served get new SVIDs from the other
+    /// nodes at their next renewal). Without it they stay until every SVID it may have signed
+    /// expired (staleness_max + the longest default SVID TTL).
+    #[arg(long)]
+    compromised: bool,
     /// Print JSON: {"removed": {"node_id", "addr"}, "servers": [...]}.
     #[arg(long)]
     json: bool,
@@ -941,6 +1082,7 @@ impl ClusterRemoveServer {
         let resp = client
             .remove_server(pb::RemoveServerRequest {
                 node_id: self.node_id,
+                compromised: self.compromised,
             })
             .await?
             .into_inner();

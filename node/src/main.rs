@@ -32,7 +32,8 @@ enum Command {
     /// Run one server node (Raft member, CA, issuer, admin API) from a TOML config file.
     Server(ServerArgs),
     /// Run the agent of this host (attests to the cluster, serves the SPIFFE Workload API) from
-    /// a TOML config file.
+    /// a TOML config file; or ask the running agent (health), or manage attested agents through
+    /// a server node (list, show, ban, unban, evict).
     Agent(AgentArgs),
     /// Registration entries: create, update, show, list, delete (admin socket).
     Entry(cli::EntryArgs),
@@ -101,6 +102,19 @@ enum AgentCommand {
     /// What the running agent serves and whether it reaches a server (its admin socket). Exit 0
     /// when connected, 1 otherwise.
     Health(cli::AgentHealthArgs),
+    /// Every attested agent: method, selectors, banned, latest SVID serial and expiry (a server
+    /// node's admin socket).
+    List(cli::agents::AgentListArgs),
+    /// One attested agent (a server node's admin socket).
+    Show(cli::agents::AgentIdArgs),
+    /// Ban an agent: every server node refuses it everything (attestation, renewal, SVIDs) once
+    /// it applies the ban (a server node's admin socket).
+    Ban(cli::agents::AgentIdArgs),
+    /// Lift an agent's ban (a server node's admin socket).
+    Unban(cli::agents::AgentIdArgs),
+    /// Forget an agent: its SVID stops working and it must attest again; a banned agent must be
+    /// unbanned first (a server node's admin socket).
+    Evict(cli::agents::AgentIdArgs),
 }
 
 /// Runs a server node (or with `agent`, the agent) on a multi-threaded runtime until Ctrl-C or
@@ -246,15 +260,32 @@ fn main() -> ExitCode {
         }
         Some(Command::Server(args)) => run_server(args, false),
         Some(Command::Agent(AgentArgs {
-            command: Some(AgentCommand::Health(args)),
+            command: Some(command),
             ..
-        })) => run_admin(|mut out| async move { args.run(&mut out).await }),
+        })) => {
+            use cli::agents::AgentAction;
+            let action = |action: AgentAction, args: cli::agents::AgentIdArgs| {
+                run_admin(|mut out| async move { args.run(action, &mut out).await })
+            };
+            match command {
+                AgentCommand::Health(args) => {
+                    run_admin(|mut out| async move { args.run(&mut out).await })
+                }
+                AgentCommand::List(args) => {
+                    run_admin(|mut out| async move { args.run(&mut out).await })
+                }
+                AgentCommand::Show(args) => action(AgentAction::Show, args),
+                AgentCommand::Ban(args) => action(AgentAction::Ban, args),
+                AgentCommand::Unban(args) => action(AgentAction::Unban, args),
+                AgentCommand::Evict(args) => action(AgentAction::Evict, args),
+            }
+        }
         Some(Command::Agent(AgentArgs {
             config: Some(config),
             ..
         })) => run_server(ServerArgs { config }, true),
         Some(Command::Agent(AgentArgs { config: None, .. })) => {
-            eprintln!("error: `sigil agent` needs --config FILE (or `sigil agent health`)");
+            eprintln!("error: `sigil agent` needs --config FILE (or a subcommand: health, list, show, ban, unban, evict)");
             ExitCode::from(2)
         }
         Some(Command::Dev(args)) => run_dev(args),

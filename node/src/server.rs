@@ -24,7 +24,8 @@ use std::time::Duration;
 use attest::x509::{X509Svid, X509SvidRequest};
 use openraft::ServerState;
 use raft::replica::Replica;
-use wire::{Bundle, Command, EntryId, Env, Mono, SpiffeId, Transport, TrustDomain};
+use wire::command::BATCH_RENEWALS_MAX;
+use wire::{AgentRenewal, Bundle, Command, EntryId, Env, Mono, SpiffeId, Transport, TrustDomain};
 
 use crate::actors::{CaRotation, Issuer, IssuerConfig};
 use crate::Error;
@@ -39,6 +40,12 @@ pub const PROPOSAL_RETRY_PAUSE: Duration = Duration::from_secs(1);
 pub const REFRESH_HINT_SECS_DEFAULT: u64 = 300;
 /// Lifetime of this node's own server SVID.
 pub const SERVER_SVID_TTL: Duration = Duration::from_secs(3600);
+/// How often the agent SVIDs this node issued are recorded through Raft (many in one entry).
+pub const RENEWAL_FLUSH: Duration = Duration::from_millis(500);
+/// Most issued agent SVIDs waiting to be recorded (while there is no quorum); beyond it the
+/// oldest are dropped — a later renewal of the same agent records it anyway.
+pub const RENEWALS_PENDING_MAX: usize = 100_000;
+
 /// Bounds of the leader's tick interval (a quarter of `staleness_max`, see [`tick_interval`]).
 pub const TICK_INTERVAL_MIN: Duration = Duration::from_millis(200);
 /// Longest tick interval: a restarted node counts contact only from the first tick it applies,
@@ -85,6 +92,8 @@ struct Inner<T: Transport> {
     replica: Arc<Replica<T>>,
     rotation: Mutex<CaRotation>,
     issuer: Mutex<Issuer>,
+    /// Agent SVIDs issued here and not yet recorded through Raft, oldest first.
+    renewals: Mutex<std::collections::VecDeque<AgentRenewal>>,
     stop: tokio::sync::watch::Sender<bool>,
 }
 
@@ -127,10 +136,13 @@ impl<T: Transport> ServerNode<T> {
                 replica,
                 rotation: Mutex::new(rotation),
                 issuer: Mutex::new(issuer),
+                renewals: Mutex::new(std::collections::VecDeque::new()),
                 stop,
             }),
         };
+        node.install_write_guard();
         env.spawn("rotation", Box::pin(rotation_loop(node.clone())));
+        env.spawn("renewals", Box::pin(renewal_loop(node.clone())));
         env.spawn("contact", Box::pin(contact_loop(node.clone())));
         env.spawn("tick", Box::pin(tick_loop(node.clone())));
         node
@@ -281,6 +293,54 @@ impl<T: Transport> ServerNode<T> {
         })
     }
 
+    /// Queues the record of an agent SVID this node issued (at attestation or renewal); the
+    /// renewal loop writes the queue through Raft every [`RENEWAL_FLUSH`], many in one entry.
+    pub fn record_agent_svid(&self, agent: &SpiffeId, presented_serial: &str, svid: &X509Svid) {
+        let renewal = AgentRenewal {
+            spiffe_id: agent.clone(),
+            presented_serial: presented_serial.to_owned(),
+            svid_serial: attest::x509::serial_hex(&svid.serial),
+            svid_not_after: svid.not_after,
+            at: self.inner.env.wall(),
+        };
+        let mut pending = lock(&self.inner.renewals);
+        if pending.len() >= RENEWALS_PENDING_MAX {
+            pending.pop_front();
+        }
+        pending.push_back(renewal);
+    }
+
+    /// How many issued agent SVIDs wait to be recorded.
+    pub fn renewals_pending(&self) -> usize {
+        lock(&self.inner.renewals).len()
+    }
+
+    /// Refuses writes other members forward to this node (when it leads) that only their own
+    /// node could make correctly: an authority must be the forwarding node's own, well-formed
+    /// CA or JWT key ([`attest::x509::check_node_authority`]), and only its node activates it.
+    fn install_write_guard(&self) {
+        let td = self.inner.cfg.issuer.trust_domain.clone();
+        let applied = self.inner.replica.applied();
+        self.inner
+            .replica
+            .set_write_guard(Arc::new(move |from, cmd: &Command| match cmd {
+                Command::PublishAuthority { authority, .. } => {
+                    attest::x509::check_node_authority(authority, &td, from)
+                }
+                Command::ActivateAuthority { id } => {
+                    let a = applied.read().unwrap_or_else(|p| p.into_inner());
+                    match a.state.authorities().get(id) {
+                        Some(r) if r.authority.node_id != from => Err(format!(
+                            "node {from} cannot activate authority {id} of node {}",
+                            r.authority.node_id
+                        )),
+                        _ => Ok(()),
+                    }
+                }
+                _ => Ok(()),
+            }));
+    }
+
     /// The node's environment (clock, RNG, tasks).
     pub fn env(&self) -> &Arc<dyn Env> {
         &self.inner.env
@@ -338,6 +398,42 @@ async fn rotation_loop<T: Transport>(node: ServerNode<T>) {
             biased;
             _ = tokio::time::sleep(wait) => {}
             _ = progress.changed() => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// Writes the queued agent SVID records through Raft, up to [`BATCH_RENEWALS_MAX`] per entry,
+/// every [`RENEWAL_FLUSH`]; a batch that does not commit goes back to the queue.
+async fn renewal_loop<T: Transport>(node: ServerNode<T>) {
+    let inner = &node.inner;
+    let mut stop = inner.stop.subscribe();
+    while !*stop.borrow() {
+        let batch: Vec<AgentRenewal> = {
+            let mut pending = lock(&inner.renewals);
+            let n = pending.len().min(BATCH_RENEWALS_MAX);
+            pending.drain(..n).collect()
+        };
+        if !batch.is_empty() {
+            let cmd = Command::RecordAgentRenewals {
+                renewals: batch.clone(),
+            };
+            if let Err(e) = inner.replica.write(cmd).await {
+                tracing::debug!(error = %e, records = batch.len(), "agent SVID records not committed yet; retried");
+                let mut pending = lock(&inner.renewals);
+                for r in batch.into_iter().rev() {
+                    if pending.len() >= RENEWALS_PENDING_MAX {
+                        break;
+                    }
+                    pending.push_front(r);
+                }
+            }
+        }
+        tokio::select! {
+            // Fixed order: tokio would pick among ready branches at random, which the
+            // simulator could not reproduce from its seed.
+            biased;
+            _ = tokio::time::sleep(RENEWAL_FLUSH) => {}
             _ = stop.changed() => {}
         }
     }

@@ -97,18 +97,40 @@ fn write_error(e: &WriteError) -> ApiError {
     ApiError::new(ApiCode::Unavailable, e.to_string())
 }
 
+/// What every refused join token is told: refusals all look alike to the caller (no oracle for
+/// which tokens exist or who used them); the node logs the reason.
+pub const TOKEN_REFUSED: &str =
+    "join token not valid (unknown, used, expired, revoked, or for another purpose or node)";
+
 /// Token refusals all look alike to the caller (no oracle for which tokens exist).
 fn token_error(e: &CommandError) -> ApiError {
     match e {
         CommandError::NotFound(_)
         | CommandError::TokenUsed
         | CommandError::TokenExpired
-        | CommandError::TokenPurpose(_) => {
-            denied("join token not valid (unknown, used, expired or for another purpose)")
+        | CommandError::TokenPurpose(_)
+        | CommandError::TokenRefused(_) => {
+            tracing::info!(reason = %e, "join token refused");
+            denied(TOKEN_REFUSED)
         }
         CommandError::AgentBanned(_) => denied(e.to_string()),
         other => ApiError::invalid(other.to_string()),
     }
+}
+
+/// How long a node waits for a join token it does not know yet to arrive in its replica (the
+/// token may have been created on the leader moments ago). Costs no Raft write.
+pub const TOKEN_ARRIVAL_WAIT: Duration = Duration::from_secs(1);
+
+/// What this node's replica says about a presented join token, before anything is proposed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TokenCheck {
+    /// Unused, unexpired, for this purpose (and node): propose its consumption.
+    Fresh,
+    /// Already consumed by this very consumer (same ID, same key): an idempotent retry.
+    Retry,
+    /// Refused (the reason is logged, the caller gets [`TOKEN_REFUSED`]).
+    Refused(CommandError),
 }
 
 /// TPM attestation on this node: which EKs are trusted, and the challenge key.
@@ -246,7 +268,7 @@ impl<T: Transport> NodeService<T> {
                 return;
             }
             request => match self.agent(chain) {
-                Ok(agent) => self.agent_request(&agent, request),
+                Ok(agent) => self.agent_request(&agent, chain, request),
                 Err(e) => Err(e),
             },
         };
@@ -277,18 +299,59 @@ impl<T: Transport> NodeService<T> {
         })
     }
 
+    /// Whether the agent SVID `chain` may renew: it is the one on record for `agent`, or the
+    /// one that record replaced within [`wire::RENEW_PREDECESSOR_GRACE_SECS`] (a renewal whose
+    /// answer was lost), or newer than the record (issued by a node whose record has not
+    /// arrived yet). An older one — a copy taken before the agent renewed — is refused. Returns
+    /// the presented serial.
+    fn renewable(&self, agent: &SpiffeId, chain: &[Vec<u8>]) -> Result<String, ApiError> {
+        let leaf = chain.first().map(Vec::as_slice).unwrap_or_default();
+        let (serial, not_after) = attest::x509::serial_and_not_after(leaf)
+            .map_err(|e| ApiError::new(ApiCode::Unauthenticated, e.to_string()))?;
+        let wall = self.node.env().wall();
+        let verdict = self.node.replica().read(|a| {
+            let Some(r) = a.state.agent(agent) else {
+                return Err(denied(format!("{agent} is not an attested agent")));
+            };
+            let grace = r
+                .renewed_at
+                .saturating_add(Duration::from_secs(wire::RENEW_PREDECESSOR_GRACE_SECS));
+            let ok = r.svid_serial.is_empty()
+                || serial == r.svid_serial
+                || (serial == r.previous_serial && wall < grace)
+                || not_after > r.svid_not_after;
+            Ok(if ok {
+                Ok(())
+            } else {
+                Err(r.svid_serial.clone())
+            })
+        });
+        match verdict {
+            Ok(Ok(())) => Ok(serial),
+            Ok(Err(latest)) => {
+                tracing::warn!(agent = %agent, presented = %serial, latest = %latest, "agent SVID renewal refused: not the agent's latest SVID (a copied SVID, or an agent that renewed elsewhere and then lost its new SVID)");
+                Err(denied(format!(
+                    "agent SVID serial {serial} is not the latest SVID of {agent}: only the latest may renew (attest again)"
+                )))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     fn agent_request(
         &self,
         agent: &SpiffeId,
+        chain: &[Vec<u8>],
         request: ApiRequest,
     ) -> Result<ApiResponse, ApiError> {
         match request {
             ApiRequest::RenewAgent { public_key_der } => {
+                let presented = self.renewable(agent, chain)?;
                 let svid = self
                     .node
                     .issue_agent_svid(agent, &public_key_der)
                     .map_err(|e| api_error(&e))?;
-                self.record_renewal(agent, &svid);
+                self.node.record_agent_svid(agent, &presented, &svid);
                 Ok(ApiResponse::AgentSvid {
                     spiffe_id: agent.clone(),
                     chain: vec![svid.cert_der],
@@ -384,24 +447,6 @@ impl<T: Transport> NodeService<T> {
         }
     }
 
-    /// Records an agent renewal in the replicated state, best-effort and after the fact.
-    fn record_renewal(&self, agent: &SpiffeId, svid: &attest::X509Svid) {
-        let replica = self.node.replica().clone();
-        let cmd = Command::RecordAgentRenewal {
-            spiffe_id: agent.clone(),
-            svid_serial: attest::hex(&svid.serial),
-            svid_not_after: svid.not_after,
-        };
-        self.node.env().spawn(
-            "record-renewal",
-            Box::pin(async move {
-                if let Err(e) = replica.write(cmd).await {
-                    tracing::debug!(error = %e, "agent renewal not recorded (best-effort)");
-                }
-            }),
-        );
-    }
-
     /// Waits until this node's replica satisfies `done` (after a write committed elsewhere).
     async fn wait_applied(&self, done: impl Fn(&Applied) -> bool) -> bool {
         let mut progress = self.node.replica().subscribe();
@@ -419,6 +464,60 @@ impl<T: Transport> NodeService<T> {
             && self.node.replica().read(&done)
     }
 
+    /// Checks a presented join token against this node's replica, waiting up to
+    /// [`TOKEN_ARRIVAL_WAIT`] for an unknown one to arrive. No Raft write either way.
+    async fn check_token(
+        &self,
+        token_sha256: &str,
+        purpose: wire::TokenPurpose,
+        node_id: Option<u64>,
+        consumer: &SpiffeId,
+        key_sha256: &str,
+    ) -> TokenCheck {
+        let check = |a: &Applied| -> Option<TokenCheck> {
+            let wall = self.node.env().wall();
+            let t = a.state.join_token(token_sha256)?;
+            Some(if let Some(by) = &t.consumed_by {
+                if by == consumer && t.consumer_key_sha256 == key_sha256 && t.expires_at > wall {
+                    TokenCheck::Retry
+                } else {
+                    TokenCheck::Refused(CommandError::TokenUsed)
+                }
+            } else if t.expires_at <= wall {
+                TokenCheck::Refused(CommandError::TokenExpired)
+            } else if t.purpose != purpose {
+                TokenCheck::Refused(CommandError::TokenPurpose(format!("{purpose:?}")))
+            } else if t.node_id != node_id {
+                TokenCheck::Refused(CommandError::TokenRefused(
+                    "the token admits another node ID".into(),
+                ))
+            } else {
+                TokenCheck::Fresh
+            })
+        };
+        if let Some(found) = self.node.replica().read(check) {
+            return found;
+        }
+        let mut progress = self.node.replica().subscribe();
+        let wait = async {
+            loop {
+                if progress.changed().await.is_err() {
+                    return None;
+                }
+                if let Some(found) = self.node.replica().read(check) {
+                    return Some(found);
+                }
+            }
+        };
+        tokio::time::timeout(TOKEN_ARRIVAL_WAIT, wait)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(TokenCheck::Refused(CommandError::NotFound(
+                "join token".into(),
+            )))
+    }
+
     async fn attest_join_token(
         &self,
         token: &str,
@@ -427,7 +526,27 @@ impl<T: Transport> NodeService<T> {
         // Refuse before the token is consumed when this node could not issue the SVID anyway.
         self.node.ready_to_issue().map_err(|e| api_error(&e))?;
         let token_sha256 = attest::sha256_hex(token.as_bytes());
+        let key_sha256 = attest::sha256_hex(public_key_der);
         let agent_id = join_token_agent_id(self.td(), &token_sha256).map_err(|e| api_error(&e))?;
+        match self
+            .check_token(
+                &token_sha256,
+                wire::TokenPurpose::Agent,
+                None,
+                &agent_id,
+                &key_sha256,
+            )
+            .await
+        {
+            TokenCheck::Refused(e) => return Err(token_error(&e)),
+            // The same agent (same key) retrying an attestation whose answer it lost.
+            TokenCheck::Retry => {
+                return self
+                    .issue_attested(agent_id, public_key_der, "a join token (retry)")
+                    .await
+            }
+            TokenCheck::Fresh => {}
+        }
         let record = AgentRecord {
             spiffe_id: agent_id.clone(),
             method: AttestationMethod::JoinToken,
@@ -435,10 +554,14 @@ impl<T: Transport> NodeService<T> {
                 .map_err(|e| ApiError::new(ApiCode::Internal, e.to_string()))?],
             banned: false,
             svid_serial: String::new(),
-            svid_not_after: wire::UnixTime::from_secs(0),
+            svid_not_after: wire::UnixTime::EPOCH,
+            previous_serial: String::new(),
+            renewed_at: wire::UnixTime::EPOCH,
+            attested_at: wire::UnixTime::EPOCH,
         };
         let cmd = Command::ConsumeJoinToken {
             token_sha256: token_sha256.clone(),
+            key_sha256: key_sha256.clone(),
             agent: record,
             at: self.node.env().wall(),
         };
@@ -450,9 +573,11 @@ impl<T: Transport> NodeService<T> {
                     format!("unexpected outcome {other:?}"),
                 ))
             }
-            // A retry of an attestation that committed but whose answer was lost.
+            // A retry of an attestation that committed but whose answer was lost: only with the
+            // key the token was bound to. Anyone else (a copy of the token, raced on another
+            // node) is refused.
             Ok(Err(CommandError::TokenUsed))
-                if self.token_consumed_by(&token_sha256, &agent_id) => {}
+                if self.token_consumed_by(&token_sha256, &agent_id, &key_sha256) => {}
             Ok(Err(e)) => return Err(token_error(&e)),
             Err(e) => return Err(write_error(&e)),
         }
@@ -482,7 +607,8 @@ impl<T: Transport> NodeService<T> {
             .node
             .issue_agent_svid(&agent_id, public_key_der)
             .map_err(|e| api_error(&e))?;
-        self.record_renewal(&agent_id, &svid);
+        // Attestation proved the agent afresh: its new SVID becomes the one on record.
+        self.node.record_agent_svid(&agent_id, "", &svid);
         tracing::info!(agent = %agent_id, method, "agent attested");
         Ok(ApiResponse::AgentSvid {
             spiffe_id: agent_id,
@@ -562,7 +688,10 @@ impl<T: Transport> NodeService<T> {
                     selectors,
                     banned: false,
                     svid_serial: String::new(),
-                    svid_not_after: wire::UnixTime::from_secs(0),
+                    svid_not_after: wire::UnixTime::EPOCH,
+                    previous_serial: String::new(),
+                    renewed_at: wire::UnixTime::EPOCH,
+                    attested_at: self.node.env().wall(),
                 };
                 match self
                     .node
@@ -654,14 +783,16 @@ impl<T: Transport> NodeService<T> {
         .await
     }
 
-    /// Whether the token `token_sha256` was consumed by `id` and has not expired (an
-    /// idempotent retry by the same holder).
-    fn token_consumed_by(&self, token_sha256: &str, id: &SpiffeId) -> bool {
+    /// Whether the token `token_sha256` was consumed by `id` with the key `key_sha256` and has
+    /// not expired (an idempotent retry by the same holder).
+    fn token_consumed_by(&self, token_sha256: &str, id: &SpiffeId, key_sha256: &str) -> bool {
         let wall = self.node.env().wall();
         self.node.replica().read(|a| {
-            a.state
-                .join_token(token_sha256)
-                .is_some_and(|t| t.consumed_by.as_ref() == Some(id) && t.expires_at > wall)
+            a.state.join_token(token_sha256).is_some_and(|t| {
+                t.consumed_by.as_ref() == Some(id)
+                    && t.consumer_key_sha256 == key_sha256
+                    && t.expires_at > wall
+            })
         })
     }
 
@@ -673,20 +804,37 @@ impl<T: Transport> NodeService<T> {
         public_key_der: &[u8],
     ) -> Result<ApiResponse, ApiError> {
         let token_sha256 = attest::sha256_hex(token.as_bytes());
+        let key_sha256 = attest::sha256_hex(public_key_der);
         let spiffe_id = server_id(self.td(), node_id).map_err(|e| api_error(&e))?;
         let server = ServerRecord { node_id, addr };
-        let cmd = Command::ConsumeServerToken {
-            token_sha256: token_sha256.clone(),
-            server: server.clone(),
-            spiffe_id: spiffe_id.clone(),
-            at: self.node.env().wall(),
-        };
-        match self.node.replica().write(cmd).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(CommandError::TokenUsed))
-                if self.token_consumed_by(&token_sha256, &spiffe_id) => {}
-            Ok(Err(e)) => return Err(token_error(&e)),
-            Err(e) => return Err(write_error(&e)),
+        let check = self
+            .check_token(
+                &token_sha256,
+                wire::TokenPurpose::Server,
+                Some(node_id),
+                &spiffe_id,
+                &key_sha256,
+            )
+            .await;
+        match check {
+            TokenCheck::Refused(e) => return Err(token_error(&e)),
+            TokenCheck::Retry => {}
+            TokenCheck::Fresh => {
+                let cmd = Command::ConsumeServerToken {
+                    token_sha256: token_sha256.clone(),
+                    key_sha256: key_sha256.clone(),
+                    server: server.clone(),
+                    spiffe_id: spiffe_id.clone(),
+                    at: self.node.env().wall(),
+                };
+                match self.node.replica().write(cmd).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(CommandError::TokenUsed))
+                        if self.token_consumed_by(&token_sha256, &spiffe_id, &key_sha256) => {}
+                    Ok(Err(e)) => return Err(token_error(&e)),
+                    Err(e) => return Err(write_error(&e)),
+                }
+            }
         }
         let svid = self
             .node

@@ -1167,3 +1167,106 @@ fn cluster_remove_server_refuses_the_last_node_and_removes_others() {
     assert!(err.contains("last server node"), "{err}");
     assert_eq!(node.servers(), vec![1]);
 }
+
+/// `sigil token list|revoke` and server tokens bound to a node ID (issue 20).
+#[test]
+fn tokens_are_listed_without_their_secret_and_revoked() {
+    let node = start();
+    publish_fake_authorities(&node);
+    let agent = node.json(&["token", "generate", "--json"]);
+    let token = agent["token"].as_str().expect("token").to_owned();
+    let hash = admin::join_token_sha256(&token);
+    // A server token gets the next free ID (node 1 is a member) and says so.
+    node.write(Command::RegisterServer {
+        server: ServerRecord {
+            node_id: 1,
+            addr: "127.0.0.1:1".into(),
+        },
+    });
+    let server = node.json(&["token", "generate", "--server", "--json"]);
+    assert_eq!(server["node_id"], 2, "{server}");
+    // A member's ID needs --rejoin; a removed ID is refused.
+    let err = node.fails(&["token", "generate", "--server", "--node-id", "1"]);
+    assert!(
+        err.contains("already a member") && err.contains("--rejoin"),
+        "{err}"
+    );
+    let rejoin = node.json(&[
+        "token",
+        "generate",
+        "--server",
+        "--node-id",
+        "1",
+        "--rejoin",
+        "--json",
+    ]);
+    assert_eq!(rejoin["node_id"], 1, "{rejoin}");
+
+    let list = node.ok(&["token", "list", "--json"]);
+    assert!(
+        !list.contains(&token),
+        "the token itself is never listed: {list}"
+    );
+    let list: Value = serde_json::from_str(&list).expect("json");
+    let tokens = list["tokens"].as_array().expect("tokens");
+    assert_eq!(tokens.len(), 3, "{list}");
+    let mine = tokens
+        .iter()
+        .find(|t| t["token_sha256"] == hash.as_str())
+        .expect("listed");
+    assert_eq!(mine["purpose"], "agent");
+    assert_eq!(mine["consumed_by"], Value::Null);
+    let text = node.ok(&["token", "list"]);
+    assert!(text.contains("server (admits node 2)"), "{text}");
+    assert!(text.contains("server (re-admits node 1)"), "{text}");
+
+    // Revoke by a prefix of the hash; a short or unknown one is refused.
+    let err = node.fails(&["token", "revoke", "--sha256", "abc"]);
+    assert!(err.contains("8 to 64 hex"), "{err}");
+    node.ok(&["token", "revoke", "--sha256", &hash[..12]]);
+    assert!(node.replica.read(|a| a.state.join_token(&hash).is_none()));
+    let err = node.fails(&["token", "revoke", "--token", &token]);
+    assert!(err.contains("not found"), "{err}");
+}
+
+/// `sigil agent list|show|ban|unban|evict` (issue 20).
+#[test]
+fn agents_are_listed_banned_and_evicted() {
+    let node = start();
+    node.write(Command::RegisterAgent {
+        agent: wire::AgentRecord {
+            spiffe_id: AGENT_A.parse().expect("id"),
+            method: wire::AttestationMethod::JoinToken,
+            selectors: vec!["join_token:a".parse().expect("selector")],
+            banned: false,
+            svid_serial: "0a".into(),
+            svid_not_after: UnixTime::from_secs(2_000_000_000),
+            previous_serial: String::new(),
+            renewed_at: UnixTime::from_secs(1_000),
+            attested_at: UnixTime::from_secs(1_000),
+        },
+    });
+    let list = node.json(&["agent", "list", "--json"]);
+    let agents = list["agents"].as_array().expect("agents");
+    assert_eq!(agents.len(), 1, "{list}");
+    assert_eq!(agents[0]["spiffe_id"], AGENT_A);
+    assert_eq!(agents[0]["attestation_method"], "join_token");
+    assert_eq!(agents[0]["svid_serial"], "0a");
+    assert_eq!(agents[0]["banned"], false);
+
+    let banned = node.json(&["agent", "ban", "--spiffe-id", AGENT_A, "--json"]);
+    assert_eq!(banned["banned"], true, "{banned}");
+    let text = node.ok(&["agent", "show", "--spiffe-id", AGENT_A]);
+    assert!(text.contains("Banned            : true"), "{text}");
+    // Evicting would lift the ban: refused until unbanned.
+    let err = node.fails(&["agent", "evict", "--spiffe-id", AGENT_A]);
+    assert!(err.contains("unban it before evicting"), "{err}");
+    node.ok(&["agent", "unban", "--spiffe-id", AGENT_A]);
+    node.ok(&["agent", "evict", "--spiffe-id", AGENT_A]);
+    let list = node.json(&["agent", "list", "--json"]);
+    assert_eq!(list["agents"].as_array().map(Vec::len), Some(0), "{list}");
+    let err = node.fails(&["agent", "show", "--spiffe-id", AGENT_A]);
+    assert!(err.contains("not attested"), "{err}");
+    let err = node.fails(&["agent", "ban", "--spiffe-id", "spiffe://example.org/web"]);
+    assert!(err.contains("not an agent ID"), "{err}");
+}

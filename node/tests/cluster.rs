@@ -537,7 +537,14 @@ fn three_nodes_survive_leader_loss_and_keep_signing_without_quorum() {
     for i in 1..3 {
         let join_start = Instant::now();
         let token = stdout_json(
-            &nodes[0].sigil(&["token", "generate", "--server", "--json"]),
+            &nodes[0].sigil(&[
+                "token",
+                "generate",
+                "--server",
+                "--node-id",
+                &nodes[i].id.to_string(),
+                "--json",
+            ]),
             "server token",
         );
         assert_eq!(token["purpose"], "server", "{token}");

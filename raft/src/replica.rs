@@ -133,8 +133,16 @@ impl Default for ReplicaConfig {
 /// Pending calls awaiting a response, by request ID.
 type Pending = Mutex<BTreeMap<u64, (PeerId, oneshot::Sender<RpcResponse>)>>;
 
+/// A check of a write forwarded by another member before the leader proposes it: the
+/// forwarding node's ID and the command; `Err(reason)` refuses it (as
+/// [`wire::CommandError::Invalid`]). Installed by the node layer, which knows what only a given
+/// node may propose (its own authorities) and how to check it.
+pub type WriteGuard = Arc<dyn Fn(PeerId, &Command) -> Result<(), String> + Send + Sync>;
+
 struct Shared<T: Transport> {
     transport: T,
+    /// Checks forwarded writes (none: accept every member's).
+    guard: std::sync::RwLock<Option<WriteGuard>>,
     pending: Pending,
     next_id: AtomicU64,
     /// This start's random number (proposal IDs).
@@ -315,6 +323,7 @@ impl<T: Transport> Replica<T> {
         let first_id = rand::RngCore::next_u64(&mut SeededRuntime::thread_rng()) >> 1;
         let shared = Arc::new(Shared {
             transport,
+            guard: std::sync::RwLock::new(None),
             pending: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(first_id),
             incarnation: rand::RngCore::next_u64(&mut SeededRuntime::thread_rng()),
@@ -329,6 +338,7 @@ impl<T: Transport> Replica<T> {
         let dispatcher = SeededRuntime::spawn(dispatch(
             raft.clone(),
             shared.clone(),
+            applied.clone(),
             Duration::from_millis(config.write_timeout_ms),
         ));
         Ok(Replica {
@@ -352,6 +362,11 @@ impl<T: Transport> Replica<T> {
     /// The underlying openraft handle (metrics, membership changes).
     pub fn raft(&self) -> &Raft {
         &self.raft
+    }
+
+    /// Installs the check of writes other members forward to this node (when it leads).
+    pub fn set_write_guard(&self, guard: WriteGuard) {
+        *self.shared.guard.write().unwrap_or_else(|p| p.into_inner()) = Some(guard);
     }
 
     /// The applied state, shared with the state machine.
@@ -464,8 +479,41 @@ async fn write_with_retries<T: Transport>(
     }
 }
 
+/// Whether `from` may send this node Raft requests and forwarded writes: a node of the current
+/// Raft membership (voter or learner) or of the registered servers, never a removed one. A node
+/// that belongs to no cluster yet (a joining node before its first log entries) hears any peer
+/// the transport authenticated.
+pub fn accepts_requests_from(
+    raft: &Raft,
+    applied: &std::sync::RwLock<Applied>,
+    from: PeerId,
+) -> bool {
+    let metrics = raft.metrics();
+    let (in_membership, no_membership) = {
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        let known = membership.get_node(&from).is_some();
+        let empty = membership.nodes().next().is_none();
+        (known, empty)
+    };
+    let (registered, removed) = {
+        let a = applied.read().unwrap_or_else(|p| p.into_inner());
+        (
+            a.state.servers().contains_key(&from),
+            a.state.removed_servers().contains_key(&from),
+        )
+    };
+    !removed && (no_membership || in_membership || registered)
+}
+
 /// Answers one request from a peer.
-async fn handle_request(raft: &Raft, body: RpcRequest, write_timeout: Duration) -> RpcResponse {
+async fn handle_request<T: Transport>(
+    raft: &Raft,
+    shared: &Shared<T>,
+    from: PeerId,
+    body: RpcRequest,
+    write_timeout: Duration,
+) -> RpcResponse {
     match body {
         RpcRequest::AppendEntries(rpc) => {
             RpcResponse::AppendEntries(raft.append_entries(rpc).await)
@@ -475,6 +523,24 @@ async fn handle_request(raft: &Raft, body: RpcRequest, write_timeout: Duration) 
             RpcResponse::InstallSnapshot(raft.install_snapshot(rpc).await)
         }
         RpcRequest::Write(proposal) => {
+            // A forwarded proposal is the forwarding node's own: its ID names that node.
+            if proposal.id.node != from {
+                return RpcResponse::Write(Ok(Err(wire::CommandError::Invalid(format!(
+                    "node {from} forwarded a proposal of node {}",
+                    proposal.id.node
+                )))));
+            }
+            let guard = shared
+                .guard
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let Some(guard) = guard {
+                if let Err(reason) = guard(from, &proposal.cmd) {
+                    tracing::warn!(peer = from, reason = %reason, "refused a write forwarded by a member");
+                    return RpcResponse::Write(Ok(Err(wire::CommandError::Invalid(reason))));
+                }
+            }
             let result =
                 match tokio::time::timeout(write_timeout, raft.client_write(proposal)).await {
                     Ok(Ok(resp)) => Ok(resp.data),
@@ -493,7 +559,14 @@ async fn handle_request(raft: &Raft, body: RpcRequest, write_timeout: Duration) 
 
 /// Reads frames from the transport: replies complete pending calls, requests are answered by
 /// their own task (a slow write must not hold up heartbeats).
-async fn dispatch<T: Transport>(raft: Raft, shared: Arc<Shared<T>>, write_timeout: Duration) {
+async fn dispatch<T: Transport>(
+    raft: Raft,
+    shared: Arc<Shared<T>>,
+    applied: Arc<std::sync::RwLock<Applied>>,
+    write_timeout: Duration,
+) {
+    // Peers whose refused requests were logged (once each, so a removed node cannot flood logs).
+    let mut refused_logged: std::collections::BTreeSet<PeerId> = std::collections::BTreeSet::new();
     while let Some((from, frame)) = shared.transport.recv().await {
         let msg: RaftMsg = match codec::decode(&frame) {
             Ok(msg) => msg,
@@ -513,10 +586,16 @@ async fn dispatch<T: Transport>(raft: Raft, shared: Arc<Shared<T>>, write_timeou
                 }
             }
             RaftMsg::Request { id, body } => {
+                if !accepts_requests_from(&raft, &applied, from) {
+                    if refused_logged.len() < 64 && refused_logged.insert(from) {
+                        tracing::warn!(peer = from, "ignoring Raft requests from a node that is not a member of this cluster (removed, or never admitted); if it should be one, check `sigil cluster status`");
+                    }
+                    continue;
+                }
                 let raft = raft.clone();
                 let shared = shared.clone();
                 SeededRuntime::spawn(async move {
-                    let body = handle_request(&raft, body, write_timeout).await;
+                    let body = handle_request(&raft, &shared, from, body, write_timeout).await;
                     match codec::encode(&RaftMsg::Response { id, body }) {
                         Ok(frame) => {
                             let _ = shared.transport.send(from, frame);

@@ -7,11 +7,11 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
-use wire::command::BATCH_ENTRIES_MAX;
+use wire::command::{BATCH_ENTRIES_MAX, BATCH_RENEWALS_MAX};
 use wire::{
-    AgentRecord, Authority, AuthorityKey, AuthorityState, Bundle, Command, CommandError, EntryId,
-    JoinToken, Outcome, Proposal, ProposalId, RegistrationEntry, Response, Selector, ServerRecord,
-    SpiffeId, TokenPurpose, TrustDomain, UnixTime,
+    AgentRecord, AgentRenewal, Authority, AuthorityKey, AuthorityState, Bundle, Command,
+    CommandError, EntryId, JoinToken, Outcome, Proposal, ProposalId, RegistrationEntry,
+    RemovedServer, Response, Selector, ServerRecord, SpiffeId, TokenPurpose, TrustDomain, UnixTime,
 };
 
 /// Most registration entries the state holds.
@@ -26,6 +26,8 @@ pub const AUTHORITIES_MAX: usize = 256;
 pub const SERVERS_MAX: usize = 9;
 /// Longest server address (`host:port`).
 pub const SERVER_ADDR_MAX: usize = 255;
+/// Most removed server nodes remembered (their IDs are never admitted again).
+pub const REMOVED_SERVERS_MAX: usize = 10_000;
 /// Most federated trust domains.
 pub const FEDERATED_MAX: usize = 1024;
 /// How many recent proposals the state remembers (with their responses) to apply each at most
@@ -52,6 +54,8 @@ pub struct State {
     federated: BTreeMap<TrustDomain, Bundle>,
     /// The desired server membership (empty until the bootstrap node registers itself).
     servers: BTreeMap<u64, ServerRecord>,
+    /// Server nodes removed from the cluster, by node ID.
+    removed_servers: BTreeMap<u64, RemovedServer>,
     /// Recently applied proposals and their responses, oldest first in `recent_order`.
     recent: BTreeMap<ProposalId, Response>,
     recent_order: VecDeque<ProposalId>,
@@ -152,9 +156,69 @@ impl State {
         self.join_tokens.get(token_sha256)
     }
 
+    /// Join tokens in hash order, starting after `after` (a page's last hash; `""`: from the
+    /// start).
+    pub fn join_tokens_after<'a>(&'a self, after: &str) -> impl Iterator<Item = &'a JoinToken> {
+        use std::ops::Bound;
+        let start = if after.is_empty() {
+            Bound::Unbounded
+        } else {
+            Bound::Excluded(after.to_string())
+        };
+        self.join_tokens
+            .range((start, Bound::Unbounded))
+            .map(|(_, t)| t)
+    }
+
+    /// Join tokens in hash order from `first` (inclusive).
+    pub fn join_tokens_from<'a>(&'a self, first: &str) -> impl Iterator<Item = &'a JoinToken> {
+        self.join_tokens.range(first.to_string()..).map(|(_, t)| t)
+    }
+
+    /// How many join tokens (used or not) the state holds.
+    pub fn join_token_count(&self) -> usize {
+        self.join_tokens.len()
+    }
+
     /// An agent by ID.
     pub fn agent(&self, id: &SpiffeId) -> Option<&AgentRecord> {
         self.agents.get(id)
+    }
+
+    /// Agents in ID order, starting after `after` (`None`: from the start).
+    pub fn agents_after<'a>(
+        &'a self,
+        after: Option<&SpiffeId>,
+    ) -> impl Iterator<Item = &'a AgentRecord> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(id) => Bound::Excluded(id.clone()),
+            None => Bound::Unbounded,
+        };
+        self.agents.range((start, Bound::Unbounded)).map(|(_, a)| a)
+    }
+
+    /// How many agents the state holds.
+    pub fn agent_count(&self) -> usize {
+        self.agents.len()
+    }
+
+    /// Server nodes removed from the cluster (their IDs are never admitted again).
+    pub fn removed_servers(&self) -> &BTreeMap<u64, RemovedServer> {
+        &self.removed_servers
+    }
+
+    /// The smallest node ID above every member, removed node and ID a server token is bound
+    /// to: what `sigil token generate --server` assigns when no ID is given.
+    pub fn next_server_id(&self) -> u64 {
+        let members = self.servers.keys().copied();
+        let removed = self.removed_servers.keys().copied();
+        let bound = self.join_tokens.values().filter_map(|t| t.node_id);
+        members
+            .chain(removed)
+            .chain(bound)
+            .max()
+            .map_or(1, |m| m.saturating_add(1))
     }
 
     /// Every authority, by ID.
@@ -229,6 +293,12 @@ impl State {
                         authority.id
                     )));
                 }
+                if self.removed_servers.contains_key(&authority.node_id) {
+                    return Err(CommandError::Invalid(format!(
+                        "server node {} was removed from the cluster and publishes nothing",
+                        authority.node_id
+                    )));
+                }
                 if self.authorities.contains_key(&authority.id) {
                     return Err(CommandError::AlreadyExists(format!(
                         "authority {}",
@@ -282,8 +352,13 @@ impl State {
                     .authorities
                     .get(&id)
                     .ok_or_else(|| not_found("authority", &id))?;
-                // Every SVID it signed has NotAfter ≤ the authority's NotAfter.
-                if rec.authority.not_after > at {
+                // Every SVID it signed has NotAfter ≤ the authority's NotAfter; a removed node's
+                // authorities go once every SVID it may have signed has expired.
+                let removed_done = self
+                    .removed_servers
+                    .get(&rec.authority.node_id)
+                    .is_some_and(|r| r.prune_after <= at);
+                if rec.authority.not_after > at && !removed_done {
                     return Err(CommandError::AuthorityLive(id));
                 }
                 self.authorities.remove(&id);
@@ -329,6 +404,134 @@ fn put_server(state: &mut State, server: ServerRecord) -> Response {
     }
     state.servers.insert(server.node_id, server.clone());
     Ok(Outcome::Server(server))
+}
+
+fn check_key_hash(key_sha256: &str) -> Result<(), CommandError> {
+    if !is_hex_sha256(key_sha256) {
+        return Err(CommandError::Invalid(
+            "a key hash must be 64 lowercase hex characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn create_join_token(state: &mut State, token: JoinToken) -> Response {
+    if !is_hex_sha256(&token.token_sha256) {
+        return Err(CommandError::Invalid(
+            "join token hash must be 64 lowercase hex characters".into(),
+        ));
+    }
+    if token.consumed_by.is_some()
+        || !token.consumer_key_sha256.is_empty()
+        || token.consumed_at.is_some()
+    {
+        return Err(CommandError::Invalid(
+            "a new join token cannot be consumed".into(),
+        ));
+    }
+    match (token.purpose, token.node_id) {
+        (TokenPurpose::Agent, None) if !token.rejoin => {}
+        (TokenPurpose::Agent, _) => {
+            return Err(CommandError::Invalid(
+                "an agent token is not bound to a node ID".into(),
+            ))
+        }
+        (TokenPurpose::Server, None) => {
+            return Err(CommandError::Invalid(
+                "a server token is bound to the node ID it admits".into(),
+            ))
+        }
+        (TokenPurpose::Server, Some(node_id)) => {
+            if node_id == 0 {
+                return Err(CommandError::Invalid("node IDs start at 1".into()));
+            }
+            if state.removed_servers.contains_key(&node_id) {
+                return Err(CommandError::Invalid(format!(
+                    "server node {node_id} was removed and its ID is never admitted again; use another ID"
+                )));
+            }
+            if state.servers.contains_key(&node_id) && !token.rejoin {
+                return Err(CommandError::AlreadyExists(format!(
+                    "server node {node_id} (a member; a token re-admitting it must say rejoin)"
+                )));
+            }
+        }
+    }
+    if state.join_tokens.contains_key(&token.token_sha256) {
+        return Err(CommandError::AlreadyExists("join token".into()));
+    }
+    if state.join_tokens.len() >= JOIN_TOKENS_MAX {
+        return Err(CommandError::Limit(format!(
+            "at most {JOIN_TOKENS_MAX} join tokens"
+        )));
+    }
+    state.join_tokens.insert(token.token_sha256.clone(), token);
+    Ok(Outcome::Done)
+}
+
+/// Takes `node_id` out of the desired membership, remembers it as removed and retires its
+/// authorities (removes them at once when `compromised`).
+fn remove_server(
+    state: &mut State,
+    node_id: u64,
+    at: UnixTime,
+    prune_after: UnixTime,
+    compromised: bool,
+) -> Response {
+    if !state.servers.contains_key(&node_id) {
+        return Err(not_found("server node", node_id));
+    }
+    if state.servers.len() == 1 {
+        return Err(CommandError::Invalid(
+            "the last server node of a cluster cannot be removed".into(),
+        ));
+    }
+    if state.removed_servers.len() >= REMOVED_SERVERS_MAX {
+        return Err(CommandError::Limit(format!(
+            "at most {REMOVED_SERVERS_MAX} removed server nodes remembered"
+        )));
+    }
+    state.servers.remove(&node_id);
+    let prune_after = if compromised { at } else { prune_after };
+    state.removed_servers.insert(
+        node_id,
+        RemovedServer {
+            removed_at: at,
+            prune_after,
+            compromised,
+        },
+    );
+    if compromised {
+        let before = state.authorities.len();
+        state
+            .authorities
+            .retain(|_, r| r.authority.node_id != node_id);
+        if state.authorities.len() != before {
+            state.bundle_sequence += 1;
+        }
+    } else {
+        for r in state.authorities.values_mut() {
+            if r.authority.node_id == node_id {
+                r.state = AuthorityState::Retired;
+            }
+        }
+    }
+    Ok(Outcome::Done)
+}
+
+/// Records one renewal, keeping the newest (renewals are replicated after the fact and may
+/// arrive out of order); a banned or forgotten agent's renewal is dropped.
+fn record_renewal(state: &mut State, r: AgentRenewal) {
+    let Some(agent) = state.agents.get_mut(&r.spiffe_id) else {
+        return;
+    };
+    if agent.banned || r.at < agent.renewed_at || r.svid_serial == agent.svid_serial {
+        return;
+    }
+    agent.previous_serial = std::mem::take(&mut agent.svid_serial);
+    agent.svid_serial = r.svid_serial;
+    agent.svid_not_after = r.svid_not_after;
+    agent.renewed_at = r.at;
 }
 
 /// Applies `cmd` to `state`. Refused commands change nothing.
@@ -389,34 +592,15 @@ pub fn apply(state: &mut State, cmd: Command) -> Response {
             }
             Ok(Outcome::Deleted { deleted, missing })
         }
-        Command::CreateJoinToken { token } => {
-            if !is_hex_sha256(&token.token_sha256) {
-                return Err(CommandError::Invalid(
-                    "join token hash must be 64 lowercase hex characters".into(),
-                ));
-            }
-            if token.consumed_by.is_some() {
-                return Err(CommandError::Invalid(
-                    "a new join token cannot be consumed".into(),
-                ));
-            }
-            if state.join_tokens.contains_key(&token.token_sha256) {
-                return Err(CommandError::AlreadyExists("join token".into()));
-            }
-            if state.join_tokens.len() >= JOIN_TOKENS_MAX {
-                return Err(CommandError::Limit(format!(
-                    "at most {JOIN_TOKENS_MAX} join tokens"
-                )));
-            }
-            state.join_tokens.insert(token.token_sha256.clone(), token);
-            Ok(Outcome::Done)
-        }
+        Command::CreateJoinToken { token } => create_join_token(state, token),
         Command::ConsumeJoinToken {
             token_sha256,
-            agent,
+            key_sha256,
+            mut agent,
             at,
         } => {
             check_agent(&agent)?;
+            check_key_hash(&key_sha256)?;
             let token = state
                 .join_tokens
                 .get(&token_sha256)
@@ -427,6 +611,9 @@ pub fn apply(state: &mut State, cmd: Command) -> Response {
             if token.expires_at <= at {
                 return Err(CommandError::TokenExpired);
             }
+            if token.purpose != TokenPurpose::Agent {
+                return Err(CommandError::TokenPurpose("an agent".into()));
+            }
             if let Some(existing) = state.agents.get(&agent.spiffe_id) {
                 if existing.banned {
                     return Err(CommandError::AgentBanned(agent.spiffe_id.to_string()));
@@ -434,22 +621,25 @@ pub fn apply(state: &mut State, cmd: Command) -> Response {
             } else if state.agents.len() >= AGENTS_MAX {
                 return Err(CommandError::Limit(format!("at most {AGENTS_MAX} agents")));
             }
-            if token.purpose != TokenPurpose::Agent {
-                return Err(CommandError::TokenPurpose("an agent".into()));
-            }
             if let Some(token) = state.join_tokens.get_mut(&token_sha256) {
                 token.consumed_by = Some(agent.spiffe_id.clone());
+                token.consumer_key_sha256 = key_sha256;
+                token.consumed_at = Some(at);
             }
+            agent.banned = false;
+            agent.attested_at = at;
             state.agents.insert(agent.spiffe_id.clone(), agent.clone());
             Ok(Outcome::Agent(agent))
         }
         Command::ConsumeServerToken {
             token_sha256,
+            key_sha256,
             server,
             spiffe_id,
             at,
         } => {
             check_server(&server)?;
+            check_key_hash(&key_sha256)?;
             if spiffe_id.path() != format!("/sigil/server/{}", server.node_id) {
                 return Err(CommandError::Invalid(format!(
                     "server {} must be named /sigil/server/{}, got {spiffe_id}",
@@ -469,40 +659,71 @@ pub fn apply(state: &mut State, cmd: Command) -> Response {
             if token.purpose != TokenPurpose::Server {
                 return Err(CommandError::TokenPurpose("a server node".into()));
             }
-            // A member may be re-admitted with a new token (e.g. after its server SVID expired
-            // while it was down); its address is updated.
+            if token.node_id != Some(server.node_id) {
+                return Err(CommandError::TokenRefused(format!(
+                    "the token admits another node ID than {}",
+                    server.node_id
+                )));
+            }
+            if state.removed_servers.contains_key(&server.node_id) {
+                return Err(CommandError::TokenRefused(format!(
+                    "server node {} was removed and is never admitted again",
+                    server.node_id
+                )));
+            }
+            // A member is re-admitted (e.g. its server SVID expired while it was down) only
+            // with a token generated for that (`rejoin`); its address is updated.
+            if state.servers.contains_key(&server.node_id) && !token.rejoin {
+                return Err(CommandError::TokenRefused(format!(
+                    "server node {} is already a member",
+                    server.node_id
+                )));
+            }
             let outcome = put_server(state, server)?;
             if let Some(token) = state.join_tokens.get_mut(&token_sha256) {
                 token.consumed_by = Some(spiffe_id);
+                token.consumer_key_sha256 = key_sha256;
+                token.consumed_at = Some(at);
             }
             Ok(outcome)
         }
-        Command::RegisterServer { server } => put_server(state, server),
-        Command::RemoveServer { node_id } => {
-            if !state.servers.contains_key(&node_id) {
-                return Err(not_found("server node", node_id));
+        Command::RegisterServer { server } => {
+            if state.removed_servers.contains_key(&server.node_id) {
+                return Err(CommandError::Invalid(format!(
+                    "server node {} was removed and is never admitted again",
+                    server.node_id
+                )));
             }
-            if state.servers.len() == 1 {
-                return Err(CommandError::Invalid(
-                    "the last server node of a cluster cannot be removed".into(),
-                ));
-            }
-            state.servers.remove(&node_id);
+            put_server(state, server)
+        }
+        Command::RemoveServer {
+            node_id,
+            at,
+            prune_after,
+            compromised,
+        } => remove_server(state, node_id, at, prune_after, compromised),
+        Command::RevokeJoinToken { token_sha256 } => {
+            state
+                .join_tokens
+                .remove(&token_sha256)
+                .ok_or_else(|| not_found("join token", "(hash)"))?;
             Ok(Outcome::Done)
         }
         Command::RegisterAgent { agent } => {
             check_agent(&agent)?;
-            match state.agents.get(&agent.spiffe_id) {
+            let attested_at = match state.agents.get(&agent.spiffe_id) {
                 Some(existing) if existing.banned => {
                     return Err(CommandError::AgentBanned(agent.spiffe_id.to_string()))
                 }
                 None if state.agents.len() >= AGENTS_MAX => {
                     return Err(CommandError::Limit(format!("at most {AGENTS_MAX} agents")))
                 }
-                _ => {}
-            }
+                Some(existing) => existing.attested_at,
+                None => agent.attested_at,
+            };
             let mut agent = agent;
             agent.banned = false;
+            agent.attested_at = attested_at;
             state.agents.insert(agent.spiffe_id.clone(), agent.clone());
             Ok(Outcome::Agent(agent))
         }
@@ -514,24 +735,29 @@ pub fn apply(state: &mut State, cmd: Command) -> Response {
             agent.banned = banned;
             Ok(Outcome::Agent(agent.clone()))
         }
-        Command::RecordAgentRenewal {
-            spiffe_id,
-            svid_serial,
-            svid_not_after,
-        } => {
+        Command::EvictAgent { spiffe_id } => {
             let agent = state
                 .agents
-                .get_mut(&spiffe_id)
+                .get(&spiffe_id)
                 .ok_or_else(|| not_found("agent", &spiffe_id))?;
             if agent.banned {
-                return Err(CommandError::AgentBanned(spiffe_id.to_string()));
+                return Err(CommandError::AgentBanned(format!(
+                    "{spiffe_id} (unban it before evicting it: evicting must not lift a ban)"
+                )));
             }
-            // Renewals are replicated after the fact and may arrive out of order: keep the newest.
-            if svid_not_after >= agent.svid_not_after {
-                agent.svid_serial = svid_serial;
-                agent.svid_not_after = svid_not_after;
+            state.agents.remove(&spiffe_id);
+            Ok(Outcome::Done)
+        }
+        Command::RecordAgentRenewals { renewals } => {
+            if renewals.len() > BATCH_RENEWALS_MAX {
+                return Err(CommandError::Limit(format!(
+                    "at most {BATCH_RENEWALS_MAX} renewals per batch"
+                )));
             }
-            Ok(Outcome::Agent(agent.clone()))
+            for r in renewals {
+                record_renewal(state, r);
+            }
+            Ok(Outcome::Done)
         }
         cmd @ (Command::PublishAuthority { .. }
         | Command::ActivateAuthority { .. }
@@ -592,6 +818,8 @@ pub fn apply_proposal(state: &mut State, proposal: Proposal) -> Response {
 pub fn command_time(cmd: &Command) -> Option<UnixTime> {
     match cmd {
         Command::ConsumeJoinToken { at, .. }
+        | Command::ConsumeServerToken { at, .. }
+        | Command::RemoveServer { at, .. }
         | Command::PruneAuthority { at, .. }
         | Command::PublishAuthority { at, .. } => Some(*at),
         _ => None,
@@ -632,11 +860,28 @@ mod tests {
             banned: false,
             svid_serial: "01".into(),
             svid_not_after: UnixTime::from_secs(10),
+            previous_serial: String::new(),
+            renewed_at: UnixTime::EPOCH,
+            attested_at: UnixTime::EPOCH,
         }
     }
 
     fn hash(c: char) -> String {
         std::iter::repeat_n(c, 64).collect()
+    }
+
+    fn token(c: char, expires: u64, purpose: TokenPurpose, node_id: Option<u64>) -> JoinToken {
+        JoinToken {
+            token_sha256: hash(c),
+            expires_at: UnixTime::from_secs(expires),
+            consumed_by: None,
+            purpose,
+            consumer_key_sha256: String::new(),
+            node_id,
+            rejoin: false,
+            created_at: UnixTime::EPOCH,
+            consumed_at: None,
+        }
     }
 
     #[test]
@@ -735,15 +980,26 @@ mod tests {
             Command::CreateJoinToken {
                 token: JoinToken {
                     token_sha256: "short".into(),
-                    expires_at: UnixTime::from_secs(1),
-                    consumed_by: None,
-                    purpose: TokenPurpose::Agent,
+                    ..token('a', 1, TokenPurpose::Agent, None)
                 },
+            },
+            Command::CreateJoinToken {
+                token: token('a', 1, TokenPurpose::Server, None),
+            },
+            Command::CreateJoinToken {
+                token: token('a', 1, TokenPurpose::Agent, Some(3)),
             },
             Command::ConsumeJoinToken {
                 token_sha256: hash('a'),
+                key_sha256: hash('f'),
                 agent: agent(AGENT),
                 at: UnixTime::EPOCH,
+            },
+            Command::EvictAgent {
+                spiffe_id: AGENT.parse().expect("id"),
+            },
+            Command::RevokeJoinToken {
+                token_sha256: hash('a'),
             },
             Command::SetAgentBanned {
                 spiffe_id: AGENT.parse().expect("id"),
@@ -763,15 +1019,11 @@ mod tests {
     #[test]
     fn join_token_is_consumed_exactly_once() {
         let mut s = State::new();
-        let token = JoinToken {
-            token_sha256: hash('b'),
-            expires_at: UnixTime::from_secs(100),
-            consumed_by: None,
-            purpose: TokenPurpose::Agent,
-        };
-        apply(&mut s, Command::CreateJoinToken { token }).expect("create");
+        let b = token('b', 100, TokenPurpose::Agent, None);
+        apply(&mut s, Command::CreateJoinToken { token: b }).expect("create");
         let consume = |agent_id: &str, at: u64| Command::ConsumeJoinToken {
             token_sha256: hash('b'),
+            key_sha256: hash('1'),
             agent: agent(agent_id),
             at: UnixTime::from_secs(at),
         };
@@ -791,17 +1043,19 @@ mod tests {
             )
             .is_none());
 
-        let late = JoinToken {
-            token_sha256: hash('c'),
-            expires_at: UnixTime::from_secs(10),
-            consumed_by: None,
-            purpose: TokenPurpose::Agent,
-        };
+        assert_eq!(
+            s.join_token(&hash('b'))
+                .map(|t| t.consumer_key_sha256.clone()),
+            Some(hash('1')),
+            "the token is bound to its consumer's key"
+        );
+        let late = token('c', 10, TokenPurpose::Agent, None);
         apply(&mut s, Command::CreateJoinToken { token: late }).expect("create");
         let expired = apply(
             &mut s,
             Command::ConsumeJoinToken {
                 token_sha256: hash('c'),
+                key_sha256: hash('1'),
                 agent: agent("spiffe://example.org/sigil/agent/join_token/t3"),
                 at: UnixTime::from_secs(10),
             },
@@ -811,6 +1065,7 @@ mod tests {
             &mut s,
             Command::ConsumeJoinToken {
                 token_sha256: hash('c'),
+                key_sha256: hash('1'),
                 agent: agent("spiffe://example.org/not-an-agent"),
                 at: UnixTime::from_secs(1),
             },
@@ -831,17 +1086,32 @@ mod tests {
                 .expect("id")
         };
         apply(&mut s, Command::RegisterServer { server: server(1) }).expect("bootstrap");
-        for (c, purpose) in [('d', TokenPurpose::Server), ('e', TokenPurpose::Agent)] {
-            let token = JoinToken {
-                token_sha256: hash(c),
-                expires_at: UnixTime::from_secs(100),
-                consumed_by: None,
-                purpose,
-            };
+        assert_eq!(s.next_server_id(), 2);
+        for (c, purpose, node) in [
+            ('d', TokenPurpose::Server, Some(2)),
+            ('e', TokenPurpose::Agent, None),
+        ] {
+            let token = token(c, 100, purpose, node);
             apply(&mut s, Command::CreateJoinToken { token }).expect("create");
         }
+        assert_eq!(
+            s.next_server_id(),
+            3,
+            "IDs bound to tokens are not assigned twice"
+        );
+        // A token for a member is refused unless it says rejoin.
+        assert!(matches!(
+            apply(
+                &mut s,
+                Command::CreateJoinToken {
+                    token: token('3', 100, TokenPurpose::Server, Some(1))
+                }
+            ),
+            Err(CommandError::AlreadyExists(_))
+        ));
         let join = |c: char, n: u64, id: SpiffeId, at: u64| Command::ConsumeServerToken {
             token_sha256: hash(c),
+            key_sha256: hash('2'),
             server: server(n),
             spiffe_id: id,
             at: UnixTime::from_secs(at),
@@ -856,16 +1126,21 @@ mod tests {
                 &mut s,
                 Command::ConsumeJoinToken {
                     token_sha256: hash('d'),
+                    key_sha256: hash('2'),
                     agent: agent(AGENT),
                     at: UnixTime::from_secs(5),
                 }
             ),
             Err(CommandError::TokenPurpose(_))
         ));
-        // The name must match the node ID; expiry holds.
+        // The name must match the node ID, the node ID the token's; expiry holds.
         assert!(matches!(
             apply(&mut s, join('d', 2, sid(3), 5)),
             Err(CommandError::Invalid(_))
+        ));
+        assert!(matches!(
+            apply(&mut s, join('d', 3, sid(3), 5)),
+            Err(CommandError::TokenRefused(_))
         ));
         assert_eq!(
             apply(&mut s, join('d', 2, sid(2), 100)),
@@ -886,16 +1161,42 @@ mod tests {
             s.join_token(&hash('d')).and_then(|t| t.consumed_by.clone()),
             Some(sid(2))
         );
-        // Removal down to one member, never below.
-        apply(&mut s, Command::RemoveServer { node_id: 1 }).expect("remove");
+        // A member is re-admitted only by a rejoin token.
+        let rejoin = JoinToken {
+            rejoin: true,
+            ..token('4', 100, TokenPurpose::Server, Some(2))
+        };
+        apply(&mut s, Command::CreateJoinToken { token: rejoin }).expect("rejoin token");
+        assert_eq!(
+            apply(&mut s, join('4', 2, sid(2), 7)),
+            Ok(Outcome::Server(server(2)))
+        );
+        // Removal down to one member, never below; a removed ID is never admitted again.
+        let remove = |node_id: u64| Command::RemoveServer {
+            node_id,
+            at: UnixTime::from_secs(8),
+            prune_after: UnixTime::from_secs(20),
+            compromised: false,
+        };
+        apply(&mut s, remove(1)).expect("remove");
         assert!(matches!(
-            apply(&mut s, Command::RemoveServer { node_id: 2 }),
+            apply(&mut s, remove(2)),
             Err(CommandError::Invalid(_))
         ));
         assert!(matches!(
-            apply(&mut s, Command::RemoveServer { node_id: 9 }),
+            apply(&mut s, remove(9)),
             Err(CommandError::NotFound(_))
         ));
+        assert!(s.removed_servers().contains_key(&1));
+        assert!(apply(&mut s, Command::RegisterServer { server: server(1) }).is_err());
+        assert!(apply(
+            &mut s,
+            Command::CreateJoinToken {
+                token: token('5', 100, TokenPurpose::Server, Some(1))
+            }
+        )
+        .is_err());
+        assert_eq!(s.next_server_id(), 3);
         // Addresses are bounded; the count is bounded.
         let long = ServerRecord {
             node_id: 4,
@@ -922,14 +1223,37 @@ mod tests {
         )
         .expect("register");
         let id: SpiffeId = AGENT.parse().expect("id");
-        let renew = |serial: &str, na: u64| Command::RecordAgentRenewal {
-            spiffe_id: id.clone(),
-            svid_serial: serial.into(),
-            svid_not_after: UnixTime::from_secs(na),
+        let renew = |serial: &str, at: u64| Command::RecordAgentRenewals {
+            renewals: vec![AgentRenewal {
+                spiffe_id: id.clone(),
+                presented_serial: "01".into(),
+                svid_serial: serial.into(),
+                svid_not_after: UnixTime::from_secs(at + 10),
+                at: UnixTime::from_secs(at),
+            }],
         };
         apply(&mut s, renew("02", 20)).expect("renew");
         apply(&mut s, renew("old", 15)).expect("out of order");
-        assert_eq!(s.agent(&id).expect("agent").svid_serial, "02");
+        let rec = s.agent(&id).expect("agent");
+        assert_eq!(rec.svid_serial, "02");
+        assert_eq!(rec.previous_serial, "01");
+        assert_eq!(rec.renewed_at, UnixTime::from_secs(20));
+        let too_many = Command::RecordAgentRenewals {
+            renewals: vec![
+                AgentRenewal {
+                    spiffe_id: id.clone(),
+                    presented_serial: String::new(),
+                    svid_serial: "x".into(),
+                    svid_not_after: UnixTime::EPOCH,
+                    at: UnixTime::EPOCH,
+                };
+                BATCH_RENEWALS_MAX + 1
+            ],
+        };
+        assert!(matches!(
+            apply(&mut s, too_many),
+            Err(CommandError::Limit(_))
+        ));
         apply(
             &mut s,
             Command::SetAgentBanned {
@@ -938,8 +1262,19 @@ mod tests {
             },
         )
         .expect("ban");
+        apply(&mut s, renew("03", 30)).expect("dropped");
+        assert_eq!(
+            s.agent(&id).expect("agent").svid_serial,
+            "02",
+            "a banned agent's renewal is not recorded"
+        );
         assert!(matches!(
-            apply(&mut s, renew("03", 30)),
+            apply(
+                &mut s,
+                Command::EvictAgent {
+                    spiffe_id: id.clone()
+                }
+            ),
             Err(CommandError::AgentBanned(_))
         ));
         assert!(matches!(
@@ -968,6 +1303,9 @@ mod tests {
             banned: false,
             svid_serial: String::new(),
             svid_not_after: UnixTime::from_secs(0),
+            previous_serial: String::new(),
+            renewed_at: UnixTime::EPOCH,
+            attested_at: UnixTime::EPOCH,
         };
         apply(&mut s, Command::RegisterAgent { agent: pop("a") }).expect("first");
         apply(&mut s, Command::RegisterAgent { agent: pop("b") }).expect("again");
@@ -1107,6 +1445,69 @@ mod tests {
         assert_eq!(b.sequence, Some(5));
         assert_eq!(b.x509_authorities.len(), 2);
         assert_eq!(b.jwt_authorities.len(), 1);
+    }
+
+    /// A removed server's authorities stay (retired) until every SVID it may have signed
+    /// expired, then any node may prune them; a compromised one's leave at once; a removed
+    /// node publishes nothing.
+    #[test]
+    fn removed_servers_leave_the_bundle_on_time() {
+        let mut s = State::new();
+        for n in 1..=3 {
+            apply(
+                &mut s,
+                Command::RegisterServer {
+                    server: ServerRecord {
+                        node_id: n,
+                        addr: format!("127.0.0.1:{n}"),
+                    },
+                },
+            )
+            .expect("register");
+            apply(
+                &mut s,
+                Command::PublishAuthority {
+                    authority: x509_authority(&format!("n{n}"), n, 1000),
+                    at: UnixTime::from_secs(1),
+                },
+            )
+            .expect("publish");
+        }
+        let remove = |node_id, compromised| Command::RemoveServer {
+            node_id,
+            at: UnixTime::from_secs(10),
+            prune_after: UnixTime::from_secs(50),
+            compromised,
+        };
+        apply(&mut s, remove(2, false)).expect("remove 2");
+        assert_eq!(
+            s.authorities().get("n2").map(|r| r.state),
+            Some(AuthorityState::Retired)
+        );
+        let prune = |at| Command::PruneAuthority {
+            id: "n2".into(),
+            at: UnixTime::from_secs(at),
+        };
+        assert_eq!(
+            apply(&mut s, prune(49)),
+            Err(CommandError::AuthorityLive("n2".into()))
+        );
+        apply(&mut s, prune(50)).expect("pruned once its SVIDs expired");
+        assert!(!s.authorities().contains_key("n2"));
+        assert!(apply(
+            &mut s,
+            Command::PublishAuthority {
+                authority: x509_authority("n2-new", 2, 1000),
+                at: UnixTime::from_secs(11),
+            }
+        )
+        .is_err());
+
+        let seq = s.bundle_sequence();
+        apply(&mut s, remove(3, true)).expect("remove 3, compromised");
+        assert!(!s.authorities().contains_key("n3"));
+        assert_eq!(s.bundle_sequence(), seq + 1);
+        assert_eq!(s.next_server_id(), 4);
     }
 
     #[test]

@@ -338,6 +338,11 @@ impl World {
                     expires_at: UnixTime::from_secs(WALL_AT_START_SECS + 86_400),
                     consumed_by: None,
                     purpose: TokenPurpose::Agent,
+                    consumer_key_sha256: String::new(),
+                    node_id: None,
+                    rejoin: false,
+                    created_at: UnixTime::from_secs(WALL_AT_START_SECS),
+                    consumed_at: None,
                 },
             };
             self.write_retrying(cmd).await;
@@ -412,6 +417,9 @@ impl World {
                     banned: false,
                     svid_serial: String::new(),
                     svid_not_after: UnixTime::EPOCH,
+                    previous_serial: String::new(),
+                    renewed_at: UnixTime::EPOCH,
+                    attested_at: UnixTime::EPOCH,
                 },
             },
             Command::CreateEntries {
@@ -630,6 +638,18 @@ impl World {
     /// The network (to cut links in targeted tests).
     pub fn net(&self) -> &SimNet {
         &self.net
+    }
+
+    /// Node `id`'s node API (the production [`NodeService`]), if it is running: targeted tests
+    /// play agents, honest or not, against it.
+    pub fn service(&self, id: u64) -> Option<NodeService<SimEndpoint>> {
+        self.services.get(&id).cloned()
+    }
+
+    /// Whether every running node could issue now (contact within `staleness_max`, an active
+    /// CA).
+    pub fn all_ready(&self) -> bool {
+        self.servers.values().all(|s| s.ready_to_issue().is_ok())
     }
 
     /// Node `id`'s replica, if it is running.

@@ -180,6 +180,11 @@ fn join_token_is_consumed_once_under_racing_nodes() {
                     expires_at: UnixTime::from_secs(1_000_000),
                     consumed_by: None,
                     purpose: wire::TokenPurpose::Agent,
+                    consumer_key_sha256: String::new(),
+                    node_id: None,
+                    rejoin: false,
+                    created_at: UnixTime::EPOCH,
+                    consumed_at: None,
                 },
             },
         )
@@ -188,6 +193,7 @@ fn join_token_is_consumed_once_under_racing_nodes() {
         .expect("created");
         let consume = |n: u64| Command::ConsumeJoinToken {
             token_sha256: hash.clone(),
+            key_sha256: format!("{n:064x}"),
             agent: AgentRecord {
                 spiffe_id: format!("spiffe://sim.test/sigil/agent/join_token/n{n}")
                     .parse()
@@ -197,6 +203,9 @@ fn join_token_is_consumed_once_under_racing_nodes() {
                 banned: false,
                 svid_serial: String::new(),
                 svid_not_after: UnixTime::EPOCH,
+                previous_serial: String::new(),
+                renewed_at: UnixTime::EPOCH,
+                attested_at: UnixTime::EPOCH,
             },
             at: UnixTime::from_secs(10),
         };

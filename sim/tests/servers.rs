@@ -121,6 +121,9 @@ async fn register(c: &Cluster) {
                 banned: false,
                 svid_serial: String::new(),
                 svid_not_after: UnixTime::EPOCH,
+                previous_serial: String::new(),
+                renewed_at: UnixTime::EPOCH,
+                attested_at: UnixTime::EPOCH,
             },
         })
         .await

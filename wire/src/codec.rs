@@ -11,7 +11,9 @@ use serde::Serialize;
 use crate::Error;
 
 /// The codec version written in the first byte of every frame.
-pub const CODEC_VERSION: u8 = 1;
+/// Version 2: single-use join tokens bound to their consumer's key and server tokens to a
+/// node ID, agent renewal records, removed servers (issue 20).
+pub const CODEC_VERSION: u8 = 2;
 /// Largest frame, in bytes, including the version byte.
 pub const MESSAGE_BYTES_MAX: usize = 4 << 20;
 /// Largest state-machine snapshot, in bytes (snapshots travel in chunks, never as one message).

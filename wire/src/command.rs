@@ -12,6 +12,8 @@ use crate::{
 
 /// Most entries one batch command may carry.
 pub const BATCH_ENTRIES_MAX: usize = 500;
+/// Most renewals one [`Command::RecordAgentRenewals`] may carry.
+pub const BATCH_RENEWALS_MAX: usize = 1000;
 
 /// How an agent proved who it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +46,51 @@ pub struct JoinToken {
     pub consumed_by: Option<SpiffeId>,
     /// Whether it admits an agent or a server node.
     pub purpose: TokenPurpose,
+    /// Set once consumed: lowercase hex SHA-256 of the public key (SPKI DER) its consumer
+    /// presented. The token is bound to that key: only a retry with the same key is answered
+    /// again, any other presentation is refused.
+    pub consumer_key_sha256: String,
+    /// Server tokens: the node ID the token admits, chosen when it was generated (the joining
+    /// node cannot pick another).
+    pub node_id: Option<u64>,
+    /// Server tokens: the token re-admits `node_id` although it is a member (a node whose
+    /// server SVID expired while it was down). Without it, a token for a member is refused.
+    pub rejoin: bool,
+    /// When it was created.
+    pub created_at: UnixTime,
+    /// When it was consumed.
+    pub consumed_at: Option<UnixTime>,
+}
+
+/// One agent SVID renewal, as recorded after the fact ([`Command::RecordAgentRenewals`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRenewal {
+    /// The agent.
+    pub spiffe_id: SpiffeId,
+    /// Serial (hex) of the SVID the agent presented to renew; empty for an SVID issued at
+    /// (re-)attestation, which proved the agent afresh.
+    pub presented_serial: String,
+    /// Serial (hex) of the new SVID.
+    pub svid_serial: String,
+    /// The new SVID's `NotAfter`.
+    pub svid_not_after: UnixTime,
+    /// When the issuing node signed it (its wall clock).
+    pub at: UnixTime,
+}
+
+/// A server node removed from the cluster, remembered so that its ID is never admitted again
+/// (its old server SVID would otherwise become a member's) and so that its authorities leave the
+/// bundle on time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedServer {
+    /// When it was removed (the proposer's wall time).
+    pub removed_at: UnixTime,
+    /// From when its authorities may be pruned from the bundle although they have not expired:
+    /// once every SVID it can have signed has expired, or at once when the operator said it was
+    /// compromised.
+    pub prune_after: UnixTime,
+    /// The operator said its keys may be compromised (its authorities were removed at once).
+    pub compromised: bool,
 }
 
 /// A server node of the cluster, as replicated: the set of these is the cluster's desired
@@ -67,11 +114,25 @@ pub struct AgentRecord {
     pub selectors: Vec<Selector>,
     /// Banned agents get nothing until unbanned.
     pub banned: bool,
-    /// Serial (hex) of the agent's latest SVID, best-effort (renewals are recorded after the fact).
+    /// Serial (hex) of the agent's latest SVID (renewals are recorded after the fact, coalesced).
+    /// Renewal is allowed only from this SVID (or one newer that is not recorded yet, or
+    /// briefly from its predecessor), so a copied older agent SVID cannot renew.
     pub svid_serial: String,
     /// `NotAfter` of the agent's latest SVID.
     pub svid_not_after: UnixTime,
+    /// Serial (hex) of the SVID that `svid_serial` replaced (a renewal whose answer was lost
+    /// is retried with it for [`RENEW_PREDECESSOR_GRACE_SECS`]).
+    pub previous_serial: String,
+    /// When the latest SVID was issued (0: never recorded).
+    pub renewed_at: UnixTime,
+    /// When the agent first attested (node attestation through Raft).
+    pub attested_at: UnixTime,
 }
+
+/// How long after a renewal (by the issuing node's clock) the SVID it replaced may still renew:
+/// an agent retrying a renewal whose answer was lost presents its old SVID. A copy of the old
+/// SVID (and its key) wins too if it renews inside this window; outside it, it is refused.
+pub const RENEW_PREDECESSOR_GRACE_SECS: u64 = 10;
 
 /// Lifecycle of a published authority.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -113,6 +174,8 @@ pub enum Command {
     ConsumeJoinToken {
         /// Hex SHA-256 of the presented token.
         token_sha256: String,
+        /// Hex SHA-256 of the public key the agent presented (the token is bound to it).
+        key_sha256: String,
         /// The agent to register.
         agent: AgentRecord,
         /// The proposer's wall time (expiry check).
@@ -122,6 +185,8 @@ pub enum Command {
     ConsumeServerToken {
         /// Hex SHA-256 of the presented token.
         token_sha256: String,
+        /// Hex SHA-256 of the public key the joining node presented (the token is bound to it).
+        key_sha256: String,
         /// The joining node.
         server: ServerRecord,
         /// Its SPIFFE ID (`spiffe://<td>/sigil/server/<node_id>`), recorded on the token.
@@ -135,10 +200,31 @@ pub enum Command {
         /// The node.
         server: ServerRecord,
     },
-    /// Remove a server node from the desired membership (refused for the last one).
+    /// Remove a server node from the desired membership (refused for the last one). Its ID is
+    /// never admitted again; its authorities are retired at once and pruned from `prune_after`
+    /// (or removed at once when `compromised`).
     RemoveServer {
         /// The node's ID.
         node_id: u64,
+        /// The proposer's wall time.
+        at: UnixTime,
+        /// When its authorities may leave the bundle (after every SVID it may have signed
+        /// expired: `at` + staleness_max + the longest SVID TTL).
+        prune_after: UnixTime,
+        /// Its keys may be compromised: its authorities leave the bundle now.
+        compromised: bool,
+    },
+    /// Forget a join token (used or not): it admits nobody any more.
+    RevokeJoinToken {
+        /// Hex SHA-256 of the token.
+        token_sha256: String,
+    },
+    /// Forget an agent: its SVID stops working on every node that applied this, and it must
+    /// attest again. Refused for a banned agent (unban it first: a ban must not be lifted by
+    /// accident).
+    EvictAgent {
+        /// The agent.
+        spiffe_id: SpiffeId,
     },
     /// Register (or re-attest) an agent by another method.
     RegisterAgent {
@@ -152,14 +238,10 @@ pub enum Command {
         /// New state.
         banned: bool,
     },
-    /// Record an agent SVID renewal (best-effort, after the fact).
-    RecordAgentRenewal {
-        /// The agent.
-        spiffe_id: SpiffeId,
-        /// The new SVID's serial (hex).
-        svid_serial: String,
-        /// The new SVID's `NotAfter`.
-        svid_not_after: UnixTime,
+    /// Record agent SVID renewals (after the fact, many coalesced into one entry).
+    RecordAgentRenewals {
+        /// The renewals, in the order the issuing node made them.
+        renewals: Vec<AgentRenewal>,
     },
     /// Add a node's new key to the bundle (before it may sign). Refused once the key has
     /// expired (a late, retried publication must not put a pruned key back).
@@ -260,6 +342,10 @@ pub enum CommandError {
     /// The join token is for another purpose (agent vs. server).
     #[error("join token is not for {0}")]
     TokenPurpose(String),
+    /// The join token does not admit this consumer (another node ID, a member without
+    /// `rejoin`, a removed node).
+    #[error("join token refused: {0}")]
+    TokenRefused(String),
     /// The authority may still back valid SVIDs.
     #[error("authority {0} has not expired yet")]
     AuthorityLive(String),

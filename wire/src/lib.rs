@@ -31,8 +31,9 @@ pub mod workload;
 pub use authority::{bundle_of, Authority, AuthorityKey};
 pub use bundle::{Bundle, BundleMap, JwtAuthority, PublicJwk, X509Authority};
 pub use command::{
-    AgentRecord, AttestationMethod, AuthorityState, Command, CommandError, JoinToken, Outcome,
-    Proposal, ProposalId, Response, ServerRecord, TokenPurpose,
+    AgentRecord, AgentRenewal, AttestationMethod, AuthorityState, Command, CommandError, JoinToken,
+    Outcome, Proposal, ProposalId, RemovedServer, Response, ServerRecord, TokenPurpose,
+    RENEW_PREDECESSOR_GRACE_SECS,
 };
 pub use entry::{EntryId, RegistrationEntry};
 pub use env::{Env, KeyAlg, KeySource, Mono, RngTree, Seed, SigFormat, Signer, UnixTime};

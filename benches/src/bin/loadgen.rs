@@ -434,6 +434,8 @@ impl Cluster {
                     ttl_secs: 600,
                     spiffe_id: String::new(),
                     purpose: JoinTokenPurpose::Server.into(),
+                    node_id: id,
+                    rejoin: false,
                 })
                 .await?
                 .into_inner();
@@ -567,6 +569,7 @@ async fn attest_agent(
             ttl_secs: 600,
             spiffe_id: String::new(),
             purpose: JoinTokenPurpose::Agent.into(),
+            ..Default::default()
         })
         .await?
         .into_inner();

@@ -875,6 +875,7 @@ async fn run_phases(
             ttl_secs: 600,
             spiffe_id: String::new(),
             purpose: JoinTokenPurpose::Agent.into(),
+            ..Default::default()
         })
         .await?
         .into_inner();

@@ -279,6 +279,9 @@ mod tests {
                 banned: false,
                 svid_serial: String::new(),
                 svid_not_after: UnixTime::EPOCH,
+                previous_serial: String::new(),
+                renewed_at: UnixTime::EPOCH,
+                attested_at: UnixTime::EPOCH,
             },
         });
         out.push(Command::CreateEntries {

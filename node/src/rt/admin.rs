@@ -36,8 +36,9 @@ use wire::admin::{self as pb, PAGE_SIZE_MAX};
 use wire::command::BATCH_ENTRIES_MAX;
 use wire::entry::SELECTORS_PER_ENTRY_MAX;
 use wire::{
-    AuthorityKey, AuthorityState, Bundle, Command, CommandError, EntryId, Env, JoinToken, Outcome,
-    RegistrationEntry, Selector, ServerRecord, SpiffeId, TokenPurpose, Transport, TrustDomain,
+    AgentRecord, AttestationMethod, AuthorityKey, AuthorityState, Bundle, Command, CommandError,
+    EntryId, Env, JoinToken, Outcome, RegistrationEntry, Selector, ServerRecord, SpiffeId,
+    TokenPurpose, Transport, TrustDomain,
 };
 
 use crate::Error;
@@ -64,6 +65,11 @@ pub struct AdminDefaults {
     pub bundle_refresh_hint_secs: u64,
     /// `ListEntries` page size when the request gives none.
     pub page_size: u32,
+    /// How long a removed server's authorities stay in the bundle after its removal (unless it
+    /// was compromised): long enough for every SVID it may have signed to expire — it may
+    /// issue for up to `staleness_max` after it was cut off, SVIDs of the default TTLs. An
+    /// entry with a longer TTL has its SVIDs from that node end early (at this point).
+    pub removed_server_keep_secs: u64,
 }
 
 impl Default for AdminDefaults {
@@ -74,6 +80,9 @@ impl Default for AdminDefaults {
             join_token_ttl_max_secs: 30 * 24 * 3600,
             bundle_refresh_hint_secs: crate::server::REFRESH_HINT_SECS_DEFAULT,
             page_size: 100,
+            removed_server_keep_secs: (crate::actors::issuer::STALENESS_MAX_DEFAULT
+                + crate::server::SERVER_SVID_TTL)
+                .as_secs(),
         }
     }
 }
@@ -136,6 +145,7 @@ pub fn command_status(e: &CommandError) -> Status {
         CommandError::NotFound(_) => Status::not_found(msg),
         CommandError::AlreadyExists(_) => Status::already_exists(msg),
         CommandError::RevisionMismatch { .. }
+        | CommandError::TokenRefused(_)
         | CommandError::TokenUsed
         | CommandError::TokenExpired
         | CommandError::AgentBanned(_)
@@ -336,6 +346,130 @@ impl<T: Transport> AdminService<T> {
     fn metrics(&self) -> raft_metrics::Snapshot {
         raft_metrics::snapshot(&self.replica.raft().metrics().borrow())
     }
+
+    /// A request's page size: 0 is the default, more than [`PAGE_SIZE_MAX`] is refused.
+    fn page_size(&self, asked: u32) -> Result<usize, Status> {
+        let n = match asked {
+            0 => self.defaults.page_size.clamp(1, PAGE_SIZE_MAX),
+            n if n > PAGE_SIZE_MAX => {
+                return Err(invalid(format!("page_size may be at most {PAGE_SIZE_MAX}")))
+            }
+            n => n,
+        };
+        Ok(usize::try_from(n).unwrap_or(1))
+    }
+
+    /// The node ID a new server token admits: `asked`, or (0) the next unused ID. Checked
+    /// against this replica first so the operator hears why at once; the state machine checks
+    /// again when the token is created.
+    fn server_token_node_id(&self, asked: u64, rejoin: bool) -> Result<u64, Status> {
+        self.replica.read(|a| {
+            let state = &a.state;
+            if asked == 0 {
+                if rejoin {
+                    return Err(invalid("--rejoin needs the --node-id of the member to re-admit"));
+                }
+                return Ok(state.next_server_id());
+            }
+            if state.removed_servers().contains_key(&asked) {
+                return Err(invalid(format!(
+                    "server node {asked} was removed from this cluster and its ID is never admitted again (its old server SVID would become a member's); give the new node another node_id"
+                )));
+            }
+            let member = state.servers().contains_key(&asked);
+            if member && !rejoin {
+                return Err(Status::already_exists(format!(
+                    "server node {asked} is already a member; to re-admit it (its server SVID expired while it was down) generate the token with --rejoin, or pick another --node-id (next free: {})",
+                    state.next_server_id()
+                )));
+            }
+            if rejoin && !member {
+                return Err(invalid(format!(
+                    "--rejoin re-admits a member, and server node {asked} is not one; leave out --rejoin"
+                )));
+            }
+            Ok(asked)
+        })
+    }
+
+    /// The hash of the token named by `token` (the token itself) or `token_sha256` (the hash or
+    /// a unique prefix of at least 8 characters).
+    fn token_hash_of(&self, token: &str, token_sha256: &str) -> Result<String, Status> {
+        match (token.is_empty(), token_sha256.is_empty()) {
+            (false, true) => Ok(join_token_sha256(token)),
+            (true, false) => {
+                let prefix = token_sha256.to_ascii_lowercase();
+                if prefix.len() < 8
+                    || prefix.len() > 64
+                    || !prefix.bytes().all(|b| b.is_ascii_hexdigit())
+                {
+                    return Err(invalid(
+                        "token_sha256 must be 8 to 64 hex characters (as `sigil token list` shows)",
+                    ));
+                }
+                let found: Vec<String> = self.replica.read(|a| {
+                    a.state
+                        .join_tokens_from(&prefix)
+                        .map(|t| t.token_sha256.clone())
+                        .take_while(|h| h.starts_with(&prefix))
+                        .take(2)
+                        .collect()
+                });
+                match found.as_slice() {
+                    [one] => Ok(one.clone()),
+                    [] => Err(Status::not_found(format!(
+                        "no join token whose hash starts with {prefix}"
+                    ))),
+                    _ => Err(invalid(format!(
+                        "more than one join token's hash starts with {prefix}; give more characters"
+                    ))),
+                }
+            }
+            _ => Err(invalid("give exactly one of token and token_sha256")),
+        }
+    }
+}
+
+fn token_to_pb(t: &JoinToken) -> pb::JoinTokenInfo {
+    pb::JoinTokenInfo {
+        token_sha256: t.token_sha256.clone(),
+        purpose: match t.purpose {
+            TokenPurpose::Agent => pb::JoinTokenPurpose::Agent.into(),
+            TokenPurpose::Server => pb::JoinTokenPurpose::Server.into(),
+        },
+        created_at_secs: t.created_at.as_secs(),
+        expires_at_secs: t.expires_at.as_secs(),
+        consumed_by: t
+            .consumed_by
+            .as_ref()
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
+        consumed_at_secs: t.consumed_at.map(|at| at.as_secs()),
+        node_id: t.node_id,
+        rejoin: t.rejoin,
+    }
+}
+
+/// The name of an attestation method, as `sigil agent list` shows it.
+pub fn method_name(m: &AttestationMethod) -> &'static str {
+    match m {
+        AttestationMethod::JoinToken => "join_token",
+        AttestationMethod::X509Pop => "x509pop",
+        AttestationMethod::Tpm => "tpm",
+    }
+}
+
+fn agent_to_pb(a: &AgentRecord) -> pb::Agent {
+    pb::Agent {
+        spiffe_id: a.spiffe_id.to_string(),
+        attestation_method: method_name(&a.method).into(),
+        selectors: a.selectors.iter().map(|s| s.to_string()).collect(),
+        banned: a.banned,
+        svid_serial: a.svid_serial.clone(),
+        svid_not_after_secs: a.svid_not_after.as_secs(),
+        renewed_at_secs: a.renewed_at.as_secs(),
+        attested_at_secs: a.attested_at.as_secs(),
+    }
 }
 
 /// The parts of openraft's metrics the admin API reports.
@@ -505,14 +639,7 @@ impl<T: Transport> Admin for AdminService<T> {
         request: Request<pb::ListEntriesRequest>,
     ) -> Result<Response<pb::ListEntriesResponse>, Status> {
         let req = request.into_inner();
-        let page_size = match req.page_size {
-            0 => self.defaults.page_size.clamp(1, PAGE_SIZE_MAX),
-            n if n > PAGE_SIZE_MAX => {
-                return Err(invalid(format!("page_size may be at most {PAGE_SIZE_MAX}")))
-            }
-            n => n,
-        };
-        let page_size = usize::try_from(page_size).unwrap_or(1);
+        let page_size = self.page_size(req.page_size)?;
         let parent = match req.parent_id.as_str() {
             "" => None,
             s => Some(parse_id("parent_id", s)?),
@@ -584,6 +711,16 @@ impl<T: Transport> Admin for AdminService<T> {
                 "spiffe_id is for agent tokens only; a server node's ID is spiffe://<td>/sigil/server/<node_id>",
             ));
         }
+        if purpose == TokenPurpose::Agent && (req.node_id != 0 || req.rejoin) {
+            return Err(invalid(
+                "node_id and rejoin are for server tokens only (--server)",
+            ));
+        }
+        let node_id = if purpose == TokenPurpose::Server {
+            Some(self.server_token_node_id(req.node_id, req.rejoin)?)
+        } else {
+            None
+        };
         let ttl_secs = match req.ttl_secs {
             0 if purpose == TokenPurpose::Server => self.defaults.server_join_token_ttl_secs,
             0 => self.defaults.join_token_ttl_secs,
@@ -607,26 +744,36 @@ impl<T: Transport> Admin for AdminService<T> {
         self.env.rng("join-token").fill_bytes(&mut secret);
         let token = hex(&secret);
         let token_sha256 = join_token_sha256(&token);
-        let expires_at = self
-            .env
-            .wall()
-            .saturating_add(Duration::from_secs(ttl_secs));
+        let now = self.env.wall();
+        let expires_at = now.saturating_add(Duration::from_secs(ttl_secs));
+        let new_token = |purpose| JoinToken {
+            token_sha256: token_sha256.clone(),
+            expires_at,
+            consumed_by: None,
+            purpose,
+            consumer_key_sha256: String::new(),
+            node_id,
+            rejoin: req.rejoin,
+            created_at: now,
+            consumed_at: None,
+        };
         if purpose == TokenPurpose::Server {
             match self
                 .write(Command::CreateJoinToken {
-                    token: JoinToken {
-                        token_sha256,
-                        expires_at,
-                        consumed_by: None,
-                        purpose,
-                    },
+                    token: new_token(purpose),
                 })
                 .await?
             {
                 Outcome::Done => {}
                 other => return Err(unexpected(&other)),
             }
-            tracing::info!(ttl_secs, "server join token created");
+            let node_id = node_id.unwrap_or_default();
+            tracing::info!(
+                ttl_secs,
+                node_id,
+                rejoin = req.rejoin,
+                "server join token created"
+            );
             return Ok(Response::new(pb::CreateJoinTokenResponse {
                 token,
                 expires_at_secs: expires_at.as_secs(),
@@ -636,6 +783,7 @@ impl<T: Transport> Admin for AdminService<T> {
                 bundle_sha256,
                 seed_address: self.seed_address.clone().unwrap_or_default(),
                 trust_domain: self.trust_domain.to_string(),
+                node_id,
             }));
         }
         let agent_id = join_token_agent_id(&self.trust_domain, &token_sha256)?;
@@ -692,12 +840,7 @@ impl<T: Transport> Admin for AdminService<T> {
         }
         match self
             .write(Command::CreateJoinToken {
-                token: JoinToken {
-                    token_sha256,
-                    expires_at,
-                    consumed_by: None,
-                    purpose: TokenPurpose::Agent,
-                },
+                token: new_token(TokenPurpose::Agent),
             })
             .await?
         {
@@ -714,6 +857,7 @@ impl<T: Transport> Admin for AdminService<T> {
             bundle_sha256,
             seed_address: self.seed_address.clone().unwrap_or_default(),
             trust_domain: self.trust_domain.to_string(),
+            node_id: 0,
         }))
     }
 
@@ -819,19 +963,33 @@ impl<T: Transport> Admin for AdminService<T> {
         &self,
         request: Request<pb::RemoveServerRequest>,
     ) -> Result<Response<pb::RemoveServerResponse>, Status> {
-        let node_id = request.into_inner().node_id;
+        let req = request.into_inner();
+        let node_id = req.node_id;
         if node_id == 0 {
             return Err(invalid("node_id is required (server node IDs are > 0)"));
         }
+        let at = self.env.wall();
+        let prune_after =
+            at.saturating_add(Duration::from_secs(self.defaults.removed_server_keep_secs));
         // The address as this replica knows it, for the answer; the state machine decides.
         let known = self
             .replica
             .read(|a| a.state.servers().get(&node_id).cloned());
-        match self.write(Command::RemoveServer { node_id }).await? {
+        let cmd = Command::RemoveServer {
+            node_id,
+            at,
+            prune_after,
+            compromised: req.compromised,
+        };
+        match self.write(cmd).await? {
             Outcome::Done => {}
             other => return Err(unexpected(&other)),
         }
-        tracing::info!(node_id, "server node removed from the desired membership");
+        if req.compromised {
+            tracing::warn!(node_id, "server node removed as compromised: its authorities left the trust bundle, so every SVID it signed stops verifying");
+        } else {
+            tracing::info!(node_id, prune_after = prune_after.as_secs(), "server node removed from the desired membership; its authorities stay in the bundle until every SVID it may have signed expired");
+        }
         // This replica may apply the removal after the leader answered: leave it out regardless.
         let servers = self.replica.read(|a| {
             a.state
@@ -848,6 +1006,135 @@ impl<T: Transport> Admin for AdminService<T> {
             }),
             servers,
         }))
+    }
+
+    async fn list_join_tokens(
+        &self,
+        request: Request<pb::ListJoinTokensRequest>,
+    ) -> Result<Response<pb::ListJoinTokensResponse>, Status> {
+        let req = request.into_inner();
+        let page_size = self.page_size(req.page_size)?;
+        let (tokens, more) = self.replica.read(|a| {
+            let mut page: Vec<pb::JoinTokenInfo> = a
+                .state
+                .join_tokens_after(&req.page_token)
+                .take(page_size + 1)
+                .map(token_to_pb)
+                .collect();
+            let more = page.len() > page_size;
+            page.truncate(page_size);
+            (page, more)
+        });
+        let next_page_token = match tokens.last() {
+            Some(last) if more => last.token_sha256.clone(),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListJoinTokensResponse {
+            tokens,
+            next_page_token,
+        }))
+    }
+
+    async fn revoke_join_token(
+        &self,
+        request: Request<pb::RevokeJoinTokenRequest>,
+    ) -> Result<Response<pb::RevokeJoinTokenResponse>, Status> {
+        let req = request.into_inner();
+        let token_sha256 = self.token_hash_of(&req.token, &req.token_sha256)?;
+        match self
+            .write(Command::RevokeJoinToken {
+                token_sha256: token_sha256.clone(),
+            })
+            .await?
+        {
+            Outcome::Done => {}
+            other => return Err(unexpected(&other)),
+        }
+        tracing::info!(token_sha256 = %&token_sha256[..16], "join token revoked");
+        Ok(Response::new(pb::RevokeJoinTokenResponse { token_sha256 }))
+    }
+
+    async fn list_agents(
+        &self,
+        request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let req = request.into_inner();
+        let page_size = self.page_size(req.page_size)?;
+        let after = match req.page_token.as_str() {
+            "" => None,
+            s => Some(parse_id("page_token", s)?),
+        };
+        let (agents, more) = self.replica.read(|a| {
+            let mut page: Vec<pb::Agent> = a
+                .state
+                .agents_after(after.as_ref())
+                .take(page_size + 1)
+                .map(agent_to_pb)
+                .collect();
+            let more = page.len() > page_size;
+            page.truncate(page_size);
+            (page, more)
+        });
+        let next_page_token = match agents.last() {
+            Some(last) if more => last.spiffe_id.clone(),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListAgentsResponse {
+            agents,
+            next_page_token,
+        }))
+    }
+
+    async fn get_agent(
+        &self,
+        request: Request<pb::GetAgentRequest>,
+    ) -> Result<Response<pb::Agent>, Status> {
+        let id = parse_id("spiffe_id", &request.into_inner().spiffe_id)?;
+        self.replica
+            .read(|a| a.state.agent(&id).map(agent_to_pb))
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("agent {id} is not attested")))
+    }
+
+    async fn set_agent_banned(
+        &self,
+        request: Request<pb::SetAgentBannedRequest>,
+    ) -> Result<Response<pb::Agent>, Status> {
+        let req = request.into_inner();
+        let spiffe_id = parse_id("spiffe_id", &req.spiffe_id)?;
+        let cmd = Command::SetAgentBanned {
+            spiffe_id: spiffe_id.clone(),
+            banned: req.banned,
+        };
+        match self.write(cmd).await? {
+            Outcome::Agent(agent) => {
+                if req.banned {
+                    tracing::warn!(agent = %spiffe_id, "agent banned: every node refuses it everything once it applied the ban");
+                } else {
+                    tracing::info!(agent = %spiffe_id, "agent unbanned");
+                }
+                Ok(Response::new(agent_to_pb(&agent)))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn evict_agent(
+        &self,
+        request: Request<pb::EvictAgentRequest>,
+    ) -> Result<Response<pb::EvictAgentResponse>, Status> {
+        let spiffe_id = parse_id("spiffe_id", &request.into_inner().spiffe_id)?;
+        match self
+            .write(Command::EvictAgent {
+                spiffe_id: spiffe_id.clone(),
+            })
+            .await?
+        {
+            Outcome::Done => {}
+            other => return Err(unexpected(&other)),
+        }
+        tracing::info!(agent = %spiffe_id, "agent evicted: it must attest again");
+        Ok(Response::new(pb::EvictAgentResponse {}))
     }
 }
 

@@ -1327,7 +1327,7 @@ async fn start(plan: &Plan, procs: &mut Procs) -> Result<Ready, DevError> {
             .first_running()
             .ok_or_else(|| fail("no server node is running to admit the others"))?;
         let seed_socket = cfg(seed).admin_socket.clone();
-        let token = create_server_token(&seed_socket).await?;
+        let token = create_server_token(&seed_socket, u64::from(i)).await?;
         let mut seeds = Vec::new();
         if !token.seed_address.is_empty() {
             seeds.push(token.seed_address.clone());
@@ -1431,19 +1431,31 @@ async fn start(plan: &Plan, procs: &mut Procs) -> Result<Ready, DevError> {
     })
 }
 
-async fn create_server_token(socket: &Path) -> Result<pb::CreateJoinTokenResponse, DevError> {
+/// A server join token for node `node_id`: a new member's, or — when it is a member already
+/// (its server SVID expired while it was stopped) — one that re-admits it.
+async fn create_server_token(
+    socket: &Path,
+    node_id: u64,
+) -> Result<pb::CreateJoinTokenResponse, DevError> {
     let call = async {
         let mut c = admin::connect(socket)
             .await
             .map_err(|e| fail(e.to_string()))?;
-        c.create_join_token(pb::CreateJoinTokenRequest {
+        let request = |rejoin| pb::CreateJoinTokenRequest {
             ttl_secs: JOIN_TOKEN_TTL_SECS,
             spiffe_id: String::new(),
             purpose: pb::JoinTokenPurpose::Server.into(),
-        })
-        .await
-        .map(tonic::Response::into_inner)
-        .map_err(|e| {
+            node_id,
+            rejoin,
+        };
+        let first = c.create_join_token(request(false)).await;
+        let answer = match first {
+            Err(e) if e.code() == tonic::Code::AlreadyExists => {
+                c.create_join_token(request(true)).await
+            }
+            other => other,
+        };
+        answer.map(tonic::Response::into_inner).map_err(|e| {
             fail(format!(
                 "cannot generate a server join token through {}: {}",
                 socket.display(),

@@ -306,7 +306,16 @@ pub async fn run_server(
         replica.clone(),
         dyn_env.clone(),
         cfg.trust_domain.clone(),
-        AdminDefaults::default(),
+        AdminDefaults {
+            removed_server_keep_secs: (cfg.staleness_max
+                + cfg
+                    .x509_svid_ttl
+                    .max(cfg.jwt_svid_ttl)
+                    .max(cfg.agent_svid_ttl)
+                    .max(crate::server::SERVER_SVID_TTL))
+            .as_secs(),
+            ..AdminDefaults::default()
+        },
     )
     .with_seed_address(cfg.advertise.to_string());
     let admin_path = cfg.admin_socket.clone();
