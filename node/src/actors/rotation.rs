@@ -6,7 +6,8 @@
 //! It also sweeps the bundle: an authority of this node that the keyring no longer tracks (a key
 //! from before a restart, a prepared key that was abandoned after its publication landed) is
 //! pruned once it expired, and any node's authority is pruned once it expired more than
-//! [`FOREIGN_PRUNE_MARGIN`] ago (a removed node cannot prune its own).
+//! [`FOREIGN_PRUNE_MARGIN`] ago (a removed node cannot prune its own) — or, for a node removed
+//! from the cluster, once its removal's `prune_after` passed.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -152,7 +153,12 @@ impl CaRotation {
             } else {
                 FOREIGN_PRUNE_MARGIN
             };
-            if rec.authority.not_after.saturating_add(margin) <= wall {
+            // A removed node's authorities go once every SVID it may have signed expired.
+            let removed_done = state
+                .removed_servers()
+                .get(&rec.authority.node_id)
+                .is_some_and(|r| r.prune_after <= wall);
+            if removed_done || rec.authority.not_after.saturating_add(margin) <= wall {
                 sweep.push(id.clone());
             }
         }
@@ -329,5 +335,49 @@ mod tests {
         assert!(state.authorities().is_empty());
         new.handle_applied(&state, later, &mut out);
         assert!(out.is_empty(), "nothing proposed twice");
+    }
+
+    /// Another node prunes a removed node's authorities once the removal's `prune_after`
+    /// passed, long before they expire.
+    #[test]
+    fn sweeps_a_removed_nodes_authorities_after_prune_after() {
+        let keys = SeededKeySource::new(Seed::from_u64(7));
+        let mut rng = Seed::from_u64(8).rng();
+        let mut state = State::new();
+        let mut out = Vec::new();
+        let t0 = UnixTime::from_secs(1_700_000_000);
+        for n in [1, 2] {
+            let server = wire::ServerRecord {
+                node_id: n,
+                addr: format!("127.0.0.1:{n}"),
+            };
+            let _ = raft::apply(&mut state, Command::RegisterServer { server });
+        }
+        let mut two = CaRotation::new(td(), 2, Duration::from_secs(24 * HOUR));
+        two.handle_tick(t0, &keys, &mut rng, &mut out).expect("tick");
+        commit(&mut state, &mut out);
+        assert!(!state.authorities().is_empty());
+        let prune_after = t0.saturating_add(Duration::from_secs(HOUR));
+        let removal = Command::RemoveServer {
+            node_id: 2,
+            at: t0,
+            prune_after,
+            compromised: false,
+        };
+        raft::apply(&mut state, removal).expect("removed");
+        let mut one = CaRotation::new(td(), 1, Duration::from_secs(24 * HOUR));
+        one.handle_applied(&state, t0, &mut out);
+        assert!(
+            !out.iter().any(|c| matches!(c, Command::PruneAuthority { .. })),
+            "kept until prune_after"
+        );
+        out.clear();
+        one.handle_applied(&state, prune_after, &mut out);
+        commit(&mut state, &mut out);
+        assert!(
+            state.authorities().values().all(|r| r.authority.node_id != 2),
+            "{:?}",
+            state.authorities().keys().collect::<Vec<_>>()
+        );
     }
 }
