@@ -354,7 +354,8 @@ mod tests {
             let _ = raft::apply(&mut state, Command::RegisterServer { server });
         }
         let mut two = CaRotation::new(td(), 2, Duration::from_secs(24 * HOUR));
-        two.handle_tick(t0, &keys, &mut rng, &mut out).expect("tick");
+        two.handle_tick(t0, &keys, &mut rng, &mut out)
+            .expect("tick");
         commit(&mut state, &mut out);
         assert!(!state.authorities().is_empty());
         let prune_after = t0.saturating_add(Duration::from_secs(HOUR));
@@ -368,14 +369,18 @@ mod tests {
         let mut one = CaRotation::new(td(), 1, Duration::from_secs(24 * HOUR));
         one.handle_applied(&state, t0, &mut out);
         assert!(
-            !out.iter().any(|c| matches!(c, Command::PruneAuthority { .. })),
+            !out.iter()
+                .any(|c| matches!(c, Command::PruneAuthority { .. })),
             "kept until prune_after"
         );
         out.clear();
         one.handle_applied(&state, prune_after, &mut out);
         commit(&mut state, &mut out);
         assert!(
-            state.authorities().values().all(|r| r.authority.node_id != 2),
+            state
+                .authorities()
+                .values()
+                .all(|r| r.authority.node_id != 2),
             "{:?}",
             state.authorities().keys().collect::<Vec<_>>()
         );
