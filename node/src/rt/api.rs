@@ -10,7 +10,9 @@
 //! **Bounds.** Concurrent streams per connection are bounded by the QUIC transport parameters
 //! (the server's `streams_per_connection_max` applies to bidirectional streams as well); a
 //! handler's response queue holds [`RESPONSE_QUEUE`] frames, so a slow reader slows its own
-//! stream only.
+//! stream only. Per source address ([`super::limits`]), requests in flight and requests without
+//! a client certificate per second are bounded: a stream over a limit is answered with
+//! `Unavailable` at once, without reading its request.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -28,6 +30,7 @@ use wire::Env;
 
 use attest::x509pop::EXPORTER_BYTES;
 
+use super::limits::SourceGuard;
 use super::tls::{api_client_config, NodeIdentity, ServerTrust, SERVER_NAME};
 
 /// Longest wait for a request once its stream opened.
@@ -122,6 +125,7 @@ pub(crate) async fn serve_connection(
     mut caller: Caller,
     handler: Arc<dyn ApiHandler>,
     env: Arc<dyn Env>,
+    sources: Arc<SourceGuard>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     caller.exporter = exporter(&conn);
@@ -137,9 +141,40 @@ pub(crate) async fn serve_connection(
                 }
             },
         };
+        // Per source address: requests in flight, and a rate for callers without a certificate
+        // (anyone can ask those; they must not cost more than the limit).
+        let permit = match caller.remote {
+            Some(remote) => {
+                match sources.request(remote.ip(), !caller.chain.is_empty(), env.mono()) {
+                    Ok(p) => Some(p),
+                    Err(refused) => {
+                        let error =
+                            ApiError::new(wire::api::ApiCode::Unavailable, refused.to_string());
+                        env.spawn("api-refused", Box::pin(refuse_stream(send, recv, error)));
+                        continue;
+                    }
+                }
+            }
+            None => None,
+        };
         let task = serve_stream(send, recv, caller.clone(), handler.clone());
-        env.spawn("api-stream", Box::pin(task));
+        env.spawn(
+            "api-stream",
+            Box::pin(async move {
+                task.await;
+                drop(permit);
+            }),
+        );
     }
+}
+
+/// Answers a stream refused by a per-source limit with `error`, without reading its request.
+async fn refuse_stream(mut send: SendStream, mut recv: RecvStream, error: ApiError) {
+    let _ = recv.stop(VarInt::from_u32(0));
+    if let Ok(frame) = codec::encode(&ApiResponse::Error(error)) {
+        let _ = tokio::time::timeout(REQUEST_READ_TIMEOUT, write_frame(&mut send, &frame)).await;
+    }
+    let _ = send.finish();
 }
 
 /// Reads one request, runs the handler, and writes its responses.
@@ -268,6 +303,24 @@ impl ApiClient {
         env: Arc<dyn Env>,
         timeout: Duration,
     ) -> Result<ApiClient, ApiClientError> {
+        let local: SocketAddr = if addr.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        ApiClient::connect_from(local, addr, trust, identity, env, timeout).await
+    }
+
+    /// [`ApiClient::connect`] from the local UDP address `local` (e.g. another loopback
+    /// address, so a test or load generator looks like another source).
+    pub async fn connect_from(
+        local: SocketAddr,
+        addr: SocketAddr,
+        trust: &ServerTrust,
+        identity: Option<&NodeIdentity>,
+        env: Arc<dyn Env>,
+        timeout: Duration,
+    ) -> Result<ApiClient, ApiClientError> {
         let fail = |detail: String| ApiClientError::Connect { addr, detail };
         let tls = api_client_config(identity, trust, env).map_err(|e| fail(e.to_string()))?;
         let crypto = QuicClientConfig::try_from(tls).map_err(|e| fail(e.to_string()))?;
@@ -282,11 +335,6 @@ impl ApiClient {
                     .map_err(|e| fail(e.to_string()))?,
             ));
         client.transport_config(Arc::new(transport));
-        let local: SocketAddr = if addr.is_ipv4() {
-            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-        };
         let endpoint = Endpoint::client(local).map_err(|e| fail(e.to_string()))?;
         let connecting = endpoint
             .connect_with(client, addr, SERVER_NAME)

@@ -26,6 +26,12 @@
 //! [tpm]                               # TPM 2.0 agent attestation (absent: disabled)
 //! ek_ca_bundle = "/etc/sigil/tpm-cas.pem" # PEM: TPM manufacturer CAs EK certificates chain to
 //! ek_hashes = ["<sha256 hex>", …]     # and/or EKs trusted by hash (without a certificate)
+//!
+//! [limits]                            # per source IP address, on the QUIC port (defaults)
+//! connections_per_source = 64         # concurrent QUIC connections (Raft and node API)
+//! requests_in_flight_per_source = 512 # node API requests being answered
+//! unauthenticated_per_sec = 20        # node API requests without a client certificate
+//! unauthenticated_burst = 40          #   (bundle, attestation), sustained rate and burst
 //! ```
 
 use std::net::SocketAddr;
@@ -105,6 +111,17 @@ pub struct ServerFileConfig {
     pub x509pop_ca_bundle: Option<PathBuf>,
     /// `[tpm]`: TPM agent attestation (`None`: disabled).
     pub tpm: Option<ServerTpmConfig>,
+    /// `[limits]`: per source address on the QUIC port.
+    pub limits: crate::rt::limits::SourceLimits,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    connections_per_source: Option<u32>,
+    requests_in_flight_per_source: Option<u32>,
+    unauthenticated_per_sec: Option<u32>,
+    unauthenticated_burst: Option<u32>,
 }
 
 /// `[tpm]` of `server.toml`: which endorsement keys the server trusts. An agent's EK is trusted
@@ -150,6 +167,7 @@ struct Raw {
     staleness_max: Option<String>,
     x509pop: Option<RawServerX509Pop>,
     tpm: Option<RawServerTpm>,
+    limits: Option<RawLimits>,
 }
 
 #[derive(Deserialize)]
@@ -306,6 +324,7 @@ impl ServerFileConfig {
                     })
                 }
             },
+            limits: limits(path, raw.limits)?,
         };
         if cfg.ca_ttl < CA_TTL_MIN {
             return Err(config_error(path, "ca_ttl must be at least 2m"));
@@ -325,6 +344,39 @@ impl ServerFileConfig {
         }
         Ok(cfg)
     }
+}
+
+/// `[limits]` with its defaults; every limit must be at least 1.
+fn limits(path: &Path, raw: Option<RawLimits>) -> Result<crate::rt::limits::SourceLimits, Error> {
+    let d = crate::rt::limits::SourceLimits::default();
+    let Some(raw) = raw else {
+        return Ok(d);
+    };
+    let l = crate::rt::limits::SourceLimits {
+        connections_per_source: raw
+            .connections_per_source
+            .unwrap_or(d.connections_per_source),
+        requests_in_flight_per_source: raw
+            .requests_in_flight_per_source
+            .unwrap_or(d.requests_in_flight_per_source),
+        unauthenticated_per_sec: raw
+            .unauthenticated_per_sec
+            .unwrap_or(d.unauthenticated_per_sec),
+        unauthenticated_burst: raw.unauthenticated_burst.unwrap_or(d.unauthenticated_burst),
+    };
+    let all = [
+        l.connections_per_source,
+        l.requests_in_flight_per_source,
+        l.unauthenticated_per_sec,
+        l.unauthenticated_burst,
+    ];
+    if all.contains(&0) {
+        return Err(config_error(
+            path,
+            "[limits]: every limit must be at least 1 (0 would refuse everyone)",
+        ));
+    }
+    Ok(l)
 }
 
 /// Reads a small file whole (at most [`CONFIG_BYTES_MAX`]); errors name the file.
@@ -844,6 +896,29 @@ mod tests {
         assert_eq!(c.jwt_svid_ttl, Duration::from_secs(300));
         assert_eq!(c.agent_svid_ttl, Duration::from_secs(3600));
         assert_eq!(c.staleness_max, Duration::from_secs(24 * 3600));
+    }
+
+    #[test]
+    fn limits_have_defaults_and_refuse_zero() {
+        let d = parse("trust_domain = \"a.org\"\nnode_id = 1\n").expect("parse");
+        assert_eq!(d.limits, crate::rt::limits::SourceLimits::default());
+        let c = parse(
+            "trust_domain = \"a.org\"\nnode_id = 1\n[limits]\nconnections_per_source = 8\nunauthenticated_per_sec = 5\n",
+        )
+        .expect("parse");
+        assert_eq!(c.limits.connections_per_source, 8);
+        assert_eq!(c.limits.unauthenticated_per_sec, 5);
+        assert_eq!(
+            c.limits.unauthenticated_burst,
+            d.limits.unauthenticated_burst
+        );
+        for bad in [
+            "trust_domain = \"a.org\"\nnode_id = 1\n[limits]\nunauthenticated_burst = 0\n",
+            "trust_domain = \"a.org\"\nnode_id = 1\n[limits]\nbogus = 3\n",
+        ] {
+            let err = parse(bad).expect_err("refused").to_string();
+            assert!(err.contains("limits") || err.contains("bogus"), "{err}");
+        }
     }
 
     #[test]

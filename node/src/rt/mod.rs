@@ -9,6 +9,7 @@ pub mod config;
 pub mod dev;
 pub mod env;
 pub mod h2_authority;
+pub mod limits;
 pub mod logging;
 pub mod quic;
 pub mod serve;

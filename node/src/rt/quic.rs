@@ -47,6 +47,7 @@ use wire::codec::MESSAGE_BYTES_MAX;
 use wire::{Env, PeerId, SendError, Transport};
 
 use super::api::{serve_connection, ApiHandler, Caller};
+use super::limits::{Permit, SourceGuard, SourceLimits};
 use super::tls::{
     client_config, server_config, IdentityCell, NodeIdentity, PeerReject, TlsError, TrustStore,
     SERVER_NAME,
@@ -96,6 +97,9 @@ pub struct QuicConfig {
     pub revalidate_interval: Duration,
     /// Handshakes in progress the endpoint accepts before refusing more (default 256).
     pub incoming_handshakes_max: usize,
+    /// Per source address: connections, node API requests in flight, and unauthenticated
+    /// requests per second (`[limits]` in `server.toml`; see [`SourceLimits`]).
+    pub limits: SourceLimits,
 }
 
 impl QuicConfig {
@@ -118,6 +122,7 @@ impl QuicConfig {
             backoff_max: Duration::from_secs(5),
             revalidate_interval: Duration::from_secs(30),
             incoming_handshakes_max: 256,
+            limits: SourceLimits::default(),
         }
     }
 }
@@ -163,6 +168,8 @@ pub struct QuicStats {
     pub revoked: u64,
     /// Node API connections accepted.
     pub api_accepted: u64,
+    /// Connections refused at once by a per-source limit.
+    pub source_refused: u64,
 }
 
 #[derive(Debug, Default)]
@@ -176,6 +183,7 @@ struct Counters {
     inbound_refused: AtomicU64,
     revoked: AtomicU64,
     api_accepted: AtomicU64,
+    source_refused: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -213,6 +221,8 @@ struct Inner {
     counters: Counters,
     /// Answers node API connections (ALPN `sigil-api/1`); refused while unset.
     api: Mutex<Option<Arc<dyn ApiHandler>>>,
+    /// Connections and requests per source address.
+    sources: Arc<SourceGuard>,
 }
 
 /// A received frame, its sender, and its share of the inbox byte budget (released on `recv`).
@@ -283,6 +293,7 @@ impl QuicTransport {
             .inbox_bytes_max
             .clamp(MESSAGE_BYTES_MAX, Semaphore::MAX_PERMITS);
         let client_transport = Arc::new(transport_config(&config, false)?);
+        let config_limits = config.limits;
         let inner = Arc::new(Inner {
             config,
             env,
@@ -299,6 +310,7 @@ impl QuicTransport {
             shutdown: watch::channel(false).0,
             counters: Counters::default(),
             api: Mutex::new(None),
+            sources: SourceGuard::new(config_limits),
         });
         inner.env.spawn(
             "quic-accept",
@@ -389,6 +401,7 @@ impl QuicTransport {
             inbound_refused: get(&c.inbound_refused),
             revoked: get(&c.revoked),
             api_accepted: get(&c.api_accepted),
+            source_refused: get(&c.source_refused),
         }
     }
 
@@ -593,14 +606,30 @@ async fn accept_loop(inner: Arc<Inner>, endpoint: Endpoint) {
                 None => break,
             },
         };
-        let task = serve_inbound(inner.clone(), incoming);
+        let remote = incoming.remote_address();
+        let permit = match inner.sources.connect(remote.ip(), inner.env.mono()) {
+            Ok(permit) => permit,
+            Err(refused) => {
+                let n = inner
+                    .counters
+                    .source_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                // Logged at the 1st, 2nd, 4th, 8th … refusal: a flood cannot flood the log.
+                if n.is_power_of_two() || n == 0 {
+                    tracing::warn!(%remote, reason = %refused, refused = n + 1, "refused a QUIC connection (per-source limit, [limits] in server.toml)");
+                }
+                incoming.refuse();
+                continue;
+            }
+        };
+        let task = serve_inbound(inner.clone(), incoming, permit);
         inner.env.spawn("quic-inbound", Box::pin(task));
     }
     tracing::debug!(node = inner.config.node_id, "accept loop stopped");
 }
 
 /// Completes an inbound handshake, then reads one frame per stream into the inbox.
-async fn serve_inbound(inner: Arc<Inner>, incoming: quinn::Incoming) {
+async fn serve_inbound(inner: Arc<Inner>, incoming: quinn::Incoming, _permit: Permit) {
     let remote = incoming.remote_address();
     let conn = match incoming.accept() {
         Ok(connecting) => connecting.await,
@@ -636,6 +665,7 @@ async fn serve_inbound(inner: Arc<Inner>, incoming: quinn::Incoming) {
             caller,
             handler,
             inner.env.clone(),
+            inner.sources.clone(),
             inner.shutdown.subscribe(),
         )
         .await;

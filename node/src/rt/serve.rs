@@ -714,16 +714,13 @@ async fn serve_quic<T: Transport>(
         _ => applied_bundle,
     };
     let trust = TrustStore::new(cfg.trust_domain.clone(), bundle);
-    let transport = QuicTransport::bind(
-        QuicConfig::new(cfg.node_id, cfg.bind),
-        &identity,
-        trust.clone(),
-        env.clone(),
-    )
-    .map_err(|e| Error::Os {
-        what: "binding the QUIC endpoint",
-        detail: e.to_string(),
-    })?;
+    let mut quic_config = QuicConfig::new(cfg.node_id, cfg.bind);
+    quic_config.limits = cfg.limits;
+    let transport = QuicTransport::bind(quic_config, &identity, trust.clone(), env.clone())
+        .map_err(|e| Error::Os {
+            what: "binding the QUIC endpoint",
+            detail: e.to_string(),
+        })?;
     transport.set_api_handler(Arc::new(service));
     let mut known = BTreeSet::new();
     if let Some((_, servers)) = &joined {
