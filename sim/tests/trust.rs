@@ -344,3 +344,105 @@ fn a_forged_authority_and_a_removed_servers_writes_are_refused() {
         w.shutdown().await;
     });
 }
+
+fn server_token(text: &str, node_id: u64, rejoin: bool) -> JoinToken {
+    JoinToken {
+        token_sha256: attest::sha256_hex(text.as_bytes()),
+        expires_at: UnixTime::from_secs(4_000_000_000),
+        consumed_by: None,
+        purpose: TokenPurpose::Server,
+        consumer_key_sha256: String::new(),
+        node_id: Some(node_id),
+        rejoin,
+        created_at: UnixTime::EPOCH,
+        consumed_at: None,
+    }
+}
+
+fn join_request(token: &str, node_id: u64, key: u64) -> ApiRequest {
+    ApiRequest::JoinServer {
+        token: token.to_owned(),
+        node_id,
+        addr: format!("127.0.0.1:{}", 9000 + node_id),
+        public_key_der: public_key(key),
+    }
+}
+
+fn joined(answer: &ApiResponse) -> bool {
+    matches!(answer, ApiResponse::Joined { .. })
+}
+
+#[test]
+fn a_server_token_admits_its_node_once_and_a_revoked_token_nobody() {
+    block_on(async {
+        let (mut w, leader) = ready_world(206).await;
+        for id in w.live() {
+            let server = wire::ServerRecord {
+                node_id: id,
+                addr: format!("sim:{id}"),
+            };
+            w.write(leader, Command::RegisterServer { server })
+                .await
+                .expect("commit")
+                .expect("registered");
+        }
+        // A token for a member's ID is refused unless it says rejoin.
+        let member = w
+            .write(
+                leader,
+                Command::CreateJoinToken {
+                    token: server_token("member", 1, false),
+                },
+            )
+            .await
+            .expect("commit");
+        assert!(
+            matches!(member, Err(CommandError::AlreadyExists(_))),
+            "{member:?}"
+        );
+        for (text, node) in [("four", 4), ("five", 5)] {
+            w.write(
+                leader,
+                Command::CreateJoinToken {
+                    token: server_token(text, node, false),
+                },
+            )
+            .await
+            .expect("commit")
+            .expect("created");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (one, two) = (w.service(1).expect("1"), w.service(2).expect("2"));
+        // Used twice at once (two machines holding a copy of it): one joins.
+        let (a, b) = tokio::join!(
+            call(&one, &[], join_request("four", 4, 41)),
+            call(&two, &[], join_request("four", 4, 42))
+        );
+        assert_eq!(
+            [&a, &b].iter().filter(|r| joined(r)).count(),
+            1,
+            "{a:?} / {b:?}"
+        );
+        // Used again later, with yet another key: refused.
+        let again = call(&two, &[], join_request("four", 4, 43)).await;
+        assert!(refused_as_token(&again), "{again:?}");
+        // A token for node 5 does not admit node 6 (the joining node cannot pick its ID).
+        let other_id = call(&one, &[], join_request("five", 6, 51)).await;
+        assert!(refused_as_token(&other_id), "{other_id:?}");
+        // A revoked agent token admits nobody.
+        let token = agent_token(&w, leader, "revoked-token").await;
+        w.write(
+            leader,
+            Command::RevokeJoinToken {
+                token_sha256: attest::sha256_hex(token.as_bytes()),
+            },
+        )
+        .await
+        .expect("commit")
+        .expect("revoked");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let revoked = call(&one, &[], attest_request(&token, 61)).await;
+        assert!(refused_as_token(&revoked), "{revoked:?}");
+        w.shutdown().await;
+    });
+}
