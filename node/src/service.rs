@@ -118,6 +118,10 @@ fn token_error(e: &CommandError) -> ApiError {
     }
 }
 
+/// What a refused agent SVID renewal says (the agent recognises it): the presented SVID is not
+/// the latest recorded for the agent.
+pub const NOT_LATEST: &str = "is not the latest SVID of";
+
 /// How long a node waits for a join token it does not know yet to arrive in its replica (the
 /// token may have been created on the leader moments ago). Costs no Raft write.
 pub const TOKEN_ARRIVAL_WAIT: Duration = Duration::from_secs(1);
@@ -331,7 +335,7 @@ impl<T: Transport> NodeService<T> {
             Ok(Err(latest)) => {
                 tracing::warn!(agent = %agent, presented = %serial, latest = %latest, "agent SVID renewal refused: not the agent's latest SVID (a copied SVID, or an agent that renewed elsewhere and then lost its new SVID)");
                 Err(denied(format!(
-                    "agent SVID serial {serial} is not the latest SVID of {agent}: only the latest may renew (attest again)"
+                    "agent SVID serial {serial} {NOT_LATEST} {agent}: only the latest may renew (attest again)"
                 )))
             }
             Err(e) => Err(e),

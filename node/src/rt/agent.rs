@@ -663,9 +663,24 @@ impl Agent {
         let request = ApiRequest::RenewAgent {
             public_key_der: self.inner.key.public_key_der().to_vec(),
         };
+        let answer = client.call(&request, CALL_TIMEOUT).await;
+        if let Err(ApiClientError::Api(e)) = &answer {
+            if e.message.contains(crate::service::NOT_LATEST) {
+                // The servers recorded a newer SVID for this agent than the one it holds:
+                // another process has a copy of this agent's identity and renewed it.
+                if let Some(method) = self.repeatable() {
+                    tracing::warn!(method, "the servers refused to renew this agent's SVID: a newer one is on record (a copy of this agent's identity renewed it, or a renewal answer was lost); attesting again");
+                    self.reattest()
+                        .await
+                        .map_err(|e| ApiClientError::Protocol(e.to_string()))?;
+                    return Ok(true);
+                }
+                tracing::error!("the servers refused to renew this agent's SVID: a newer one is on record, so another process holds a copy of this agent's identity (its data_dir) and renewed it. This agent cannot attest again with its spent join token: ban or evict the agent (`sigil agent ban|evict`), find the copy, and give this agent a new join token");
+            }
+        }
         let ApiResponse::AgentSvid {
             chain, not_after, ..
-        } = client.call(&request, CALL_TIMEOUT).await?
+        } = answer?
         else {
             return Err(ApiClientError::Protocol("expected an agent SVID".into()));
         };
