@@ -132,9 +132,18 @@ fn a_bogus_attestation_flood_costs_no_raft_write_and_is_rate_limited() {
             token: token.clone(),
             public_key_der: agent_key.public_key_der().to_vec(),
         };
-        let (chain, bundle) = match first.call(&request, CALL).await {
-            Ok(ApiResponse::AgentSvid { chain, bundle, .. }) => (chain, bundle),
-            other => panic!("attestation: {other:?}"),
+        // The node issues once it has heard from a leader (moments after its CA is published).
+        let started = Instant::now();
+        let (chain, bundle) = loop {
+            match first.call(&request, CALL).await {
+                Ok(ApiResponse::AgentSvid { chain, bundle, .. }) => break (chain, bundle),
+                Err(ApiClientError::Api(e))
+                    if e.code == ApiCode::Unavailable && started.elapsed() < WAIT =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => panic!("attestation: {other:?}"),
+            }
         };
         first.close().await;
         let identity = NodeIdentity::new(chain, &agent_key).expect("identity");
@@ -265,6 +274,21 @@ fn a_bogus_attestation_flood_costs_no_raft_write_and_is_rate_limited() {
             flooded.len(),
             quiet.len()
         );
+        // A request without a certificate is read only up to the largest valid one.
+        let from: SocketAddr = "127.0.0.4:0".parse().expect("addr");
+        let big = ApiClient::connect_from(from, addr, &ServerTrust::Pinned, None, env.clone(), CALL)
+            .await
+            .expect("connect");
+        let oversized = ApiRequest::AttestJoinToken {
+            token: "x".repeat(wire::api::UNAUTHENTICATED_REQUEST_BYTES_MAX),
+            public_key_der: vec![0x30, 0x00],
+        };
+        let answer = big.call(&oversized, CALL).await;
+        assert!(
+            matches!(&answer, Err(ApiClientError::Api(e)) if e.message.contains("without a client certificate")),
+            "{answer:?}"
+        );
+        big.close().await;
         for c in open {
             c.close().await;
         }

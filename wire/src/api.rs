@@ -38,6 +38,11 @@ pub const PUBLIC_KEY_BYTES_MAX: usize = 2048;
 pub const X509POP_CHAIN_CERTS_MAX: usize = 8;
 /// Largest certificate of an [`ApiRequest::AttestX509Pop`] chain, in bytes.
 pub const X509POP_CERT_BYTES_MAX: usize = 16 * 1024;
+/// Largest request, encoded, from a caller without a client certificate (the bundle, join
+/// token, x509pop and TPM attestation): the largest valid one is an x509pop chain of
+/// [`X509POP_CHAIN_CERTS_MAX`] certificates of [`X509POP_CERT_BYTES_MAX`] bytes. A server reads
+/// no more of such a stream, so unauthenticated memory stays small.
+pub const UNAUTHENTICATED_REQUEST_BYTES_MAX: usize = 160 * 1024;
 /// Largest x509pop proof-of-possession signature, in bytes (RSA-8192 needs 1024).
 pub const X509POP_SIGNATURE_BYTES_MAX: usize = 1024;
 /// Largest TPM public area (a marshalled `TPMT_PUBLIC`: the EK's or the AK's), in bytes (an
@@ -463,6 +468,38 @@ impl ApiError {
 mod tests {
     use super::*;
     use crate::codec;
+
+    #[test]
+    fn the_largest_unauthenticated_requests_fit_their_limit() {
+        let pop = ApiRequest::AttestX509Pop {
+            chain: vec![vec![0xff; X509POP_CERT_BYTES_MAX]; X509POP_CHAIN_CERTS_MAX],
+            signature: vec![0xff; X509POP_SIGNATURE_BYTES_MAX],
+            public_key_der: vec![0xff; PUBLIC_KEY_BYTES_MAX],
+        };
+        assert!(pop.check().is_ok());
+        let tpm = ApiRequest::AttestTpmFinish {
+            ek_public: vec![0xff; TPM_PUBLIC_BYTES_MAX],
+            ek_cert: Some(vec![0xff; TPM_EK_CERT_BYTES_MAX]),
+            ak_public: vec![0xff; TPM_PUBLIC_BYTES_MAX],
+            token: vec![0xff; TPM_TOKEN_BYTES_MAX],
+            activated_secret: vec![0xff; TPM_SECRET_BYTES_MAX],
+            quote: vec![0xff; TPM_QUOTE_BYTES_MAX],
+            quote_signature: vec![0xff; TPM_SIGNATURE_BYTES_MAX],
+            pcrs: (0..TPM_PCRS_MAX)
+                .map(|i| {
+                    (
+                        u8::try_from(i).unwrap_or(0),
+                        vec![0xff; TPM_PCR_VALUE_BYTES_MAX],
+                    )
+                })
+                .collect(),
+            public_key_der: vec![0xff; PUBLIC_KEY_BYTES_MAX],
+        };
+        for request in [pop, tpm] {
+            let bytes = codec::encode(&request).expect("encode").len();
+            assert!(bytes <= UNAUTHENTICATED_REQUEST_BYTES_MAX, "{bytes}");
+        }
+    }
 
     #[test]
     fn limits_are_checked() {

@@ -12,7 +12,8 @@
 //! handler's response queue holds [`RESPONSE_QUEUE`] frames, so a slow reader slows its own
 //! stream only. Per source address ([`super::limits`]), requests in flight and requests without
 //! a client certificate per second are bounded: a stream over a limit is answered with
-//! `Unavailable` at once, without reading its request.
+//! `Unavailable` at once, without reading its request. A request without a client certificate
+//! is read up to [`wire::api::UNAUTHENTICATED_REQUEST_BYTES_MAX`] (160 KiB) only.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -184,12 +185,24 @@ async fn serve_stream(
     caller: Caller,
     handler: Arc<dyn ApiHandler>,
 ) {
-    let read = tokio::time::timeout(REQUEST_READ_TIMEOUT, recv.read_to_end(MESSAGE_BYTES_MAX));
+    // Anyone may send requests without a certificate: they are read only up to the largest
+    // valid one.
+    let limit = if caller.chain.is_empty() {
+        wire::api::UNAUTHENTICATED_REQUEST_BYTES_MAX
+    } else {
+        MESSAGE_BYTES_MAX
+    };
+    let read = tokio::time::timeout(REQUEST_READ_TIMEOUT, recv.read_to_end(limit));
     let request = match read.await {
         Ok(Ok(bytes)) => codec::decode::<ApiRequest>(&bytes)
             .map_err(|e| ApiError::invalid(format!("malformed request: {e}"))),
         Ok(Err(quinn::ReadToEndError::TooLong)) => Err(ApiError::invalid(format!(
-            "request over {MESSAGE_BYTES_MAX} bytes"
+            "request over {limit} bytes{}",
+            if caller.chain.is_empty() {
+                " (without a client certificate)"
+            } else {
+                ""
+            }
         ))),
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "API request stream failed");
