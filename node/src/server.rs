@@ -42,8 +42,8 @@ pub const REFRESH_HINT_SECS_DEFAULT: u64 = 300;
 pub const SERVER_SVID_TTL: Duration = Duration::from_secs(3600);
 /// How often the agent SVIDs this node issued are recorded through Raft (many in one entry).
 pub const RENEWAL_FLUSH: Duration = Duration::from_millis(500);
-/// Most issued agent SVIDs waiting to be recorded (while there is no quorum); beyond it the
-/// oldest are dropped — a later renewal of the same agent records it anyway.
+/// Most agents whose issued SVID waits to be recorded (while there is no quorum); beyond it one
+/// is dropped — a later renewal of the same agent records it anyway.
 pub const RENEWALS_PENDING_MAX: usize = 100_000;
 
 /// Bounds of the leader's tick interval (a quarter of `staleness_max`, see [`tick_interval`]).
@@ -92,8 +92,9 @@ struct Inner<T: Transport> {
     replica: Arc<Replica<T>>,
     rotation: Mutex<CaRotation>,
     issuer: Mutex<Issuer>,
-    /// Agent SVIDs issued here and not yet recorded through Raft, oldest first.
-    renewals: Mutex<std::collections::VecDeque<AgentRenewal>>,
+    /// Agent SVIDs issued here and not yet recorded through Raft: the latest per agent (an
+    /// agent renewing in a loop adds one record, not one per renewal).
+    renewals: Mutex<std::collections::BTreeMap<SpiffeId, AgentRenewal>>,
     stop: tokio::sync::watch::Sender<bool>,
 }
 
@@ -136,7 +137,7 @@ impl<T: Transport> ServerNode<T> {
                 replica,
                 rotation: Mutex::new(rotation),
                 issuer: Mutex::new(issuer),
-                renewals: Mutex::new(std::collections::VecDeque::new()),
+                renewals: Mutex::new(std::collections::BTreeMap::new()),
                 stop,
             }),
         };
@@ -304,10 +305,11 @@ impl<T: Transport> ServerNode<T> {
             at: self.inner.env.wall(),
         };
         let mut pending = lock(&self.inner.renewals);
-        if pending.len() >= RENEWALS_PENDING_MAX {
-            pending.pop_front();
+        if pending.len() >= RENEWALS_PENDING_MAX && !pending.contains_key(agent) {
+            // Full (no quorum for a long while): drop one; that agent's next renewal records it.
+            pending.pop_first();
         }
-        pending.push_back(renewal);
+        pending.insert(agent.clone(), renewal);
     }
 
     /// How many issued agent SVIDs wait to be recorded.
@@ -411,8 +413,14 @@ async fn renewal_loop<T: Transport>(node: ServerNode<T>) {
     while !*stop.borrow() {
         let batch: Vec<AgentRenewal> = {
             let mut pending = lock(&inner.renewals);
-            let n = pending.len().min(BATCH_RENEWALS_MAX);
-            pending.drain(..n).collect()
+            let mut batch = Vec::with_capacity(pending.len().min(BATCH_RENEWALS_MAX));
+            while batch.len() < BATCH_RENEWALS_MAX {
+                match pending.pop_first() {
+                    Some((_, r)) => batch.push(r),
+                    None => break,
+                }
+            }
+            batch
         };
         if !batch.is_empty() {
             let cmd = Command::RecordAgentRenewals {
@@ -421,11 +429,12 @@ async fn renewal_loop<T: Transport>(node: ServerNode<T>) {
             if let Err(e) = inner.replica.write(cmd).await {
                 tracing::debug!(error = %e, records = batch.len(), "agent SVID records not committed yet; retried");
                 let mut pending = lock(&inner.renewals);
-                for r in batch.into_iter().rev() {
+                for r in batch {
                     if pending.len() >= RENEWALS_PENDING_MAX {
                         break;
                     }
-                    pending.push_front(r);
+                    // A newer renewal of the same agent queued meanwhile wins.
+                    pending.entry(r.spiffe_id.clone()).or_insert(r);
                 }
             }
         }

@@ -446,3 +446,41 @@ fn a_server_token_admits_its_node_once_and_a_revoked_token_nobody() {
         w.shutdown().await;
     });
 }
+
+#[test]
+fn an_agent_renewing_in_a_loop_adds_one_pending_record() {
+    block_on(async {
+        let (mut w, leader) = ready_world(207).await;
+        let token = agent_token(&w, leader, "loop-token").await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let one = w.service(1).expect("1");
+        let mut chain =
+            svid_chain(&call(&one, &[], attest_request(&token, 8)).await).expect("svid");
+        let renew = ApiRequest::RenewAgent {
+            public_key_der: public_key(8),
+        };
+        for _ in 0..50 {
+            chain = svid_chain(&call(&one, &chain, renew.clone()).await).expect("renewed");
+        }
+        assert!(
+            one.node().renewals_pending() <= 1,
+            "{}",
+            one.node().renewals_pending()
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (latest, _) = attest::x509::serial_and_not_after(&chain[0]).expect("serial");
+        let agent: SpiffeId = node::service::join_token_agent_id(
+            &"sim.test".parse().expect("td"),
+            &attest::sha256_hex(token.as_bytes()),
+        )
+        .expect("id");
+        for id in w.live() {
+            let recorded = w
+                .replica(id)
+                .expect("replica")
+                .read(|a| a.state.agent(&agent).map(|r| r.svid_serial.clone()));
+            assert_eq!(recorded.as_deref(), Some(latest.as_str()), "node {id}");
+        }
+        w.shutdown().await;
+    });
+}
