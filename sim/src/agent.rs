@@ -21,8 +21,9 @@ use std::time::Duration;
 use node::actors::agent::{past_half_life, AgentCache, HeldX509};
 use node::service::NodeService;
 use wire::api::{ApiRequest, ApiResponse, SignX509, SIGN_BATCH_MAX};
-use wire::{Bundle, Env, KeyAlg, PeerId, Selector, Signer, SpiffeId, UnixTime};
+use wire::{AgentRecord, Bundle, Env, KeyAlg, PeerId, Selector, Signer, SpiffeId, UnixTime};
 
+use crate::check::bans::Delivery;
 use crate::check::workloads::Serve;
 use crate::check::Delivered;
 use crate::env::SimEnv;
@@ -62,10 +63,28 @@ pub struct Links<'a> {
 
 /// When and in what state a node handled a call.
 #[derive(Debug)]
-struct Handled {
-    at: Duration,
-    node_wall: UnixTime,
-    node_bundle: Bundle,
+pub(crate) struct Handled {
+    /// Virtual time the node started handling it.
+    pub at: Duration,
+    /// The node's wall clock then.
+    pub node_wall: UnixTime,
+    /// The node's applied bundle then.
+    pub node_bundle: Bundle,
+    /// The node's applied record of the calling agent then (for the ban and copy checkers).
+    pub record: Option<AgentRecord>,
+}
+
+/// One answered request of an agent's tick (for the ban checker).
+#[derive(Debug)]
+pub struct Answered {
+    /// The answering node.
+    pub node: u64,
+    /// When it started handling the request.
+    pub at: Duration,
+    /// Whether it held a ban of the agent then.
+    pub ban_applied: bool,
+    /// What it delivered (`None`: an error).
+    pub delivery: Option<Delivery>,
 }
 
 /// What an agent's tick produced for the checkers.
@@ -75,6 +94,44 @@ pub struct TickReport {
     pub delivered: Vec<Delivered>,
     /// Sign requests a node refused (stale, no key yet, entry deleted …).
     pub refused: u64,
+    /// Every request that was answered, and how.
+    pub answers: Vec<Answered>,
+}
+
+/// One node API call from `peer` (presenting `chain`; `who` names it in the secret scanner's
+/// findings) to `node`, through the simulated network and the node's production handler
+/// ([`NodeService::handle`]); `None` when it does not get through (or is answered late because
+/// the link went down meanwhile). Also returns when the node handled it, with the node's clock,
+/// applied bundle and record of `who` at that moment (for the checkers).
+pub(crate) async fn call_node(
+    links: &Links<'_>,
+    peer: PeerId,
+    who: &SpiffeId,
+    chain: &[Vec<u8>],
+    node: u64,
+    request: ApiRequest,
+) -> Option<(ApiResponse, Handled)> {
+    let service = links.services.get(&node)?.clone();
+    let rtt = links.net.round_trip(peer, node)?;
+    tokio::time::sleep(rtt / 2).await;
+    let at = Handled {
+        at: now_since(links.start),
+        node_wall: service.node().env().wall(),
+        node_bundle: service.node().bundle(),
+        record: service
+            .node()
+            .replica()
+            .read(|a| a.state.agent(who).cloned()),
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    service.handle(chain, None, request, tx).await;
+    let answer = rx.recv().await?;
+    let bytes = wire::codec::encode(&answer).unwrap_or_default();
+    links
+        .secrets
+        .scan(|| format!("an answer of node {node} to {who}"), &bytes);
+    tokio::time::sleep(rtt / 2).await;
+    links.net.connected(peer, node).then_some((answer, at))
 }
 
 /// A simulated agent.
@@ -100,6 +157,8 @@ pub struct SimAgent {
     pub workloads: Vec<Workload>,
     /// Whether it ever attested.
     pub attested: bool,
+    /// Serials of the agent SVIDs it held, oldest first.
+    serials: Vec<String>,
 }
 
 impl std::fmt::Debug for SimAgent {
@@ -112,7 +171,18 @@ impl std::fmt::Debug for SimAgent {
     }
 }
 
-fn now_since(start: tokio::time::Instant) -> Duration {
+impl TickReport {
+    fn answer(&mut self, node: u64, handled: &Handled, delivery: Option<Delivery>) {
+        self.answers.push(Answered {
+            node,
+            at: handled.at,
+            ban_applied: handled.record.as_ref().is_some_and(|r| r.banned),
+            delivery,
+        });
+    }
+}
+
+pub(crate) fn now_since(start: tokio::time::Instant) -> Duration {
     #[allow(clippy::disallowed_methods)] // the simulator's virtual clock
     tokio::time::Instant::now().duration_since(start)
 }
@@ -146,6 +216,7 @@ impl SimAgent {
             preference,
             workloads,
             attested: false,
+            serials: Vec::new(),
         })
     }
 
@@ -172,34 +243,73 @@ impl SimAgent {
         self.attested && self.not_after > self.env.wall()
     }
 
-    /// One node API call to `node`; `None` when it does not get through (or is answered late
-    /// because the link went down meanwhile). Also returns when the node handled it, with the
-    /// node's clock and applied bundle at that moment (for the checkers).
+    /// One node API call to `node` with this agent's SVID (see [`call_node`]).
     async fn call(
         &self,
         links: &Links<'_>,
         node: u64,
         request: ApiRequest,
     ) -> Option<(ApiResponse, Handled)> {
-        let service = links.services.get(&node)?.clone();
-        let rtt = links.net.round_trip(self.peer, node)?;
-        tokio::time::sleep(rtt / 2).await;
-        let at = Handled {
-            at: now_since(links.start),
-            node_wall: service.node().env().wall(),
-            node_bundle: service.node().bundle(),
+        call_node(
+            links,
+            self.peer,
+            &self.spiffe_id,
+            &self.chain,
+            node,
+            request,
+        )
+        .await
+    }
+
+    /// Its current agent SVID chain (empty before it attested).
+    pub fn chain(&self) -> &[Vec<u8>] {
+        &self.chain
+    }
+
+    /// Its join token.
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Its public key (SubjectPublicKeyInfo DER).
+    pub fn public_key_der(&self) -> Vec<u8> {
+        self.key.public_key_der().to_vec()
+    }
+
+    /// The serials of the agent SVIDs it held, oldest first.
+    pub fn serials(&self) -> &[String] {
+        &self.serials
+    }
+
+    /// Takes a new agent SVID.
+    fn take_svid(&mut self, chain: Vec<Vec<u8>>, not_after: UnixTime) {
+        if let Some((serial, _)) = chain
+            .first()
+            .and_then(|leaf| attest::x509::serial_and_not_after(leaf).ok())
+        {
+            self.serials.push(serial);
+        }
+        self.chain = chain;
+        self.issued_at = self.env.wall();
+        self.not_after = not_after;
+    }
+
+    /// Attests again with its join token and its key at the node it follows (a banned agent
+    /// that keeps trying); its state does not change. Returns the node, when it handled the
+    /// request and the record it held, and whether the answer was an agent SVID.
+    pub(crate) async fn reattest(&mut self, links: &Links<'_>) -> Option<(u64, Handled, bool)> {
+        let node = self.pick(links)?;
+        let request = ApiRequest::AttestJoinToken {
+            token: self.token.clone(),
+            public_key_der: self.public_key_der(),
         };
-        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
-        let chain = self.chain.clone();
-        service.handle(&chain, None, request, tx).await;
-        let answer = rx.recv().await?;
-        let bytes = wire::codec::encode(&answer).unwrap_or_default();
-        links.secrets.scan(
-            || format!("an answer of node {node} to {}", self.spiffe_id),
-            &bytes,
-        );
-        tokio::time::sleep(rtt / 2).await;
-        links.net.connected(self.peer, node).then_some((answer, at))
+        let (answer, handled) =
+            call_node(links, self.peer, &self.spiffe_id, &[], node, request).await?;
+        Some((
+            node,
+            handled,
+            matches!(answer, ApiResponse::AgentSvid { .. }),
+        ))
     }
 
     /// The node to talk to: the current one while reachable, else the nearest reachable.
@@ -233,9 +343,7 @@ impl SimAgent {
                 _,
             )) = self.call(links, node, request).await
             {
-                self.chain = chain;
-                self.issued_at = self.env.wall();
-                self.not_after = not_after;
+                self.take_svid(chain, not_after);
                 self.cache.set_bundle(bundle);
                 self.attested = true;
             }
@@ -244,7 +352,15 @@ impl SimAgent {
         if !self.alive() {
             return report;
         }
-        let view = match self.call(links, node, ApiRequest::Sync).await {
+        let answer = self.call(links, node, ApiRequest::Sync).await;
+        if let Some((a, handled)) = &answer {
+            report.answer(
+                node,
+                handled,
+                matches!(a, ApiResponse::View(_)).then_some(Delivery::View),
+            );
+        }
+        let view = match answer {
             Some((ApiResponse::View(view), _)) => view,
             other => {
                 crate::world::event(|| {
@@ -269,12 +385,19 @@ impl SimAgent {
                 });
                 keys.push(key);
             }
-            let Some((ApiResponse::X509(results), handled)) = self
+            let answer = self
                 .call(links, node, ApiRequest::SignX509 { requests })
-                .await
-            else {
+                .await;
+            if let Some((a, handled)) = &answer {
+                if !matches!(a, ApiResponse::X509(_)) {
+                    report.answer(node, handled, None);
+                }
+            }
+            let Some((ApiResponse::X509(results), handled)) = answer else {
                 return report;
             };
+            let any = results.iter().any(Result::is_ok);
+            report.answer(node, &handled, any.then_some(Delivery::X509));
             let wall = self.env.wall();
             for (((entry_id, revision), key), result) in batch.iter().zip(keys).zip(results) {
                 match result {
@@ -318,16 +441,19 @@ impl SimAgent {
             let request = ApiRequest::RenewAgent {
                 public_key_der: self.key.public_key_der().to_vec(),
             };
-            match self.call(links, node, request).await {
+            let answer = self.call(links, node, request).await;
+            if let Some((a, handled)) = &answer {
+                let renewed = matches!(a, ApiResponse::AgentSvid { .. });
+                report.answer(node, handled, renewed.then_some(Delivery::AgentSvid));
+            }
+            match answer {
                 Some((
                     ApiResponse::AgentSvid {
                         chain, not_after, ..
                     },
                     _,
                 )) => {
-                    self.chain = chain;
-                    self.issued_at = self.env.wall();
-                    self.not_after = not_after;
+                    self.take_svid(chain, not_after);
                 }
                 other => {
                     crate::world::event(|| {

@@ -4,7 +4,7 @@
 //! wall skew and steps, seeded RNG tree, deterministic keys), [`net::SimNet`] for [`wire::Transport`] (delay, loss,
 //! duplication, reordering, partitions incl. asymmetric), `raft::MemKv` as the disk (a crash loses
 //! unflushed writes) — the simulated agents and workloads ([`agent`], on the production agent
-//! cache and node API handler), the seeded world ([`world`]), the checkers ([`check`], one file
+//! cache and node API handler), the seeded world ([`world`], with its hostile actors), the checkers ([`check`], one file
 //! per family of invariants) and the many-seed runner ([`runner`], also behind `chaos`). The
 //! whole deployment runs on one current-thread tokio runtime with paused time; openraft's
 //! election RNG and the runtime's own RNG (the branch order of unbiased `select!`s; needs

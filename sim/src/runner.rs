@@ -106,6 +106,7 @@ pub fn main_with_args(prog: &str, args: impl Iterator<Item = String>) -> ExitCod
     let mut sim_total = std::time::Duration::ZERO;
     let mut failed = 0u64;
     let mut totals = [0u64; 4]; // delivered SVIDs, serves, issued while cut off, expired agents
+    let mut hostile = crate::world::HostileCounts::default();
     for seed in args.first_seed..args.first_seed.saturating_add(args.seeds) {
         let opts = RunOptions {
             seed,
@@ -127,10 +128,20 @@ pub fn main_with_args(prog: &str, args: impl Iterator<Item = String>) -> ExitCod
         totals[1] += report.serves;
         totals[2] += report.issued_while_cut_off;
         totals[3] += report.agents_expired as u64;
+        let h = &report.hostile;
+        hostile.replays += h.replays;
+        hostile.probes += h.probes;
+        hostile.copy_tries += h.copy_tries;
+        hostile.copy_renewed_in_bound += h.copy_renewed_in_bound;
+        hostile.copy_served += h.copy_served;
+        hostile.ban_tries += h.ban_tries;
+        hostile.ban_served_before += h.ban_served_before;
+        hostile.removed_proposals += h.removed_proposals;
+        hostile.refused += h.refused;
         let ok = report.violations.is_empty();
         if args.verbose || !ok {
             println!(
-                "seed {seed}: {} trace={:016x} sim={:.1}s acked={} write_errors={} svids={} refused={} cut_off_issued={} serves={} agents_expired={} scanned={}B net={:?} faults={:?}",
+                "seed {seed}: {} trace={:016x} sim={:.1}s acked={} write_errors={} svids={} refused={} cut_off_issued={} serves={} agents_expired={} scanned={}B hostile_refused={} hostile={:?} net={:?} faults={:?}",
                 if ok { "ok" } else { "VIOLATION" },
                 report.trace_hash,
                 report.sim_time.as_secs_f64(),
@@ -142,6 +153,8 @@ pub fn main_with_args(prog: &str, args: impl Iterator<Item = String>) -> ExitCod
                 report.serves,
                 report.agents_expired,
                 report.scanned_bytes,
+                report.hostile.refused,
+                report.hostile,
                 report.net,
                 report.faults
             );
@@ -158,6 +171,18 @@ pub fn main_with_args(prog: &str, args: impl Iterator<Item = String>) -> ExitCod
         }
     }
     let wall = wall_start.elapsed();
+    println!(
+        "{prog}: hostile actors: {} replayed tokens, {} entitlement probes, {} copied-SVID requests ({} renewals within their bound, {} syncs/signs served), {} requests of banned agents ({} served before the ban applied), {} proposals of removed servers; hostile_refused={}",
+        hostile.replays,
+        hostile.probes,
+        hostile.copy_tries,
+        hostile.copy_renewed_in_bound,
+        hostile.copy_served,
+        hostile.ban_tries,
+        hostile.ban_served_before,
+        hostile.removed_proposals,
+        hostile.refused
+    );
     println!(
         "{prog}: {} seed(s), {failed} failed; {} SVIDs delivered, {} workload serves, {} SVIDs issued by cut-off nodes within staleness_max, {} agents expired; {:.1} s simulated in {:.1} s wall ({:.0}x)",
         args.seeds,

@@ -7,7 +7,9 @@
 //! syncing and signing, while the seed's fault mix is on: delay, loss, duplication, isolation,
 //! random splits with agents on either side, asymmetric cuts, crashes and restarts that lose
 //! unflushed writes, per-node clock skew and cluster-wide clock steps that force early CA
-//! rotation, short CA and SVID lifetimes) and a **liveness phase** (faults off, every node back)
+//! rotation, short CA and SVID lifetimes; and the hostile actors of [`hostile`]: token
+//! replayers, entitlement probers, copied agent SVIDs, a banned agent that keeps asking, a
+//! removed server that keeps proposing) and a **liveness phase** (faults off, every node back)
 //! that must converge in bounded virtual time: one leader, equal replicas, every node able to
 //! issue, every workload of a live agent holding an SVID that verifies against the converged
 //! bundle.
@@ -31,7 +33,10 @@ use wire::{
 };
 
 use crate::agent::{Links, SimAgent, Workload, AGENT_PEER_BASE};
+use crate::check::bans::BanChecker;
+use crate::check::hostile::{CopyChecker, HostileChecker};
 use crate::check::raft::RaftChecker;
+use crate::check::removed::RemovalChecker;
 use crate::check::secrets::SecretScan;
 use crate::check::staleness::StalenessChecker;
 use crate::check::svids::SvidChecker;
@@ -41,6 +46,9 @@ use crate::env::SimEnv;
 use crate::net::{fnv, NetConfig, NetStats, SimEndpoint, SimNet};
 
 pub use crate::check::registrations::Oracle;
+pub use hostile::{HostileCounts, Hostility};
+
+pub mod hostile;
 
 /// The simulated trust domain.
 pub const SIM_TRUST_DOMAIN: &str = "sim.test";
@@ -86,6 +94,8 @@ pub struct Faults {
     pub key_ttl: Duration,
     /// Agents (each with workloads).
     pub agents: u64,
+    /// Hostile actors (see [`Hostility`]).
+    pub hostile: Hostility,
 }
 
 impl Faults {
@@ -101,6 +111,7 @@ impl Faults {
             tiny_ttls: false,
             key_ttl: SIM_KEY_TTL,
             agents: 1,
+            hostile: Hostility::default(),
         }
     }
 
@@ -123,6 +134,8 @@ impl Faults {
             tiny_ttls: rng.gen_bool(0.4),
             key_ttl: SIM_KEY_TTL * rng.gen_range(1..=2),
             agents: rng.gen_range(1..=3),
+            // Drawn last: the other faults of a seed stay what they were before hostile actors.
+            hostile: Hostility::swarm(rng),
         }
     }
 }
@@ -161,6 +174,29 @@ pub struct World {
     staleness_check: StalenessChecker,
     workload_check: WorkloadChecker,
     secrets: Arc<SecretScan>,
+    /// The hostile actors' own RNG (so they do not shift the swarm's draws).
+    hostile_rng: ChaCha20Rng,
+    /// Every entry ever proposed → its parent (entries never change parent in the simulator).
+    entry_parents: BTreeMap<EntryId, SpiffeId>,
+    /// The banned agent (index into `agents`), once the world banned one.
+    banned: Option<usize>,
+    /// A removal whose write was not acknowledged (it may still commit): the node.
+    removal_pending: Option<u64>,
+    /// Whether the world tried to remove a server (at most once a run).
+    removal_tried: bool,
+    /// The removed node's node API: honest agents no longer reach it.
+    removed_service: Option<NodeService<SimEndpoint>>,
+    /// A removed node still in Raft's voting membership (the world plays the production
+    /// shell's membership reconciler, which the simulator does not run).
+    membership_pending: Option<u64>,
+    /// Copied agent SVIDs held by the copier.
+    copies: Vec<hostile::HeldCopy>,
+    /// Answers to the removed node's proposals: entry → committed.
+    removal_answers: Arc<Mutex<Vec<(EntryId, bool)>>>,
+    hostile_check: HostileChecker,
+    copy_check: CopyChecker,
+    ban_check: BanChecker,
+    removal_check: RemovalChecker,
 }
 
 impl std::fmt::Debug for World {
@@ -222,6 +258,14 @@ impl World {
     pub async fn start_with(seed: u64, n: u64, faults: &Faults) -> World {
         let net_config = faults.net.clone();
         let seed = Seed::from_u64(seed);
+        let clock_error = if faults.clocks {
+            // Two skews, plus a backward step while a tick is in flight.
+            Duration::from_millis(2 * SIM_SKEW_MAX_MS.unsigned_abs() + 2_000)
+        } else {
+            Duration::ZERO
+        };
+        let staleness_slack =
+            crate::check::staleness::slack(ServerConfig::new(1, td()).quorum_ack_max, clock_error);
         raft::runtime::seed_this_thread(seed.child("raft"));
         // Election timeouts well above the network's delays, as an operator would set them
         // (with 200 ms delays and a 150 ms timeout the cluster never keeps a leader).
@@ -259,20 +303,26 @@ impl World {
             issue_refused: 0,
             raft_check: RaftChecker::default(),
             svid_check: SvidChecker::new(td()),
-            staleness_check: StalenessChecker::new(
-                SIM_STALENESS_MAX,
-                crate::check::staleness::slack(
-                    ServerConfig::new(1, td()).quorum_ack_max,
-                    if faults.clocks {
-                        // Two skews, plus a backward step while a tick is in flight.
-                        Duration::from_millis(2 * SIM_SKEW_MAX_MS.unsigned_abs() + 2_000)
-                    } else {
-                        Duration::ZERO
-                    },
-                ),
-            ),
+            staleness_check: StalenessChecker::new(SIM_STALENESS_MAX, staleness_slack),
             workload_check: WorkloadChecker::new(td()),
             secrets: Arc::default(),
+            hostile_rng: seed.child("hostile").rng(),
+            entry_parents: BTreeMap::new(),
+            banned: None,
+            removal_pending: None,
+            removal_tried: false,
+            membership_pending: None,
+            removed_service: None,
+            copies: Vec::new(),
+            removal_answers: Arc::default(),
+            hostile_check: HostileChecker::default(),
+            copy_check: CopyChecker::new(
+                clock_error + Duration::from_secs(1),
+                SIM_STALENESS_MAX,
+                staleness_slack,
+            ),
+            ban_check: BanChecker::new(SIM_STALENESS_MAX, staleness_slack),
+            removal_check: RemovalChecker::default(),
         };
         let scan = world.secrets.clone();
         world.net.set_tap(Arc::new(move |from, to, frame| {
@@ -408,6 +458,8 @@ impl World {
             expires_at_secs: None,
         };
         self.oracle().create_attempted.insert(entry.id.clone());
+        self.entry_parents
+            .insert(entry.id.clone(), entry.parent_id.clone());
         let commands = [
             Command::RegisterAgent {
                 agent: AgentRecord {
@@ -497,7 +549,8 @@ impl World {
     /// After convergence: every delivered SVID that has not expired still chains to the
     /// converged bundle (no authority left the bundle while an SVID it signed was valid).
     pub fn check_issued(&mut self) {
-        let Some((id, server)) = self.servers.iter().next() else {
+        let removed = self.removal_check.node;
+        let Some((id, server)) = self.servers.iter().find(|(id, _)| Some(**id) != removed) else {
             return;
         };
         let Some(env) = self.envs.get(id) else { return };
@@ -529,7 +582,7 @@ impl World {
     pub async fn tick_agents(&mut self) {
         self.observe_cut_off();
         let mut agents = std::mem::take(&mut self.agents);
-        for agent in &mut agents {
+        for (i, agent) in agents.iter_mut().enumerate() {
             let links = Links {
                 net: &self.net,
                 services: &self.services,
@@ -538,6 +591,12 @@ impl World {
             };
             let report = agent.tick(&links).await;
             self.issue_refused += report.refused;
+            if self.banned == Some(i) {
+                for a in &report.answers {
+                    self.ban_check
+                        .on_answer(a.node, a.at, a.ban_applied, a.delivery);
+                }
+            }
             for d in &report.delivered {
                 self.on_delivered(d);
             }
@@ -570,16 +629,28 @@ impl World {
     }
 
     fn settled(&mut self) -> Result<(), String> {
-        for (id, server) in &self.servers {
+        let removed = self.removal_check.node;
+        for (id, server) in self.servers.iter().filter(|(id, _)| Some(**id) != removed) {
             server
                 .ready_to_issue()
                 .map_err(|e| format!("node {id} cannot issue: {e}"))?;
         }
-        let Some(server) = self.servers.values().next() else {
+        let Some(server) = self
+            .servers
+            .iter()
+            .find(|(id, _)| Some(**id) != removed)
+            .map(|(_, s)| s)
+        else {
             return Err("no node running".into());
         };
         let converged = server.bundle();
-        for agent in self.agents.iter().filter(|a| a.alive()) {
+        let banned = self.banned;
+        for (_, agent) in self
+            .agents
+            .iter()
+            .enumerate()
+            .filter(|(i, a)| a.alive() && Some(*i) != banned)
+        {
             let (entries, agent_id) = (agent.cache.entries(), &agent.spiffe_id);
             let truth: Vec<RegistrationEntry> = server.replica().read(|a| {
                 node::actors::issuer::authorized_entries(&a.state, agent_id)
@@ -623,7 +694,12 @@ impl World {
                 cfg.issuer.agent_ttl = SIM_AGENT_TTL;
                 let dyn_env: Arc<dyn Env> = env;
                 let server = ServerNode::start(cfg, dyn_env, replica.clone());
-                self.services.insert(id, NodeService::new(server.clone()));
+                let service = NodeService::new(server.clone());
+                if self.removal_check.node == Some(id) {
+                    self.removed_service = Some(service);
+                } else {
+                    self.services.insert(id, service);
+                }
                 self.servers.insert(id, server);
                 if let Some(node) = self.nodes.get_mut(&id) {
                     node.replica = Some(replica);
@@ -666,6 +742,15 @@ impl World {
             .collect()
     }
 
+    /// IDs of running nodes, without a removed one.
+    pub fn members(&self) -> Vec<u64> {
+        let removed = self.removal_check.node;
+        self.live()
+            .into_iter()
+            .filter(|id| Some(*id) != removed)
+            .collect()
+    }
+
     /// Violations found so far: the world's own and every checker's.
     /// Each distinct message once, in the order first seen.
     pub fn violations(&self) -> Vec<String> {
@@ -674,6 +759,10 @@ impl World {
         all.extend(self.svid_check.violations.iter().cloned());
         all.extend(self.staleness_check.violations.iter().cloned());
         all.extend(self.workload_check.violations.iter().cloned());
+        all.extend(self.hostile_check.violations.iter().cloned());
+        all.extend(self.copy_check.violations.iter().cloned());
+        all.extend(self.ban_check.violations.iter().cloned());
+        all.extend(self.removal_check.violations.iter().cloned());
         all.extend(self.secrets.violations());
         let mut seen = BTreeSet::new();
         all.retain(|v| seen.insert(v.clone()));
@@ -703,11 +792,12 @@ impl World {
             }
             self.raft_check.observe(id, &m, sequence);
         }
+        self.observe_hostile();
     }
 
     /// The node that a majority of live nodes currently sees as leader, if it leads.
     pub fn leader(&self) -> Option<u64> {
-        self.live().into_iter().find(|id| {
+        self.members().into_iter().find(|id| {
             self.replica(*id)
                 .is_some_and(|r| r.raft().metrics().borrow().state == ServerState::Leader)
         })
@@ -749,6 +839,7 @@ impl World {
             0 => 0,
             min => self.rng.gen_range(min..=15),
         };
+        self.entry_parents.insert(id.clone(), parent_id.clone());
         RegistrationEntry {
             spiffe_id: format!("spiffe://sim.test/w/{id}")
                 .parse()
@@ -858,6 +949,9 @@ impl World {
             server.stop();
         }
         self.services.remove(&id);
+        if self.removal_check.node == Some(id) {
+            self.removed_service = None;
+        }
         let Some(node) = self.nodes.get_mut(&id) else {
             return;
         };
@@ -904,6 +998,7 @@ impl World {
         let start = now();
         let mut last = String::new();
         while now().duration_since(start) < limit {
+            self.reconcile_membership().await;
             self.observe_leaders();
             match self.agreement() {
                 Ok(()) if self.leader().is_some() => return Ok(()),
@@ -911,6 +1006,12 @@ impl World {
                 Err(e) => last = e,
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for id in self.live() {
+            if let Some(r) = self.replica(id) {
+                let m = r.raft().metrics().borrow().clone();
+                event(|| format!("not converged: node {id}: {m:?}"));
+            }
         }
         Err(format!(
             "did not converge within {} s of virtual time: {last}",
@@ -920,7 +1021,7 @@ impl World {
 
     fn agreement(&self) -> Result<(), String> {
         let mut seen: Option<(u64, Option<u64>, State)> = None;
-        for id in self.live() {
+        for id in self.members() {
             let Some(r) = self.replica(id) else { continue };
             let (applied, state) = r.read(|a| (a.last_applied.map(|l| l.index), a.state.clone()));
             match &seen {
@@ -944,7 +1045,7 @@ impl World {
     pub fn check_oracle(&mut self) {
         let o = self.oracle.lock().unwrap_or_else(|p| p.into_inner());
         let mut found = Vec::new();
-        for id in self.live() {
+        for id in self.members() {
             let Some(r) = self.replica(id) else { continue };
             r.read(|a| o.check(id, &a.state, &mut found));
         }
@@ -976,7 +1077,9 @@ impl World {
 
     /// One step of the safety phase: a client action or a fault, then a pause.
     async fn step(&mut self, faults: &Faults) {
-        let live = self.live();
+        // Clients write through members (the removed node's own proposals are the hostile
+        // actor's, checked apart).
+        let live = self.members();
         let ids: Vec<u64> = self.nodes.keys().copied().collect();
         let roll = self.rng.gen_range(0..100);
         let pick = |rng: &mut ChaCha20Rng, from: &[u64]| from[rng.gen_range(0..from.len())];
@@ -1080,6 +1183,7 @@ impl World {
             }
             _ => {}
         }
+        self.hostile_step(&faults.hostile).await;
         self.observe_cut_off();
         let pause = self.rng.gen_range(5..100);
         tokio::time::sleep(Duration::from_millis(pause)).await;
@@ -1134,6 +1238,8 @@ pub struct Report {
     pub agents_expired: usize,
     /// Bytes scanned for private keys.
     pub scanned_bytes: u64,
+    /// What the hostile actors tried and got.
+    pub hostile: HostileCounts,
 }
 
 impl Report {
@@ -1153,6 +1259,7 @@ impl Report {
             serves: 0,
             agents_expired: 0,
             scanned_bytes: 0,
+            hostile: HostileCounts::default(),
         }
     }
 }
@@ -1178,6 +1285,7 @@ pub async fn run(opts: &RunOptions) -> Report {
     }
     world.check_oracle();
     world.check_issued();
+    world.check_removed_final();
     let (acked_creates, write_errors) = {
         let o = world.oracle();
         (o.create_acked.len(), o.write_errors)
@@ -1201,6 +1309,7 @@ pub async fn run(opts: &RunOptions) -> Report {
             .filter(|a| a.attested && !a.alive())
             .count(),
         scanned_bytes: world.secrets.scanned_bytes(),
+        hostile: world.hostile_counts(),
     };
     world.shutdown().await;
     report

@@ -280,12 +280,15 @@ fn seed_1053_stale_replies_do_not_ack_other_writes() {
 
 /// The CI budget: 120 seeds (100 on 3 nodes, 20 on 5) with agents and workloads, every checker
 /// on (thousands: `cargo run -p chaos --release -- --seeds 10000`). Both sides of
-/// `staleness_max` must show up: cut-off nodes still issuing inside it, and none past it.
+/// `staleness_max` must show up: cut-off nodes still issuing inside it, and none past it. Every
+/// kind of hostile actor must have acted (replayed tokens, entitlement probes, copied agent
+/// SVIDs, a banned agent, a removed server's proposals) and been refused.
 #[test]
 fn swarm_seeds_hold_every_invariant() {
     let three = (2000..2100).map(|s| (s, 3));
     let five = (3000..3020).map(|s| (s, 5));
     let (mut svids, mut serves, mut cut_off_issued) = (0, 0, 0);
+    let mut hostile = sim::world::HostileCounts::default();
     for (seed, nodes) in three.chain(five) {
         let r = run_seed(&RunOptions {
             seed,
@@ -300,12 +303,27 @@ fn swarm_seeds_hold_every_invariant() {
         svids += r.issued;
         serves += r.serves;
         cut_off_issued += r.issued_while_cut_off;
+        hostile.replays += r.hostile.replays;
+        hostile.probes += r.hostile.probes;
+        hostile.copy_tries += r.hostile.copy_tries;
+        hostile.ban_tries += r.hostile.ban_tries;
+        hostile.removed_proposals += r.hostile.removed_proposals;
+        hostile.refused += r.hostile.refused;
     }
     assert!(svids > 1000, "agents received only {svids} SVIDs");
     assert!(serves > 1000, "workloads were served only {serves} times");
     assert!(
         cut_off_issued > 0,
         "no cut-off node issued inside staleness_max: the permissive side went unexercised"
+    );
+    assert!(
+        hostile.replays > 0
+            && hostile.probes > 0
+            && hostile.copy_tries > 0
+            && hostile.ban_tries > 0
+            && hostile.removed_proposals > 0
+            && hostile.refused > 0,
+        "a kind of hostile actor never acted: {hostile:?}"
     );
 }
 

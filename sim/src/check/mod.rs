@@ -11,9 +11,15 @@
 //! | [`staleness`] | a node that hears no other node stops issuing within `staleness_max`; no SVID for an entry later than `staleness_max` after its delete committed |
 //! | [`secrets`] | no private-key bytes in any frame (Raft entries included) or node API answer |
 //! | [`workloads`] | a workload is served only entries it is entitled to, each SVID valid for it; after heal every workload holds an SVID that verifies against the converged bundle |
+//! | [`hostile`] | a replayed join token (another key; one node, or raced on two) never attests; an agent never gets an SVID for another agent's entry (`SignX509`, `MintJwt`); a copied agent SVID never renews past the record of the agent's renewal + `RENEW_PREDECESSOR_GRACE_SECS` + slack (or `staleness_max` for a node without the record) |
+//! | [`bans`] | a banned agent gets no view from a node that applied the ban, and no SVID or renewal from it, nor from any node later than `staleness_max` + slack after the ban committed |
+//! | [`removed`] | a removed server (still running, still proposing) never commits a proposal made after its removal, and never leads again |
 
+pub mod bans;
+pub mod hostile;
 pub mod raft;
 pub mod registrations;
+pub mod removed;
 pub mod secrets;
 pub mod staleness;
 pub mod svids;

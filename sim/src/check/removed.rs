@@ -1,0 +1,104 @@
+//! A removed server that keeps running (issue 20): at a random step of a run the world
+//! registers every server and removes one follower with `Command::RemoveServer`. The simulator
+//! runs no membership reconciler (the production shell's), so Raft's membership still lists the
+//! node: the leader keeps replicating to it, and only its own requests — votes, forwarded
+//! writes — are ignored by nodes that applied the removal. It keeps proposing writes.
+//!
+//! **The invariants.** Let `removed` be the moment the removal was applied on the leader (its
+//! write acknowledged; or, when the acknowledgement was lost, the first moment any other node
+//! was seen holding it) and `term` the highest term any node had then.
+//!
+//! - None of its proposals started after `removed` commits: its write is never acknowledged,
+//!   and the entry it proposed is on no node after convergence.
+//! - It never leads again: it is never seen as leader in a term above `term` (elections need
+//!   the votes of nodes that ignore it). A leader elected before the removal may go on
+//!   believing it leads (openraft's leaders never step down for lack of a quorum); that is not
+//!   leading again.
+//!
+//! The checkers elsewhere leave it out of what must converge and settle: it is not required to
+//! issue (its authorities are retired and pruned at `prune_after`), and honest agents leave it.
+
+use std::time::Duration;
+
+use wire::EntryId;
+
+/// The removal checker.
+#[derive(Debug, Default)]
+pub struct RemovalChecker {
+    /// The removed node, once removed.
+    pub node: Option<u64>,
+    removed_at: Option<Duration>,
+    term: u64,
+    led_again: bool,
+    /// Its proposals started after the removal: entry → start.
+    proposals: Vec<(EntryId, Duration)>,
+    /// Of them, refused or timed out.
+    pub refused: u64,
+    /// Violations found.
+    pub violations: Vec<String>,
+}
+
+impl RemovalChecker {
+    /// Node `node` was removed, applied on the leader at `at`, the highest term then `term`.
+    pub fn on_removed(&mut self, node: u64, at: Duration, term: u64) {
+        if self.node.is_none() {
+            self.node = Some(node);
+            self.removed_at = Some(at);
+            self.term = term;
+        }
+    }
+
+    /// Proposals made from now on by the removed node are checked.
+    pub fn proposals(&self) -> usize {
+        self.proposals.len()
+    }
+
+    /// The removed node proposed a create of `entry` at `at`.
+    pub fn on_proposal(&mut self, entry: EntryId, at: Duration) {
+        if self.removed_at.is_some_and(|r| at > r) {
+            self.proposals.push((entry, at));
+        }
+    }
+
+    /// The removed node's proposal of `entry` was answered: `committed` or not.
+    pub fn on_proposal_answer(&mut self, entry: &EntryId, committed: bool) {
+        let Some((_, at)) = self.proposals.iter().find(|(e, _)| e == entry) else {
+            return;
+        };
+        if committed {
+            self.violations.push(format!(
+                "removed node {:?}'s proposal of entry {entry} (at {:.3} s) committed",
+                self.node,
+                at.as_secs_f64()
+            ));
+        } else {
+            self.refused += 1;
+        }
+    }
+
+    /// Node `id` is seen leading in term `term` at `at`.
+    pub fn on_leader(&mut self, id: u64, term: u64, at: Duration) {
+        if self.node == Some(id) && term > self.term && !self.led_again {
+            self.led_again = true;
+            self.violations.push(format!(
+                "removed node {id} leads again in term {term} at {:.3} s (removed in term {})",
+                at.as_secs_f64(),
+                self.term
+            ));
+        }
+    }
+
+    /// After convergence: `has(entry)` says whether a node holds the entry; none may hold one
+    /// the removed node proposed.
+    pub fn check_final(&mut self, node: u64, has: impl Fn(&EntryId) -> bool) {
+        for (entry, at) in &self.proposals {
+            if has(entry) {
+                self.violations.push(format!(
+                    "node {node} holds entry {entry}, proposed by removed node {:?} at {:.3} s",
+                    self.node,
+                    at.as_secs_f64()
+                ));
+            }
+        }
+    }
+}
