@@ -363,24 +363,30 @@ impl<T: Transport> AdminService<T> {
     /// against this replica first so the operator hears why at once; the state machine checks
     /// again when the token is created.
     fn server_token_node_id(&self, asked: u64, rejoin: bool) -> Result<u64, Status> {
+        // Raft's members count too: a bootstrap node is a member before it registers itself.
+        let raft_members: BTreeSet<u64> =
+            self.metrics().members.iter().map(|(id, _, _)| *id).collect();
         self.replica.read(|a| {
             let state = &a.state;
             if asked == 0 {
                 if rejoin {
                     return Err(invalid("--rejoin needs the --node-id of the member to re-admit"));
                 }
-                return Ok(state.next_server_id());
+                let after_raft = raft_members.last().map_or(1, |m| m.saturating_add(1));
+                return Ok(state.next_server_id().max(after_raft));
             }
             if state.removed_servers().contains_key(&asked) {
                 return Err(invalid(format!(
                     "server node {asked} was removed from this cluster and its ID is never admitted again (its old server SVID would become a member's); give the new node another node_id"
                 )));
             }
-            let member = state.servers().contains_key(&asked);
+            let member = state.servers().contains_key(&asked) || raft_members.contains(&asked);
             if member && !rejoin {
                 return Err(Status::already_exists(format!(
                     "server node {asked} is already a member; to re-admit it (its server SVID expired while it was down) generate the token with --rejoin, or pick another --node-id (next free: {})",
-                    state.next_server_id()
+                    state
+                        .next_server_id()
+                        .max(raft_members.last().map_or(1, |m| m.saturating_add(1)))
                 )));
             }
             if rejoin && !member {
