@@ -364,8 +364,12 @@ impl<T: Transport> AdminService<T> {
     /// again when the token is created.
     fn server_token_node_id(&self, asked: u64, rejoin: bool) -> Result<u64, Status> {
         // Raft's members count too: a bootstrap node is a member before it registers itself.
-        let raft_members: BTreeSet<u64> =
-            self.metrics().members.iter().map(|(id, _, _)| *id).collect();
+        let raft_members: BTreeSet<u64> = self
+            .metrics()
+            .members
+            .iter()
+            .map(|(id, _, _)| *id)
+            .collect();
         self.replica.read(|a| {
             let state = &a.state;
             if asked == 0 {
