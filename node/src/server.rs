@@ -453,7 +453,19 @@ async fn contact_loop<T: Transport>(node: ServerNode<T>) {
     let inner = &node.inner;
     let stop = inner.stop.subscribe();
     let quorum_ack_max_ms = u64::try_from(inner.cfg.quorum_ack_max.as_millis()).unwrap_or(u64::MAX);
+    let mut campaigning = true;
     while !*stop.borrow() {
+        // A node that applied its own removal stops campaigning: the members ignore it, and a
+        // runaway term would only reach them through a member that lags (simulator finding).
+        if campaigning
+            && inner
+                .replica
+                .read(|a| a.state.removed_servers().contains_key(&inner.cfg.node_id))
+        {
+            campaigning = false;
+            inner.replica.raft().runtime_config().elect(false);
+            tracing::warn!(node = inner.cfg.node_id, "this server node was removed from the cluster: it no longer takes part in elections and issues nothing once staleness_max passes; stop it (`sigil cluster remove-server` was run for it)");
+        }
         let leading = {
             let m = inner.replica.raft().metrics();
             let m = m.borrow();

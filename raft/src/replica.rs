@@ -577,6 +577,17 @@ async fn dispatch<T: Transport>(
         };
         match msg {
             RaftMsg::Response { id, body } => {
+                // A removed server's answers do not count either (its vote responses would
+                // carry its runaway term to the members and keep them from electing a leader).
+                let removed = applied
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .state
+                    .removed_servers()
+                    .contains_key(&from);
+                if removed {
+                    continue;
+                }
                 let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
                 // Only the peer we asked may answer.
                 if pending.get(&id).is_some_and(|(to, _)| *to == from) {
