@@ -95,6 +95,8 @@ struct Inner<T: Transport> {
     /// Agent SVIDs issued here and not yet recorded through Raft: the latest per agent (an
     /// agent renewing in a loop adds one record, not one per renewal).
     renewals: Mutex<std::collections::BTreeMap<SpiffeId, AgentRenewal>>,
+    /// This node applied its own removal from the cluster.
+    removed: std::sync::atomic::AtomicBool,
     stop: tokio::sync::watch::Sender<bool>,
 }
 
@@ -138,6 +140,7 @@ impl<T: Transport> ServerNode<T> {
                 rotation: Mutex::new(rotation),
                 issuer: Mutex::new(issuer),
                 renewals: Mutex::new(std::collections::BTreeMap::new()),
+                removed: std::sync::atomic::AtomicBool::new(false),
                 stop,
             }),
         };
@@ -463,7 +466,14 @@ async fn contact_loop<T: Transport>(node: ServerNode<T>) {
                 .read(|a| a.state.removed_servers().contains_key(&inner.cfg.node_id))
         {
             campaigning = false;
-            inner.replica.raft().runtime_config().elect(false);
+            inner
+                .removed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            // No elections, no heartbeats (a removed leader lets its followers elect another).
+            let raft_config = inner.replica.raft().runtime_config();
+            raft_config.elect(false);
+            raft_config.heartbeat(false);
+            raft_config.tick(false);
             tracing::warn!(node = inner.cfg.node_id, "this server node was removed from the cluster: it no longer takes part in elections and issues nothing once staleness_max passes; stop it (`sigil cluster remove-server` was run for it)");
         }
         let leading = {
@@ -481,7 +491,14 @@ async fn contact_loop<T: Transport>(node: ServerNode<T>) {
             let since_start = now.saturating_since(Mono::ZERO);
             since_start.checked_sub(age).map(Mono::from_duration)
         });
-        let in_contact = if leading { Some(now) } else { ticked };
+        // A removed node is in contact with nobody: it stops issuing within staleness_max.
+        let in_contact = if !campaigning {
+            None
+        } else if leading {
+            Some(now)
+        } else {
+            ticked
+        };
         if let Some(at) = in_contact {
             lock(&inner.issuer).handle_leader_contact(at);
         }
@@ -497,7 +514,8 @@ async fn tick_loop<T: Transport>(node: ServerNode<T>) {
     let every = tick_interval(inner.cfg.issuer.staleness_max);
     let mut last: Option<Mono> = None;
     while !*stop.borrow() {
-        let leading = inner.replica.raft().metrics().borrow().state == ServerState::Leader;
+        let leading = inner.replica.raft().metrics().borrow().state == ServerState::Leader
+            && !inner.removed.load(std::sync::atomic::Ordering::Relaxed);
         let now = inner.env.mono();
         if !leading {
             last = None;

@@ -803,7 +803,17 @@ pub fn apply_proposal(state: &mut State, proposal: Proposal) -> Response {
     if let Some(first) = state.recent.get(&proposal.id) {
         return first.clone();
     }
-    let response = apply(state, proposal.cmd);
+    // A removed server proposes nothing: if it still gets an entry committed (a voter that has
+    // not applied the removal yet elected it, or acknowledged its entries), the entry changes
+    // nothing on any replica.
+    let response = if state.removed_servers.contains_key(&proposal.id.node) {
+        Err(CommandError::Invalid(format!(
+            "server node {} was removed from the cluster; its proposals change nothing",
+            proposal.id.node
+        )))
+    } else {
+        apply(state, proposal.cmd)
+    };
     state.recent.insert(proposal.id, response.clone());
     state.recent_order.push_back(proposal.id);
     while state.recent_order.len() > PROPOSALS_REMEMBERED {

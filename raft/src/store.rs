@@ -345,8 +345,15 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachineStore<K> {
                 let response = match entry.payload {
                     EntryPayload::Blank => Ok(wire::Outcome::Done),
                     EntryPayload::Normal(proposal) => {
+                        // A removed server's tick proves nothing about the cluster's leader.
+                        let removed = applied
+                            .state
+                            .removed_servers()
+                            .contains_key(&proposal.id.node);
                         if let wire::Command::Tick { at } = proposal.cmd {
-                            applied.last_tick = applied.last_tick.max(Some(at));
+                            if !removed {
+                                applied.last_tick = applied.last_tick.max(Some(at));
+                            }
                         }
                         apply_proposal(&mut applied.state, proposal)
                     }

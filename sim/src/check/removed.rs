@@ -12,8 +12,11 @@
 //!
 //! - None of its proposals started after `removed` commits: its write is never acknowledged,
 //!   and the entry it proposed is on no node after convergence.
-//! - It never leads again: it is never seen as leader in a term above `term` (elections need
-//!   the votes of nodes that ignore it). A leader elected before the removal may go on
+//! - It never leads again once it applied its own removal: it is never seen as leader in a term
+//!   above the one it had then (it takes no part in elections any more). Before that, a voter
+//!   that has not applied the removal either may elect it (seed 305990); whatever it then
+//!   proposes commits as a no-op on every replica (`raft::apply_proposal` refuses a removed
+//!   node's proposals). A leader elected before the removal may go on
 //!   believing it leads (openraft's leaders never step down for lack of a quorum); that is not
 //!   leading again.
 //!
@@ -41,6 +44,9 @@ pub struct RemovalChecker {
     removed_at: Option<Duration>,
     term: u64,
     led_again: bool,
+    /// The removed node's term when it was first seen holding its own removal (from then on it
+    /// takes no part in elections).
+    knew_in_term: Option<u64>,
     /// Its proposals started after the removal: entry → start.
     proposals: Vec<(EntryId, Duration)>,
     /// Of them, refused or timed out.
@@ -87,9 +93,20 @@ impl RemovalChecker {
         }
     }
 
-    /// Node `id` is seen leading in term `term` at `at`.
+    /// The removed node `id` is in term `term` and `knows` (has applied) its own removal.
+    pub fn on_removed_node(&mut self, id: u64, term: u64, knows: bool) {
+        if self.node == Some(id) && knows && self.knew_in_term.is_none() {
+            self.knew_in_term = Some(term);
+        }
+    }
+
+    /// Node `id` is seen leading in term `term` at `at`. The removed node may still win an
+    /// election before it applied its own removal (a voter that has not applied it either votes
+    /// for it; its proposals change nothing, see `apply_proposal`); once it applied the removal
+    /// it campaigns no more, so a term above the one it had then is a violation.
     pub fn on_leader(&mut self, id: u64, term: u64, at: Duration) {
-        if self.node == Some(id) && term > self.term && !self.led_again {
+        let bound = self.knew_in_term.unwrap_or(u64::MAX).max(self.term);
+        if self.node == Some(id) && term > bound && !self.led_again {
             self.led_again = true;
             self.violations.push(format!(
                 "removed node {id} leads again in term {term} at {:.3} s (removed in term {})",

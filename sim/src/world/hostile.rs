@@ -590,6 +590,9 @@ impl World {
                 }
             }
             let m = r.raft().metrics().borrow().clone();
+            let knows = r.read(|a| a.state.removed_servers().contains_key(&id));
+            self.removal_check
+                .on_removed_node(id, m.current_term, knows);
             if m.state == ServerState::Leader {
                 self.removal_check.on_leader(id, m.current_term, at);
             }
