@@ -404,9 +404,13 @@ impl ApiClient {
     async fn open(&self, request: &ApiRequest) -> Result<RecvStream, ApiClientError> {
         let frame = codec::encode(request).map_err(|e| ApiClientError::Protocol(e.to_string()))?;
         let (mut send, recv) = self.conn.open_bi().await.map_err(io("opening a stream"))?;
-        send.write_all(&frame)
-            .await
-            .map_err(io("sending a request"))?;
+        match send.write_all(&frame).await {
+            Ok(()) => {}
+            // The server answered without reading the request (a per-source limit): its
+            // answer is on the receiving side.
+            Err(quinn::WriteError::Stopped(_)) => return Ok(recv),
+            Err(e) => return Err(io("sending a request")(e)),
+        }
         send.finish().map_err(io("sending a request"))?;
         Ok(recv)
     }
