@@ -1335,18 +1335,92 @@ pub fn run_seed(opts: &RunOptions) -> Report {
     match rt {
         // A panic in the code under test (a security assertion firing) is a violation of this
         // seed, reported with the rest, not the end of a many-seed run.
-        Ok(rt) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(run(opts))))
-            .unwrap_or_else(|panic| {
-                let msg = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
-                    .unwrap_or_else(|| "unknown panic".into());
-                Report::failed(opts.seed, format!("panicked: {msg}"))
-            }),
+        Ok(rt) => {
+            first_panic::arm();
+            // A panic in any task (a node's Raft core, a server loop) ends the run: left alone,
+            // the rest of the world would wait for the dead task for ever (seed 720192 on 5
+            // nodes spun until killed before its log-hole fix). tokio's own
+            // `UnhandledPanic::ShutdownRuntime` aborts the process on a current-thread runtime.
+            let watched = async {
+                tokio::select! {
+                    report = run(opts) => report,
+                    msg = first_panic::watch() => Report::failed(opts.seed, format!("panicked: {msg}")),
+                }
+            };
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(watched)))
+                .unwrap_or_else(|panic| {
+                    let msg = first_panic::take().unwrap_or_else(|| {
+                        panic
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
+                            .unwrap_or_else(|| "unknown panic".into())
+                    });
+                    Report::failed(opts.seed, format!("panicked: {msg}"))
+                })
+        }
         Err(e) => Report::failed(
             opts.seed,
             format!("cannot build the simulation runtime: {e}"),
         ),
+    }
+}
+
+/// The first panic on this thread since [`first_panic::arm`], with where it happened: a task's
+/// panic reaches `block_on` only as "the runtime shut down", so the hook keeps the original.
+mod first_panic {
+    use std::cell::RefCell;
+    use std::sync::Once;
+
+    thread_local! {
+        static FIRST: RefCell<Option<String>> = const { RefCell::new(None) };
+    }
+
+    /// Installs the recording hook (once per process, chained to the previous one) and clears
+    /// this thread's record.
+    pub(super) fn arm() {
+        static HOOK: Once = Once::new();
+        HOOK.call_once(|| {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                FIRST.with(|f| {
+                    let mut f = f.borrow_mut();
+                    if f.is_none() {
+                        let at = info
+                            .location()
+                            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                            .unwrap_or_default();
+                        let msg = info
+                            .payload()
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| {
+                                info.payload()
+                                    .downcast_ref::<&str>()
+                                    .map(|s| (*s).to_string())
+                            })
+                            .unwrap_or_else(|| "unknown panic".into());
+                        *f = Some(format!("{msg}{at}"));
+                    }
+                });
+                previous(info);
+            }));
+        });
+        FIRST.with(|f| f.borrow_mut().take());
+    }
+
+    /// Resolves with this thread's first panic since [`arm`] (polled every simulated 50 ms).
+    pub(super) async fn watch() -> String {
+        loop {
+            if let Some(msg) = take() {
+                return msg;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// This thread's first panic since [`arm`], if any.
+    pub(super) fn take() -> Option<String> {
+        FIRST.with(|f| f.borrow_mut().take())
     }
 }
