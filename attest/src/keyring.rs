@@ -27,8 +27,15 @@
 //!
 //! Keys are never exported: there is no way to read a private key out of a keyring (a sealed
 //! at-rest format for the node's own disk is not built yet, so a restart starts a new key).
+//!
+//! The active key is shared ([`Keyring::active`] hands out an `Arc`): a signer takes it under
+//! the shell's lock and signs after releasing it, so a node signs on every core. A key retired
+//! meanwhile finishes the signatures already started with it (it was active when they were
+//! decided, and every SVID is capped at its NotAfter); its private half is dropped with the last
+//! of them.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand_core::RngCore;
@@ -158,7 +165,7 @@ struct NextSlot<K> {
 #[derive(Debug)]
 pub struct Keyring<K: KeyMaterial> {
     cfg: KeyringConfig,
-    current: Option<K>,
+    current: Option<Arc<K>>,
     next: Option<NextSlot<K>>,
     /// Retired keys still in the bundle: (authority ID, NotAfter).
     retired: Vec<(String, UnixTime)>,
@@ -197,8 +204,9 @@ impl<K: KeyMaterial> Keyring<K> {
     }
 
     /// The active key, if there is one that has not expired at `wall`. Only a key whose
-    /// publication was confirmed can be active.
-    pub fn active(&self, wall: UnixTime) -> Option<&K> {
+    /// publication was confirmed can be active. Clone the `Arc` to sign without holding the
+    /// keyring.
+    pub fn active(&self, wall: UnixTime) -> Option<&Arc<K>> {
         let key = self.current.as_ref().filter(|k| wall < k.not_after())?;
         assert!(
             key.state() == KeyState::Active,
@@ -230,10 +238,10 @@ impl<K: KeyMaterial> Keyring<K> {
         let mut times = Vec::new();
         match (&self.current, &self.next) {
             (None, None) => return None,
-            (Some(cur), None) => times.push(prepare_at(cur)),
+            (Some(cur), None) => times.push(prepare_at(cur.as_ref())),
             (cur, Some(next)) => {
                 if next.confirmed {
-                    times.push(cur.as_ref().map_or(UnixTime::EPOCH, activate_at));
+                    times.push(cur.as_deref().map_or(UnixTime::EPOCH, activate_at));
                 } else {
                     times.push(next.republish_at);
                     times.push(activate_at(&next.key));
@@ -268,7 +276,10 @@ impl<K: KeyMaterial> Keyring<K> {
                 next.republish_at = wall.saturating_add(self.cfg.publish_retry);
             }
         }
-        let due = self.current.as_ref().is_none_or(|c| wall >= prepare_at(c));
+        let due = self
+            .current
+            .as_deref()
+            .is_none_or(|c| wall >= prepare_at(c));
         if self.next.is_none() && due {
             let signer = keys.generate(self.cfg.key_alg)?;
             let key = K::create(&self.cfg, signer, wall, rng)?;
@@ -304,11 +315,14 @@ impl<K: KeyMaterial> Keyring<K> {
         }
     }
 
-    fn retire(&mut self, mut key: K) {
-        key.set_state(KeyState::Retired, sealed::Token(()));
+    fn retire(&mut self, mut key: Arc<K>) {
+        // Signatures already started with it keep their clone until they finish (module docs).
+        if let Some(k) = Arc::get_mut(&mut key) {
+            k.set_state(KeyState::Retired, sealed::Token(()));
+        }
         self.retired
             .push((key.authority().id.clone(), key.not_after()));
-        // `key` drops here: a retired key's private half is gone.
+        // The keyring's `key` drops here: once no signature holds it, its private half is gone.
     }
 
     /// Every transition that needs no new key.
@@ -331,7 +345,10 @@ impl<K: KeyMaterial> Keyring<K> {
                 self.next = Some(next);
             }
         }
-        let due = self.current.as_ref().is_none_or(|c| wall >= activate_at(c));
+        let due = self
+            .current
+            .as_deref()
+            .is_none_or(|c| wall >= activate_at(c));
         if due && self.next.as_ref().is_some_and(|n| n.confirmed) {
             if let Some(NextSlot { mut key, .. }) = self.next.take() {
                 if let Some(cur) = self.current.take() {
@@ -341,7 +358,7 @@ impl<K: KeyMaterial> Keyring<K> {
                 out.push(Action::Activate {
                     id: key.authority().id.clone(),
                 });
-                self.current = Some(key);
+                self.current = Some(Arc::new(key));
             }
         }
         let grace = self.cfg.prune_grace;
@@ -397,12 +414,12 @@ impl NodeKeyring {
     }
 
     /// The active X.509 CA at `wall`, if any.
-    pub fn active_x509(&self, wall: UnixTime) -> Option<&X509Ca> {
+    pub fn active_x509(&self, wall: UnixTime) -> Option<&Arc<X509Ca>> {
         self.x509.active(wall)
     }
 
     /// The active JWT key at `wall`, if any.
-    pub fn active_jwt(&self, wall: UnixTime) -> Option<&JwtKey> {
+    pub fn active_jwt(&self, wall: UnixTime) -> Option<&Arc<JwtKey>> {
         self.jwt.active(wall)
     }
 

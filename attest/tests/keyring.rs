@@ -10,12 +10,12 @@ use attest::jwt::validate_jwt_svid;
 use attest::keys::SeededKeySource;
 use attest::x509::validate_x509_svid;
 use attest::{
-    Action, JwtSvidRequest, Keyring, KeyringConfig, NodeKeyring, PublishedAuthorities, X509Ca,
-    X509SvidRequest,
+    Action, JwtSvidRequest, KeyMaterial, Keyring, KeyringConfig, NodeKeyring, PublishedAuthorities,
+    X509Ca, X509SvidRequest,
 };
 use common::{secs, t0, td};
 use proptest::prelude::*;
-use wire::{BundleMap, Seed, SpiffeId, UnixTime};
+use wire::{BundleMap, KeySource, Seed, SpiffeId, UnixTime};
 
 const TD: &str = "example.org";
 const HOUR: u64 = 3600;
@@ -121,6 +121,44 @@ fn rotation_follows_spire_timing() {
         id: first[0].clone()
     }));
     assert!(ring.retired().is_empty());
+}
+
+/// A signer takes the active key and signs after releasing the keyring: a rotation that
+/// retires the key meanwhile lets that signature finish (the key was active when it was
+/// decided) and hands out only the new key from then on.
+#[test]
+fn a_signature_started_before_a_rotation_finishes_with_its_key() {
+    let (mut ring, keys) = ring();
+    let first = prepared(&tick(&mut ring, &keys, at(0.0)));
+    let mut out = Vec::new();
+    ring.handle_published(&first[0], at(0.0), &mut out);
+    let held = ring.active(at(19.0)).expect("active").clone();
+    let second = prepared(&tick(&mut ring, &keys, at(12.0)));
+    ring.handle_published(&second[0], at(12.5), &mut out);
+    tick(&mut ring, &keys, at(20.0));
+    assert_eq!(ring.current_id(), Some(second[0].as_str()), "rotated");
+    assert_eq!(
+        ring.active(at(20.0)).expect("new").authority().id,
+        second[0],
+        "only the new key is handed out"
+    );
+    let id: SpiffeId = "spiffe://example.org/w".parse().expect("id");
+    let subject = keys.generate(wire::KeyAlg::EcP256).expect("key");
+    let req = X509SvidRequest {
+        spiffe_id: &id,
+        dns_names: &[],
+        public_key_der: subject.public_key_der(),
+        ttl: Duration::from_secs(600),
+        not_before_cushion: Duration::ZERO,
+    };
+    let svid = held
+        .mint(&req, at(20.0), &mut common::rng(7))
+        .expect("the in-flight signature completes");
+    assert!(
+        svid.not_after <= held.not_after(),
+        "capped at the old key's NotAfter"
+    );
+    assert_eq!(held.authority().id, first[0]);
 }
 
 #[test]

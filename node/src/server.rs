@@ -3,6 +3,9 @@
 //! move data between them (time from [`Env`], tasks through [`Env::spawn`]). Production runs it
 //! over QUIC and sled; the simulator over `SimNet` and `MemKv`, on a paused clock.
 //!
+//! - **Signing** takes the issuer's decision and the active key (an `Arc`, see
+//!   [`attest::keyring`]) under read locks held only for the lookups, then signs holding none:
+//!   a node signs on every core, and rotation or an apply never waits behind a signature.
 //! - **Rotation loop**: on every applied change and at the keyring's next deadline, feeds the
 //!   rotation actor and proposes what it asks for (publish / activate / prune). A key is
 //!   confirmed to the keyring only once its publication is in the applied state.
@@ -18,7 +21,7 @@
 //!   three.) Dating contact by the proposer's clock makes the bound depend on clock skew: a node
 //!   whose clock is behind the leader's by δ keeps issuing up to δ longer.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use attest::x509::{X509Svid, X509SvidRequest};
@@ -90,8 +93,10 @@ struct Inner<T: Transport> {
     cfg: ServerConfig,
     env: Arc<dyn Env>,
     replica: Arc<Replica<T>>,
-    rotation: Mutex<CaRotation>,
-    issuer: Mutex<Issuer>,
+    /// Written by the rotation loop; signers only read it for a moment (to take the active key).
+    rotation: RwLock<CaRotation>,
+    /// Written by the contact loop every [`CONTACT_SAMPLE`]; signers read it.
+    issuer: RwLock<Issuer>,
     /// Agent SVIDs issued here and not yet recorded through Raft: the latest per agent (an
     /// agent renewing in a loop adds one record, not one per renewal).
     renewals: Mutex<std::collections::BTreeMap<SpiffeId, AgentRenewal>>,
@@ -125,6 +130,14 @@ fn lock<X>(m: &Mutex<X>) -> std::sync::MutexGuard<'_, X> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+fn read<X>(m: &RwLock<X>) -> RwLockReadGuard<'_, X> {
+    m.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<X>(m: &RwLock<X>) -> RwLockWriteGuard<'_, X> {
+    m.write().unwrap_or_else(|p| p.into_inner())
+}
+
 impl<T: Transport> ServerNode<T> {
     /// Starts the node's loops on `replica` (already started; the cluster may or may not be
     /// initialized yet).
@@ -137,8 +150,8 @@ impl<T: Transport> ServerNode<T> {
                 cfg,
                 env: env.clone(),
                 replica,
-                rotation: Mutex::new(rotation),
-                issuer: Mutex::new(issuer),
+                rotation: RwLock::new(rotation),
+                issuer: RwLock::new(issuer),
                 renewals: Mutex::new(std::collections::BTreeMap::new()),
                 removed: std::sync::atomic::AtomicBool::new(false),
                 stop,
@@ -171,7 +184,7 @@ impl<T: Transport> ServerNode<T> {
     /// Whether this node has an active (published) X.509 CA key right now.
     pub fn has_active_ca(&self) -> bool {
         let wall = self.inner.env.wall();
-        lock(&self.inner.rotation)
+        read(&self.inner.rotation)
             .keyring()
             .active_x509(wall)
             .is_some()
@@ -180,7 +193,7 @@ impl<T: Transport> ServerNode<T> {
     /// Whether this node would issue now: in contact with a leader within `staleness_max` and
     /// holding an active CA.
     pub fn ready_to_issue(&self) -> Result<(), Error> {
-        lock(&self.inner.issuer).check_fresh(self.inner.env.mono())?;
+        read(&self.inner.issuer).check_fresh(self.inner.env.mono())?;
         if self.has_active_ca() {
             Ok(())
         } else {
@@ -197,20 +210,24 @@ impl<T: Transport> ServerNode<T> {
     ) -> Result<X509Svid, Error> {
         let env = &self.inner.env;
         let mut rng = env.rng("svid");
-        let rotation = lock(&self.inner.rotation);
-        let issuer = lock(&self.inner.issuer);
-        self.inner.replica.read(|a| {
-            issuer.issue_x509(
-                &a.state,
-                rotation.keyring(),
-                agent,
-                entry_id,
-                public_key_der,
-                env.mono(),
-                env.wall(),
-                &mut rng,
-            )
-        })
+        let wall = env.wall();
+        let grant = self.grant(|issuer, state, keyring| {
+            issuer.grant_x509(state, keyring, agent, entry_id, env.mono(), wall)
+        })?;
+        grant.sign(public_key_der, wall, &mut rng)
+    }
+
+    /// Runs an [`Issuer`] decision under the issuer's, rotation's and the replica's read locks
+    /// (held only for the lookups; the grant it returns signs after they are released).
+    fn grant<G>(
+        &self,
+        decide: impl FnOnce(&Issuer, &raft::State, &attest::keyring::NodeKeyring) -> Result<G, Error>,
+    ) -> Result<G, Error> {
+        let issuer = read(&self.inner.issuer);
+        let rotation = read(&self.inner.rotation);
+        self.inner
+            .replica
+            .read(|a| decide(&issuer, &a.state, rotation.keyring()))
     }
 
     /// Signs a JWT-SVID for `agent`'s entry `entry_id` from the local replica.
@@ -222,20 +239,11 @@ impl<T: Transport> ServerNode<T> {
     ) -> Result<(String, wire::UnixTime), Error> {
         let env = &self.inner.env;
         let mut rng = env.rng("jwt");
-        let rotation = lock(&self.inner.rotation);
-        let issuer = lock(&self.inner.issuer);
-        self.inner.replica.read(|a| {
-            issuer.issue_jwt(
-                &a.state,
-                rotation.keyring(),
-                agent,
-                entry_id,
-                audience,
-                env.mono(),
-                env.wall(),
-                &mut rng,
-            )
-        })
+        let wall = env.wall();
+        let grant = self.grant(|issuer, state, keyring| {
+            issuer.grant_jwt(state, keyring, agent, entry_id, env.mono(), wall)
+        })?;
+        grant.sign(audience, wall, &mut rng)
     }
 
     /// This node's own server SVID (`spiffe://<td>/sigil/server/<id>`) for `public_key_der`,
@@ -258,10 +266,10 @@ impl<T: Transport> ServerNode<T> {
             .join(&["sigil", "server", &node_id.to_string()])
             .map_err(|e| Error::NotAuthorized(e.to_string()))?;
         let wall = env.wall();
-        let rotation = lock(&self.inner.rotation);
-        let ca = rotation
+        let ca = read(&self.inner.rotation)
             .keyring()
             .active_x509(wall)
+            .cloned()
             .ok_or(Error::NoActiveKey)?;
         let req = X509SvidRequest {
             spiffe_id: &id,
@@ -282,19 +290,11 @@ impl<T: Transport> ServerNode<T> {
     ) -> Result<X509Svid, Error> {
         let env = &self.inner.env;
         let mut rng = env.rng("agent-svid");
-        let rotation = lock(&self.inner.rotation);
-        let issuer = lock(&self.inner.issuer);
-        self.inner.replica.read(|a| {
-            issuer.issue_agent_svid(
-                &a.state,
-                rotation.keyring(),
-                agent,
-                public_key_der,
-                env.mono(),
-                env.wall(),
-                &mut rng,
-            )
-        })
+        let wall = env.wall();
+        let grant = self.grant(|issuer, state, keyring| {
+            issuer.grant_agent_svid(state, keyring, agent, env.mono(), wall)
+        })?;
+        grant.sign(public_key_der, wall, &mut rng)
     }
 
     /// Queues the record of an agent SVID this node issued (at attestation or renewal); the
@@ -367,7 +367,7 @@ async fn rotation_loop<T: Transport>(node: ServerNode<T>) {
         let wall = inner.env.wall();
         let mut proposals = Vec::new();
         let deadline = {
-            let mut rotation = lock(&inner.rotation);
+            let mut rotation = write(&inner.rotation);
             if let Err(e) = rotation.handle_tick(wall, inner.env.keys(), &mut rng, &mut proposals) {
                 tracing::warn!(error = %e, "CA rotation tick failed; it is retried on the next tick");
             }
@@ -383,7 +383,7 @@ async fn rotation_loop<T: Transport>(node: ServerNode<T>) {
                 Ok(Err(refused)) => tracing::debug!(%refused, "rotation proposal refused"),
                 Err(e) => {
                     tracing::info!(error = %e, "rotation proposal not committed yet; retried shortly");
-                    lock(&inner.rotation).handle_proposal_failed(&cmd);
+                    write(&inner.rotation).handle_proposal_failed(&cmd);
                     failed = true;
                 }
             }
@@ -458,22 +458,16 @@ async fn contact_loop<T: Transport>(node: ServerNode<T>) {
     let quorum_ack_max_ms = u64::try_from(inner.cfg.quorum_ack_max.as_millis()).unwrap_or(u64::MAX);
     let mut campaigning = true;
     while !*stop.borrow() {
-        // A node that applied its own removal stops campaigning: the members ignore it, and a
-        // runaway term would only reach them through a member that lags (simulator finding).
-        if campaigning
-            && inner
-                .replica
-                .read(|a| a.state.removed_servers().contains_key(&inner.cfg.node_id))
-        {
+        // A node that applied its own removal, or was told of it by a member, stops
+        // campaigning: the members ignore it, and a runaway term would only reach them through
+        // a member that lags (simulator findings).
+        if campaigning && inner.replica.knows_removed() {
             campaigning = false;
             inner
                 .removed
                 .store(true, std::sync::atomic::Ordering::Relaxed);
             // No elections, no heartbeats (a removed leader lets its followers elect another).
-            let raft_config = inner.replica.raft().runtime_config();
-            raft_config.elect(false);
-            raft_config.heartbeat(false);
-            raft_config.tick(false);
+            raft::replica::stand_down(inner.replica.raft());
             tracing::warn!(node = inner.cfg.node_id, "this server node was removed from the cluster: it no longer takes part in elections and issues nothing once staleness_max passes; stop it (`sigil cluster remove-server` was run for it)");
         }
         let leading = {
@@ -500,7 +494,7 @@ async fn contact_loop<T: Transport>(node: ServerNode<T>) {
             ticked
         };
         if let Some(at) = in_contact {
-            lock(&inner.issuer).handle_leader_contact(at);
+            write(&inner.issuer).handle_leader_contact(at);
         }
         tokio::time::sleep(CONTACT_SAMPLE).await;
     }

@@ -80,6 +80,13 @@ pub enum RaftMsg {
         /// The reply.
         body: RpcResponse,
     },
+    /// "You were removed from this cluster": a member's answer to any request from a server it
+    /// applied the removal of. A removed node that never applied its own removal (it was cut off
+    /// when it committed) otherwise campaigns for ever, and a member that lags behind the
+    /// removal too keeps granting it votes whose terms unseat every leader (chaos seed 900526 on
+    /// 5 nodes). The receiver believes it only from a member of its own view and then stops
+    /// campaigning, as if it had applied its removal.
+    Removed,
 }
 
 /// Why a write did not commit.
@@ -148,6 +155,8 @@ struct Shared<T: Transport> {
     /// This start's random number (proposal IDs).
     incarnation: u64,
     next_proposal: AtomicU64,
+    /// A member said this node was removed ([`RaftMsg::Removed`]).
+    told_removed: std::sync::atomic::AtomicBool,
 }
 
 impl<T: Transport> Shared<T> {
@@ -328,6 +337,7 @@ impl<T: Transport> Replica<T> {
             next_id: AtomicU64::new(first_id),
             incarnation: rand::RngCore::next_u64(&mut SeededRuntime::thread_rng()),
             next_proposal: AtomicU64::new(1),
+            told_removed: std::sync::atomic::AtomicBool::new(false),
         });
         let network = NetworkFactory {
             shared: shared.clone(),
@@ -377,6 +387,13 @@ impl<T: Transport> Replica<T> {
     /// Reads the applied state.
     pub fn read<R>(&self, f: impl FnOnce(&Applied) -> R) -> R {
         f(&self.applied.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Whether this node knows it was removed from the cluster: it applied its own removal,
+    /// or a member told it ([`RaftMsg::Removed`], which also turned its elections off).
+    pub fn knows_removed(&self) -> bool {
+        self.shared.told_removed.load(Ordering::Relaxed)
+            || self.read(|a| a.state.removed_servers().contains_key(&self.id))
     }
 
     /// Changes whenever a command is applied (value: last applied index).
@@ -506,6 +523,15 @@ pub fn accepts_requests_from(
     !removed && (no_membership || in_membership || registered)
 }
 
+/// Turns this node's elections, heartbeats and ticks off: it was removed from the cluster (it
+/// applied its removal, or a member told it so).
+pub fn stand_down(raft: &Raft) {
+    let config = raft.runtime_config();
+    config.elect(false);
+    config.heartbeat(false);
+    config.tick(false);
+}
+
 /// Answers one request from a peer.
 async fn handle_request<T: Transport>(
     raft: &Raft,
@@ -596,7 +622,30 @@ async fn dispatch<T: Transport>(
                     }
                 }
             }
+            RaftMsg::Removed => {
+                // Only a member of our own view can tell us; once is enough.
+                if !shared.told_removed.load(Ordering::Relaxed)
+                    && accepts_requests_from(&raft, &applied, from)
+                {
+                    shared.told_removed.store(true, Ordering::Relaxed);
+                    stand_down(&raft);
+                    tracing::warn!(peer = from, "a member says this server node was removed from the cluster: it no longer takes part in elections; stop it (`sigil cluster remove-server` was run for it)");
+                }
+            }
             RaftMsg::Request { id, body } => {
+                let removed = applied
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .state
+                    .removed_servers()
+                    .contains_key(&from);
+                if removed {
+                    // Tell it, so it stops campaigning (its requests are still not answered).
+                    if let Ok(frame) = codec::encode(&RaftMsg::Removed) {
+                        let _ = shared.transport.send(from, frame);
+                    }
+                    continue;
+                }
                 if !accepts_requests_from(&raft, &applied, from) {
                     if refused_logged.len() < 64 && refused_logged.insert(from) {
                         tracing::warn!(peer = from, "ignoring Raft requests from a node that is not a member of this cluster (removed, or never admitted); if it should be one, check `sigil cluster status`");

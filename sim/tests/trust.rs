@@ -345,6 +345,71 @@ fn a_forged_authority_and_a_removed_servers_writes_are_refused() {
     });
 }
 
+/// A server removed while it was cut off never applies its removal; once the cut heals, the
+/// members' answer to its campaign tells it, it stops campaigning, and the cluster keeps its
+/// leader (chaos seed 900526 on 5 nodes: such a node, with a member lagging behind the
+/// removal, unseated every leader for a minute).
+#[test]
+fn a_server_removed_while_cut_off_is_told_and_stands_down() {
+    block_on(async {
+        let (mut w, leader) = ready_world(206).await;
+        let other = w
+            .live()
+            .into_iter()
+            .find(|id| *id != leader)
+            .expect("follower");
+        for id in w.live() {
+            let server = wire::ServerRecord {
+                node_id: id,
+                addr: format!("sim:{id}"),
+            };
+            w.write(leader, Command::RegisterServer { server })
+                .await
+                .expect("commit")
+                .expect("registered");
+        }
+        let rest: Vec<u64> = w.live().into_iter().filter(|id| *id != other).collect();
+        w.net().partition(&[vec![other], rest]);
+        w.write(
+            leader,
+            Command::RemoveServer {
+                node_id: other,
+                at: UnixTime::from_secs(2),
+                prune_after: UnixTime::from_secs(3),
+                compromised: false,
+            },
+        )
+        .await
+        .expect("commit")
+        .expect("removed");
+        // Cut off, it campaigns (nobody hears it) and does not know yet.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let removed = w.replica(other).expect("removed node runs");
+        assert!(!removed.knows_removed(), "it cannot know yet");
+        let term_before = removed.raft().metrics().borrow().current_term;
+        w.net().heal();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(removed.knows_removed(), "a member told it");
+        assert!(
+            removed.read(|a| !a.state.removed_servers().contains_key(&other)),
+            "it learned it from a member, not from its log (members send it nothing)"
+        );
+        let term = removed.raft().metrics().borrow().current_term;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(
+            removed.raft().metrics().borrow().current_term,
+            term,
+            "it stopped campaigning (it was at term {term_before} when the cut healed)"
+        );
+        let leader_now = w.wait_leader(Duration::from_secs(5)).await;
+        assert!(
+            leader_now.is_some_and(|l| l != other),
+            "the members keep a leader: {leader_now:?}"
+        );
+        w.shutdown().await;
+    });
+}
+
 fn server_token(text: &str, node_id: u64, rejoin: bool) -> JoinToken {
     JoinToken {
         token_sha256: attest::sha256_hex(text.as_bytes()),

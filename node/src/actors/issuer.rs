@@ -1,15 +1,18 @@
-//! [`Issuer`]: authorizes a signing request against the **local applied state** and signs with
-//! this node's active key — no Raft write and no leader on the signing path (DESIGN.md §2).
+//! [`Issuer`]: authorizes a signing request against the **local applied state** and grants it
+//! this node's active key — no Raft write and no leader on the signing path (DESIGN.md §2). A
+//! grant ([`X509Grant`], [`JwtGrant`]) is decided under the shell's read locks and signs after
+//! they are released.
 //!
 //! Partition knob: a node that has not heard from a leader (or, as leader, from a quorum) for
 //! longer than `staleness_max` refuses to issue, so revocation lag stays bounded by
 //! `staleness_max` + the SVID TTL.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use attest::jwt::JwtSvidRequest;
+use attest::jwt::{JwtKey, JwtSvidRequest};
 use attest::keyring::NodeKeyring;
-use attest::x509::{X509Policy, X509Svid, X509SvidRequest};
+use attest::x509::{X509Ca, X509Policy, X509Svid, X509SvidRequest};
 use raft::State;
 use rand_core::RngCore;
 use wire::{AgentRecord, EntryId, Mono, RegistrationEntry, SpiffeId, TrustDomain, UnixTime};
@@ -154,20 +157,17 @@ impl Issuer {
         )))
     }
 
-    /// Signs an X.509-SVID for entry `entry_id` on behalf of `agent`, for the workload key
-    /// `public_key_der` (generated on the agent's host; only the public key travels).
-    #[allow(clippy::too_many_arguments)]
-    pub fn issue_x509(
+    /// Whether `agent` may have an X.509-SVID for entry `entry_id` now, and with which key:
+    /// checked under the shell's locks, signed after them ([`X509Grant::sign`]).
+    pub fn grant_x509(
         &self,
         state: &State,
         keyring: &NodeKeyring,
         agent: &SpiffeId,
         entry_id: &EntryId,
-        public_key_der: &[u8],
         now: Mono,
         wall: UnixTime,
-        rng: &mut dyn RngCore,
-    ) -> Result<X509Svid, Error> {
+    ) -> Result<X509Grant, Error> {
         self.check_fresh(now)?;
         let entry = self.authorize(state, agent, entry_id)?;
         let ca = keyring.active_x509(wall).ok_or(Error::NoActiveKey)?;
@@ -176,23 +176,25 @@ impl Issuer {
             state.authorities().contains_key(&ca.authority().id),
             "the active CA must be published in the applied bundle"
         );
-        ca.mint_for_entry(entry, public_key_der, &self.cfg.x509, wall, rng)
-            .map_err(Error::Attest)
+        Ok(X509Grant {
+            ca: ca.clone(),
+            subject: X509Subject::Entry {
+                entry: entry.clone(),
+                policy: self.cfg.x509,
+            },
+        })
     }
 
-    /// Signs a JWT-SVID for entry `entry_id` on behalf of `agent`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn issue_jwt(
+    /// Whether `agent` may have a JWT-SVID for entry `entry_id` now, and with which key.
+    pub fn grant_jwt(
         &self,
         state: &State,
         keyring: &NodeKeyring,
         agent: &SpiffeId,
         entry_id: &EntryId,
-        audience: &[String],
         now: Mono,
         wall: UnixTime,
-        rng: &mut dyn RngCore,
-    ) -> Result<(String, UnixTime), Error> {
+    ) -> Result<JwtGrant, Error> {
         self.check_fresh(now)?;
         let entry = self.authorize(state, agent, entry_id)?;
         let key = keyring.active_jwt(wall).ok_or(Error::NoActiveKey)?;
@@ -204,41 +206,117 @@ impl Issuer {
             0 => self.cfg.jwt_default_ttl,
             secs => Duration::from_secs(u64::from(secs)),
         };
-        let req = JwtSvidRequest {
-            spiffe_id: &entry.spiffe_id,
-            audience,
+        Ok(JwtGrant {
+            key: key.clone(),
+            spiffe_id: entry.spiffe_id.clone(),
             ttl,
-            issuer: None,
-            with_jti: false,
-        };
-        let token = key.mint(&req, wall, rng).map_err(Error::Attest)?;
-        Ok((token, key.expiry(wall, ttl)))
+        })
     }
 
-    /// Renews an attested, unbanned agent's own SVID (no Raft write: renewals are recorded
-    /// afterwards, best-effort).
-    #[allow(clippy::too_many_arguments)]
-    pub fn issue_agent_svid(
+    /// Whether an attested, unbanned agent may renew its own SVID now (no Raft write: renewals
+    /// are recorded afterwards, best-effort).
+    pub fn grant_agent_svid(
         &self,
         state: &State,
         keyring: &NodeKeyring,
         agent: &SpiffeId,
-        public_key_der: &[u8],
         now: Mono,
         wall: UnixTime,
-        rng: &mut dyn RngCore,
-    ) -> Result<X509Svid, Error> {
+    ) -> Result<X509Grant, Error> {
         self.check_fresh(now)?;
         attested_agent(state, agent)?;
         let ca = keyring.active_x509(wall).ok_or(Error::NoActiveKey)?;
-        let req = X509SvidRequest {
-            spiffe_id: agent,
-            dns_names: &[],
-            public_key_der,
-            ttl: self.cfg.agent_ttl,
-            not_before_cushion: self.cfg.x509.not_before_cushion,
+        Ok(X509Grant {
+            ca: ca.clone(),
+            subject: X509Subject::Agent {
+                spiffe_id: agent.clone(),
+                ttl: self.cfg.agent_ttl,
+                not_before_cushion: self.cfg.x509.not_before_cushion,
+            },
+        })
+    }
+}
+
+/// An X.509-SVID the [`Issuer`] allowed: the active CA (shared, see [`attest::keyring`]) and
+/// what goes into the certificate. Taken under the shell's locks; [`X509Grant::sign`] holds
+/// none, so a node signs on every core.
+#[derive(Debug)]
+pub struct X509Grant {
+    ca: Arc<X509Ca>,
+    subject: X509Subject,
+}
+
+#[derive(Debug)]
+enum X509Subject {
+    Entry {
+        entry: RegistrationEntry,
+        policy: X509Policy,
+    },
+    Agent {
+        spiffe_id: SpiffeId,
+        ttl: Duration,
+        not_before_cushion: Duration,
+    },
+}
+
+impl X509Grant {
+    /// Signs the SVID for `public_key_der` (generated on the agent's host; only the public key
+    /// travels).
+    pub fn sign(
+        &self,
+        public_key_der: &[u8],
+        wall: UnixTime,
+        rng: &mut dyn RngCore,
+    ) -> Result<X509Svid, Error> {
+        match &self.subject {
+            X509Subject::Entry { entry, policy } => {
+                self.ca
+                    .mint_for_entry(entry, public_key_der, policy, wall, rng)
+            }
+            X509Subject::Agent {
+                spiffe_id,
+                ttl,
+                not_before_cushion,
+            } => {
+                let req = X509SvidRequest {
+                    spiffe_id,
+                    dns_names: &[],
+                    public_key_der,
+                    ttl: *ttl,
+                    not_before_cushion: *not_before_cushion,
+                };
+                self.ca.mint(&req, wall, rng)
+            }
+        }
+        .map_err(Error::Attest)
+    }
+}
+
+/// A JWT-SVID the [`Issuer`] allowed: the active JWT key, the subject and the lifetime.
+#[derive(Debug)]
+pub struct JwtGrant {
+    key: Arc<JwtKey>,
+    spiffe_id: SpiffeId,
+    ttl: Duration,
+}
+
+impl JwtGrant {
+    /// Signs the token for `audience`; returns it with its expiry.
+    pub fn sign(
+        &self,
+        audience: &[String],
+        wall: UnixTime,
+        rng: &mut dyn RngCore,
+    ) -> Result<(String, UnixTime), Error> {
+        let req = JwtSvidRequest {
+            spiffe_id: &self.spiffe_id,
+            audience,
+            ttl: self.ttl,
+            issuer: None,
+            with_jti: false,
         };
-        ca.mint(&req, wall, rng).map_err(Error::Attest)
+        let token = self.key.mint(&req, wall, rng).map_err(Error::Attest)?;
+        Ok((token, self.key.expiry(wall, self.ttl)))
     }
 }
 
@@ -334,16 +412,15 @@ mod tests {
         let mut rng = Seed::from_u64(11).rng();
         let agent: SpiffeId = AGENT.parse().expect("id");
         let svid = issuer
-            .issue_x509(
+            .grant_x509(
                 &f.state,
                 f.rotation.keyring(),
                 &agent,
                 &EntryId::from_random([1; 16]),
-                &workload_key(&f),
                 now,
                 f.wall,
-                &mut rng,
             )
+            .and_then(|g| g.sign(&workload_key(&f), f.wall, &mut rng))
             .expect("issued");
         let bundle = f.state.bundle(300);
         let id = validate_x509_svid(&[svid.cert_der.as_slice()], &(td, bundle), f.wall)
@@ -352,29 +429,21 @@ mod tests {
         assert_eq!(svid.not_after.as_secs(), f.wall.as_secs() + 600);
 
         let (jwt, exp) = issuer
-            .issue_jwt(
+            .grant_jwt(
                 &f.state,
                 f.rotation.keyring(),
                 &agent,
                 &EntryId::from_random([1; 16]),
-                &["db".to_owned()],
                 now,
                 f.wall,
-                &mut rng,
             )
+            .and_then(|g| g.sign(&["db".to_owned()], f.wall, &mut rng))
             .expect("jwt");
         assert_eq!(jwt.split('.').count(), 3);
         assert_eq!(exp.as_secs(), f.wall.as_secs() + 300);
         let agent_svid = issuer
-            .issue_agent_svid(
-                &f.state,
-                f.rotation.keyring(),
-                &agent,
-                &workload_key(&f),
-                now,
-                f.wall,
-                &mut rng,
-            )
+            .grant_agent_svid(&f.state, f.rotation.keyring(), &agent, now, f.wall)
+            .and_then(|g| g.sign(&workload_key(&f), f.wall, &mut rng))
             .expect("agent svid");
         assert!(!agent_svid.cert_der.is_empty());
     }
@@ -398,16 +467,9 @@ mod tests {
                      entry: &EntryId,
                      now,
                      rng: &mut rand_chacha::ChaCha20Rng| {
-            issuer.issue_x509(
-                state,
-                f.rotation.keyring(),
-                agent,
-                entry,
-                &key,
-                now,
-                f.wall,
-                rng,
-            )
+            issuer
+                .grant_x509(state, f.rotation.keyring(), agent, entry, now, f.wall)
+                .and_then(|g| g.sign(&key, f.wall, rng))
         };
 
         assert!(

@@ -8,5 +8,5 @@ pub mod membership;
 pub mod rotation;
 
 pub use agent::AgentCache;
-pub use issuer::{Issuer, IssuerConfig};
+pub use issuer::{Issuer, IssuerConfig, JwtGrant, X509Grant};
 pub use rotation::CaRotation;
