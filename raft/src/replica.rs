@@ -513,14 +513,23 @@ pub fn accepts_requests_from(
         let empty = membership.nodes().next().is_none();
         (known, empty)
     };
-    let (registered, removed) = {
-        let a = applied.read().unwrap_or_else(|p| p.into_inner());
-        (
-            a.state.servers().contains_key(&from),
-            a.state.removed_servers().contains_key(&from),
-        )
-    };
-    !removed && (no_membership || in_membership || registered)
+    let registered = applied
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .state
+        .servers()
+        .contains_key(&from);
+    !was_removed(applied, from) && (no_membership || in_membership || registered)
+}
+
+/// Whether this node applied the removal of server `peer`.
+fn was_removed(applied: &std::sync::RwLock<Applied>, peer: PeerId) -> bool {
+    applied
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .state
+        .removed_servers()
+        .contains_key(&peer)
 }
 
 /// Turns this node's elections, heartbeats and ticks off: it was removed from the cluster (it
@@ -605,13 +614,7 @@ async fn dispatch<T: Transport>(
             RaftMsg::Response { id, body } => {
                 // A removed server's answers do not count either (its vote responses would
                 // carry its runaway term to the members and keep them from electing a leader).
-                let removed = applied
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .state
-                    .removed_servers()
-                    .contains_key(&from);
-                if removed {
+                if was_removed(&applied, from) {
                     continue;
                 }
                 let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -633,13 +636,7 @@ async fn dispatch<T: Transport>(
                 }
             }
             RaftMsg::Request { id, body } => {
-                let removed = applied
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .state
-                    .removed_servers()
-                    .contains_key(&from);
-                if removed {
+                if was_removed(&applied, from) {
                     // Tell it, so it stops campaigning (its requests are still not answered).
                     if let Ok(frame) = codec::encode(&RaftMsg::Removed) {
                         let _ = shared.transport.send(from, frame);

@@ -11,6 +11,9 @@ use std::process::ExitCode;
 
 use crate::world::{run_seed, RunOptions};
 
+/// A batch without `--verbose` reports its progress every this many seeds.
+const PROGRESS_EVERY: u64 = 500;
+
 struct Args {
     first_seed: u64,
     seeds: u64,
@@ -30,7 +33,8 @@ pub fn usage(prog: &str) -> String {
   --nodes N       server nodes, 3 or 5 (default 3)
   --steps N       safety-phase steps per seed (default 200)
   --twice         run every seed twice and compare trace hashes (determinism check)
-  --verbose       print every seed, not only failures and a summary"
+  --verbose       print every seed, not only failures and a summary (without it, progress
+                  goes to stderr every 500 seeds)"
     )
 }
 
@@ -157,6 +161,16 @@ pub fn main_with_args(prog: &str, args: impl Iterator<Item = String>) -> ExitCod
                 report.hostile,
                 report.net,
                 report.faults
+            );
+        }
+        let done = seed - args.first_seed + 1;
+        if !args.verbose && done % PROGRESS_EVERY == 0 && done < args.seeds {
+            // A long batch says how far it is (on stderr: stdout stays the report).
+            eprintln!(
+                "{prog}: {done}/{} seeds, {} failed so far, {:.0} s",
+                args.seeds,
+                failed + u64::from(!ok),
+                wall_start.elapsed().as_secs_f64()
             );
         }
         if !ok {

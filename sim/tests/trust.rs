@@ -55,6 +55,37 @@ async fn ready_world(seed: u64) -> (World, u64) {
     panic!("nodes not ready to issue within 30 s");
 }
 
+/// Registers every live node as a server through `leader` (the simulator does not run the
+/// shell that registers servers).
+async fn register_servers(w: &World, leader: u64) {
+    for id in w.live() {
+        let server = wire::ServerRecord {
+            node_id: id,
+            addr: format!("sim:{id}"),
+        };
+        w.write(leader, Command::RegisterServer { server })
+            .await
+            .expect("commit")
+            .expect("registered");
+    }
+}
+
+/// Removes server `node` through `leader`.
+async fn remove_server(w: &World, leader: u64, node: u64) {
+    w.write(
+        leader,
+        Command::RemoveServer {
+            node_id: node,
+            at: UnixTime::from_secs(2),
+            prune_after: UnixTime::from_secs(3),
+            compromised: false,
+        },
+    )
+    .await
+    .expect("commit")
+    .expect("removed");
+}
+
 /// Creates an agent join token through `node`; returns its text.
 async fn agent_token(w: &World, node: u64, text: &str) -> String {
     let token = JoinToken {
@@ -299,28 +330,8 @@ fn a_forged_authority_and_a_removed_servers_writes_are_refused() {
         // Remove `other` (it does not know: it keeps running); its forwarded writes no longer
         // commit, and what it proposes never appears. (The simulator does not run the shell
         // that registers servers: register them here.)
-        for id in w.live() {
-            let server = wire::ServerRecord {
-                node_id: id,
-                addr: format!("sim:{id}"),
-            };
-            w.write(leader, Command::RegisterServer { server })
-                .await
-                .expect("commit")
-                .expect("registered");
-        }
-        w.write(
-            leader,
-            Command::RemoveServer {
-                node_id: other,
-                at: UnixTime::from_secs(2),
-                prune_after: UnixTime::from_secs(3),
-                compromised: false,
-            },
-        )
-        .await
-        .expect("commit")
-        .expect("removed");
+        register_servers(&w, leader).await;
+        remove_server(&w, leader, other).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let entry = w.new_entry();
         let id = entry.id.clone();
@@ -358,30 +369,10 @@ fn a_server_removed_while_cut_off_is_told_and_stands_down() {
             .into_iter()
             .find(|id| *id != leader)
             .expect("follower");
-        for id in w.live() {
-            let server = wire::ServerRecord {
-                node_id: id,
-                addr: format!("sim:{id}"),
-            };
-            w.write(leader, Command::RegisterServer { server })
-                .await
-                .expect("commit")
-                .expect("registered");
-        }
+        register_servers(&w, leader).await;
         let rest: Vec<u64> = w.live().into_iter().filter(|id| *id != other).collect();
         w.net().partition(&[vec![other], rest]);
-        w.write(
-            leader,
-            Command::RemoveServer {
-                node_id: other,
-                at: UnixTime::from_secs(2),
-                prune_after: UnixTime::from_secs(3),
-                compromised: false,
-            },
-        )
-        .await
-        .expect("commit")
-        .expect("removed");
+        remove_server(&w, leader, other).await;
         // Cut off, it campaigns (nobody hears it) and does not know yet.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let removed = w.replica(other).expect("removed node runs");
@@ -441,16 +432,7 @@ fn joined(answer: &ApiResponse) -> bool {
 fn a_server_token_admits_its_node_once_and_a_revoked_token_nobody() {
     block_on(async {
         let (mut w, leader) = ready_world(206).await;
-        for id in w.live() {
-            let server = wire::ServerRecord {
-                node_id: id,
-                addr: format!("sim:{id}"),
-            };
-            w.write(leader, Command::RegisterServer { server })
-                .await
-                .expect("commit")
-                .expect("registered");
-        }
+        register_servers(&w, leader).await;
         // A token for a member's ID is refused unless it says rejoin.
         let member = w
             .write(
