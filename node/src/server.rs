@@ -262,9 +262,7 @@ impl<T: Transport> ServerNode<T> {
     ) -> Result<X509Svid, Error> {
         let env = &self.inner.env;
         let td = &self.inner.cfg.issuer.trust_domain;
-        let id = td
-            .join(&["sigil", "server", &node_id.to_string()])
-            .map_err(|e| Error::NotAuthorized(e.to_string()))?;
+        let id = td.server_id(node_id);
         let wall = env.wall();
         let ca = read(&self.inner.rotation)
             .keyring()

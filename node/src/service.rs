@@ -40,27 +40,21 @@ pub const LOCAL_APPLY_WAIT: Duration = Duration::from_secs(5);
 
 /// The SPIFFE ID of an agent attested with the join token whose hash is `token_sha256`.
 pub fn join_token_agent_id(td: &TrustDomain, token_sha256: &str) -> Result<SpiffeId, Error> {
-    td.join(&["sigil", "agent", "join_token", token_sha256])
+    td.agent_id("join_token", token_sha256)
         .map_err(|e| Error::Config(e.to_string()))
 }
 
 /// The SPIFFE ID of the agent attested by x509pop with the certificate whose fingerprint
 /// (lowercase hex SHA-256 of its DER) is `fingerprint`.
 pub fn x509pop_agent_id(td: &TrustDomain, fingerprint: &str) -> Result<SpiffeId, Error> {
-    td.join(&["sigil", "agent", "x509pop", fingerprint])
+    td.agent_id("x509pop", fingerprint)
         .map_err(|e| Error::Config(e.to_string()))
 }
 
 /// The SPIFFE ID of the agent attested by TPM whose EK hash (lowercase hex SHA-256 of the EK's
 /// SubjectPublicKeyInfo) is `ek_hash`.
 pub fn tpm_agent_id(td: &TrustDomain, ek_hash: &str) -> Result<SpiffeId, Error> {
-    td.join(&["sigil", "agent", "tpm", ek_hash])
-        .map_err(|e| Error::Config(e.to_string()))
-}
-
-/// The SPIFFE ID of server node `node_id`.
-pub fn server_id(td: &TrustDomain, node_id: u64) -> Result<SpiffeId, Error> {
-    td.join(&["sigil", "server", &node_id.to_string()])
+    td.agent_id("tpm", ek_hash)
         .map_err(|e| Error::Config(e.to_string()))
 }
 
@@ -293,7 +287,7 @@ impl<T: Transport> NodeService<T> {
         let wall = self.node.env().wall();
         let id = validate_x509_svid(chain, &(td.clone(), self.node.bundle()), wall)
             .map_err(|e| ApiError::new(ApiCode::Unauthenticated, e.to_string()))?;
-        if !id.path().starts_with("/sigil/agent/") {
+        if !id.is_agent() {
             return Err(denied(format!("{id} is not an agent")));
         }
         self.node.replica().read(|a| match a.state.agent(&id) {
@@ -809,7 +803,7 @@ impl<T: Transport> NodeService<T> {
     ) -> Result<ApiResponse, ApiError> {
         let token_sha256 = attest::sha256_hex(token.as_bytes());
         let key_sha256 = attest::sha256_hex(public_key_der);
-        let spiffe_id = server_id(self.td(), node_id).map_err(|e| api_error(&e))?;
+        let spiffe_id = self.td().server_id(node_id);
         let server = ServerRecord { node_id, addr };
         let check = self
             .check_token(

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use attest::keys::RingKeySource;
 use attest::{Action, Keyring, KeyringConfig, PublishedAuthorities, X509Ca, X509SvidRequest};
-use node::rt::tls::{dial_config, server_spiffe_id, SERVER_NAME};
+use node::rt::tls::{dial_config, SERVER_NAME};
 use node::rt::{NodeIdentity, QuicConfig, QuicTransport, SystemEnv, TlsKey, TrustStore};
 use raft::replica::{Replica, ReplicaConfig};
 use raft::MemKv;
@@ -177,7 +177,7 @@ fn cluster(n: u64, config: impl Fn(u64) -> QuicConfig) -> Cluster {
     let mut nodes = Vec::new();
     for (i, ca) in (1..=n).zip(&cas) {
         let trust = TrustStore::new(td.clone(), b.clone());
-        let identity = ca.identity(&server_spiffe_id(&td, i));
+        let identity = ca.identity(&td.server_id(i));
         nodes.push(start_with(config(i), &identity, trust.clone(), &env));
         trusts.push(trust);
     }
@@ -309,11 +309,11 @@ async fn peers_failing_verification_are_refused() {
     let trusted = bundle(&[good_ca.authority()]);
     let good = start(
         1,
-        &good_ca.identity(&server_spiffe_id(&td, 1)),
+        &good_ca.identity(&td.server_id(1)),
         TrustStore::new(td.clone(), trusted.clone()),
         &env,
     );
-    let server9 = server_spiffe_id(&td, 9);
+    let server9 = td.server_id(9);
 
     // 1. A CA that is not in the bundle (the bad peer itself trusts both).
     let rogue = Ca::new(&td, 9, wall);
@@ -343,7 +343,7 @@ async fn peers_failing_verification_are_refused() {
     let foreign = Ca::new(&other, 9, wall);
     let bad = start(
         9,
-        &foreign.identity(&server_spiffe_id(&other, 9)),
+        &foreign.identity(&other.server_id(9)),
         TrustStore::new(td.clone(), trusted.clone()),
         &env,
     );
@@ -424,7 +424,7 @@ async fn receiver_drops_oversized_frames_and_keeps_the_connection() {
     let mut c = cluster(2, |i| QuicConfig::new(i, loopback()));
     let b = &c.nodes[1];
     // A raw client speaking the protocol as node 1, without `send`'s size check.
-    let identity = c.cas[0].identity(&server_spiffe_id(&self::td(TD), 1));
+    let identity = c.cas[0].identity(&self::td(TD).server_id(1));
     let tls = dial_config(&identity, c.trusts[0].clone(), c.env.clone(), 2).expect("tls");
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
     let endpoint = quinn::Endpoint::client(loopback()).expect("client endpoint");
@@ -519,7 +519,7 @@ async fn a_restarted_peer_is_reached_again() {
 
     // Same node, same address, fresh process state (new key and SVID).
     let td = self::td(TD);
-    let identity = c.cas[1].identity(&server_spiffe_id(&td, 2));
+    let identity = c.cas[1].identity(&td.server_id(2));
     let mut config = QuicConfig::new(2, addr);
     config.backoff_max = Duration::from_millis(500);
     let restarted = timeout(WAIT, async {
@@ -586,7 +586,7 @@ async fn rotated_identity_and_pruned_authority() {
     for t in &c.trusts {
         t.update(bundle(&auths));
     }
-    c.nodes[0].set_identity(&next_ca.identity(&server_spiffe_id(&td, 1)));
+    c.nodes[0].set_identity(&next_ca.identity(&td.server_id(1)));
 
     // The old CA is pruned: connections still authenticated by node 1's old SVID are closed by
     // revalidation, and the redialled ones must use the new SVID (the old no longer verifies).

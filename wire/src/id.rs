@@ -212,6 +212,61 @@ impl TrustDomain {
     }
 }
 
+/// The path prefix of sigil's server node identities: `spiffe://<td>/sigil/server/<node ID>`.
+pub const SERVER_PATH_PREFIX: &str = "/sigil/server/";
+/// The path prefix of sigil's agent identities: `spiffe://<td>/sigil/agent/<method>/<id>`.
+pub const AGENT_PATH_PREFIX: &str = "/sigil/agent/";
+
+/// sigil's own identities (under the reserved `/sigil/` path, which entries cannot claim).
+impl TrustDomain {
+    /// Server node `node_id`'s SPIFFE ID, `spiffe://<td>/sigil/server/<node_id>`.
+    pub fn server_id(&self, node_id: u64) -> SpiffeId {
+        // A checked trust domain and a decimal segment: always a valid ID, far below the limit.
+        SpiffeId {
+            text: format!("{SCHEME_PREFIX}{}{SERVER_PATH_PREFIX}{node_id}", self.0),
+            td_len: self.0.len(),
+        }
+    }
+
+    /// The parent of every server node identity, `spiffe://<td>/sigil/server`.
+    pub fn servers_id(&self) -> SpiffeId {
+        let prefix = SERVER_PATH_PREFIX.trim_end_matches('/');
+        SpiffeId {
+            text: format!("{SCHEME_PREFIX}{}{prefix}", self.0),
+            td_len: self.0.len(),
+        }
+    }
+
+    /// The SPIFFE ID of an agent attested by `method` (`join_token`, `x509pop`, `tpm`) with the
+    /// identifying value `key` (a token hash, a certificate fingerprint, an EK hash).
+    pub fn agent_id(&self, method: &str, key: &str) -> Result<SpiffeId, Error> {
+        self.join(&["sigil", "agent", method, key])
+    }
+}
+
+impl SpiffeId {
+    /// The node ID if this is a server node identity of `td` (`spiffe://<td>/sigil/server/<n>`
+    /// with `n` a canonical decimal `u64`), `None` for anything else.
+    pub fn server_node(&self, td: &TrustDomain) -> Option<u64> {
+        if !self.is_member_of(td) {
+            return None;
+        }
+        let digits = self.path().strip_prefix(SERVER_PATH_PREFIX)?;
+        let canonical = !digits.is_empty()
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && (digits == "0" || !digits.starts_with('0'));
+        if !canonical {
+            return None;
+        }
+        digits.parse().ok()
+    }
+
+    /// Whether this is an agent identity (`spiffe://<any td>/sigil/agent/...`).
+    pub fn is_agent(&self) -> bool {
+        self.path().starts_with(AGENT_PATH_PREFIX)
+    }
+}
+
 impl FromStr for TrustDomain {
     type Err = Error;
 
@@ -540,6 +595,48 @@ mod tests {
         for (input, rule) in invalid {
             assert_eq!(td_rule_of(input), rule, "{input:?}");
         }
+    }
+
+    #[test]
+    fn sigil_identities() {
+        let td: TrustDomain = "example.org".parse().expect("td");
+        let id = |s: &str| -> SpiffeId { s.parse().expect("id") };
+        assert_eq!(td.server_id(3), id("spiffe://example.org/sigil/server/3"));
+        assert_eq!(
+            td.server_id(u64::MAX).server_node(&td),
+            Some(u64::MAX),
+            "round trip"
+        );
+        assert_eq!(td.servers_id(), id("spiffe://example.org/sigil/server"));
+        for (text, node) in [
+            ("spiffe://example.org/sigil/server/7", Some(7)),
+            ("spiffe://example.org/sigil/server/0", Some(0)),
+            ("spiffe://other.org/sigil/server/7", None),
+            ("spiffe://example.org/web", None),
+            ("spiffe://example.org/sigil/server", None),
+            ("spiffe://example.org/sigil/server/07", None),
+            ("spiffe://example.org/sigil/server/7/x", None),
+            (
+                "spiffe://example.org/sigil/server/18446744073709551616",
+                None,
+            ),
+            ("spiffe://example.org/sigil/agent/7", None),
+        ] {
+            assert_eq!(id(text).server_node(&td), node, "{text}");
+        }
+        let agent = td.agent_id("join_token", "ab12").expect("agent");
+        assert_eq!(
+            agent,
+            id("spiffe://example.org/sigil/agent/join_token/ab12")
+        );
+        assert!(agent.is_agent());
+        assert!(!td.server_id(1).is_agent());
+        assert!(!id("spiffe://example.org/sigil/agentx/1").is_agent());
+        assert!(
+            td.agent_id("x509pop", "a/b").is_ok(),
+            "two segments, both valid"
+        );
+        assert!(td.agent_id("tpm", "..").is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::io::Write;
 use clap::Args;
 use serde_json::{json, Value};
 use wire::admin as pb;
+use wire::SpiffeId;
 
 use super::{check_id, fail, print_json, rfc3339, AdminSocket, CliError};
 
@@ -124,7 +125,7 @@ impl AgentIdArgs {
     /// Runs `action` on the agent.
     pub async fn run(self, action: AgentAction, out: &mut impl Write) -> Result<(), CliError> {
         let spiffe_id = check_id("spiffe-id", &self.spiffe_id)?;
-        if !spiffe_id.contains("/sigil/agent/") {
+        if !spiffe_id.parse::<SpiffeId>().is_ok_and(|id| id.is_agent()) {
             return Err(fail(format!(
                 "--spiffe-id {spiffe_id} is not an agent ID (agents are spiffe://<td>/sigil/agent/<method>/<id>; see `sigil agent list`)"
             )));

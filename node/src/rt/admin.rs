@@ -804,10 +804,7 @@ impl<T: Transport> Admin for AdminService<T> {
             s => {
                 let spiffe_id = parse_id("spiffe_id", s)?;
                 self.in_trust_domain("spiffe_id", &spiffe_id)?;
-                let servers = self
-                    .trust_domain
-                    .join(&["sigil", "server"])
-                    .map_err(|e| Status::internal(one_line(&e.to_string())))?;
+                let servers = self.trust_domain.servers_id();
                 let selector = Selector::new("spiffe_id", agent_id.as_str())
                     .map_err(|e| Status::internal(one_line(&e.to_string())))?;
                 let entry = RegistrationEntry {

@@ -14,7 +14,7 @@
 //! Peer verification: the presented chain goes through [`attest::x509::validate_x509_svid`]
 //! (the one X.509-SVID validator of the code base) against the trust store's bundle at the
 //! [`wire::Env`] wall time, and the SPIFFE ID must be a server ID of our trust domain,
-//! `spiffe://<td>/sigil/server/<u64>` ([`server_peer_id`]); the number is the peer's
+//! `spiffe://<td>/sigil/server/<u64>` ([`SpiffeId::server_node`]); the number is the peer's
 //! [`PeerId`]. A client additionally requires the node ID it dialled. Handshake signatures are
 //! checked by [`rustls::crypto::verify_tls13_signature`] with ring's algorithms. SVIDs carry no
 //! DNS SAN, so the TLS server name is a fixed [`SERVER_NAME`] and otherwise ignored.
@@ -44,10 +44,6 @@ use zeroize::Zeroizing;
 pub const ALPN: &[u8] = b"sigil/1";
 /// The TLS server name every client sends (SVIDs have no DNS SAN; verifiers ignore it).
 pub const SERVER_NAME: &str = "sigil";
-/// The path prefix of server node identities.
-const SERVER_PATH_PREFIX: &str = "/sigil/server/";
-/// The path prefix of agent identities.
-const AGENT_PATH_PREFIX: &str = "/sigil/agent/";
 
 /// Errors building TLS material. Never contain key bytes.
 #[derive(Debug, thiserror::Error)]
@@ -67,30 +63,6 @@ pub enum TlsError {
 /// The ring crypto provider (the only one sigil uses).
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// The [`PeerId`] of a server node identity `spiffe://<td>/sigil/server/<u64>` in trust domain
-/// `td`, or `None` for any other ID (another trust domain, another path, a non-canonical number).
-pub fn server_peer_id(id: &SpiffeId, td: &TrustDomain) -> Option<PeerId> {
-    if !id.is_member_of(td) {
-        return None;
-    }
-    let digits = id.path().strip_prefix(SERVER_PATH_PREFIX)?;
-    let canonical = !digits.is_empty()
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && (digits == "0" || !digits.starts_with('0'));
-    if !canonical {
-        return None;
-    }
-    digits.parse().ok()
-}
-
-/// The SPIFFE ID of server node `node_id` in `td`.
-pub fn server_spiffe_id(td: &TrustDomain, node_id: PeerId) -> SpiffeId {
-    // A trust domain ID followed by a plain path segment always parses.
-    format!("{}{SERVER_PATH_PREFIX}{node_id}", td.id().as_str())
-        .parse()
-        .unwrap_or_else(|_| td.id())
 }
 
 /// The trust domain's current bundle, shared by every connection's verifier and replaced as
@@ -150,7 +122,7 @@ impl TrustStore {
     ) -> Result<PeerId, PeerReject> {
         let guard = self.current.read().unwrap_or_else(|p| p.into_inner());
         let id = validate_x509_svid(chain, &*guard, wall).map_err(PeerReject::Svid)?;
-        server_peer_id(&id, &guard.0).ok_or(PeerReject::NotAServer(id))
+        id.server_node(&guard.0).ok_or(PeerReject::NotAServer(id))
     }
 
     /// Validates a presented chain (leaf first) at `wall` as a server node's or an agent's SVID
@@ -162,9 +134,8 @@ impl TrustStore {
     ) -> Result<SpiffeId, PeerReject> {
         let guard = self.current.read().unwrap_or_else(|p| p.into_inner());
         let id = validate_x509_svid(chain, &*guard, wall).map_err(PeerReject::Svid)?;
-        let member = id.trust_domain() == guard.0
-            && (server_peer_id(&id, &guard.0).is_some()
-                || id.path().starts_with(AGENT_PATH_PREFIX));
+        let member =
+            id.trust_domain() == guard.0 && (id.server_node(&guard.0).is_some() || id.is_agent());
         if member {
             Ok(id)
         } else {
@@ -644,49 +615,6 @@ pub fn api_client_config(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn td() -> TrustDomain {
-        "example.org".parse().expect("td")
-    }
-
-    fn id(s: &str) -> SpiffeId {
-        s.parse().expect("id")
-    }
-
-    #[test]
-    fn server_ids_parse_strictly() {
-        let td = td();
-        assert_eq!(
-            server_peer_id(&id("spiffe://example.org/sigil/server/7"), &td),
-            Some(7)
-        );
-        assert_eq!(
-            server_peer_id(&id("spiffe://example.org/sigil/server/0"), &td),
-            Some(0)
-        );
-        assert_eq!(
-            server_peer_id(
-                &id("spiffe://example.org/sigil/server/18446744073709551615"),
-                &td
-            ),
-            Some(u64::MAX)
-        );
-        for bad in [
-            "spiffe://other.org/sigil/server/7",
-            "spiffe://example.org/web",
-            "spiffe://example.org/sigil/server",
-            "spiffe://example.org/sigil/server/07",
-            "spiffe://example.org/sigil/server/7/x",
-            "spiffe://example.org/sigil/server/18446744073709551616",
-            "spiffe://example.org/sigil/agent/7",
-        ] {
-            assert_eq!(server_peer_id(&id(bad), &td), None, "{bad}");
-        }
-        assert_eq!(
-            server_spiffe_id(&td, 3),
-            id("spiffe://example.org/sigil/server/3")
-        );
-    }
 
     #[test]
     fn key_debug_shows_no_secret() {
