@@ -84,8 +84,8 @@ pub enum RaftMsg {
     /// applied the removal of. A removed node that never applied its own removal (it was cut off
     /// when it committed) otherwise campaigns for ever, and a member that lags behind the
     /// removal too keeps granting it votes whose terms unseat every leader (chaos seed 900526 on
-    /// 5 nodes). The receiver believes it only from a member of its own view and then stops
-    /// campaigning, as if it had applied its removal.
+    /// 5 nodes). The receiver believes it once a majority of the voters of its own view said
+    /// so, and then stops campaigning, as if it had applied its removal.
     Removed,
 }
 
@@ -602,6 +602,8 @@ async fn dispatch<T: Transport>(
 ) {
     // Peers whose refused requests were logged (once each, so a removed node cannot flood logs).
     let mut refused_logged: std::collections::BTreeSet<PeerId> = std::collections::BTreeSet::new();
+    // Members that told this node it was removed ([`RaftMsg::Removed`]).
+    let mut told_removed_by: std::collections::BTreeSet<PeerId> = std::collections::BTreeSet::new();
     while let Some((from, frame)) = shared.transport.recv().await {
         let msg: RaftMsg = match codec::decode(&frame) {
             Ok(msg) => msg,
@@ -626,13 +628,26 @@ async fn dispatch<T: Transport>(
                 }
             }
             RaftMsg::Removed => {
-                // Only a member of our own view can tell us; once is enough.
-                if !shared.told_removed.load(Ordering::Relaxed)
-                    && accepts_requests_from(&raft, &applied, from)
+                // Believed from members of our own view only, and only once a majority of its
+                // voters said so (a removal commits on a majority): one rogue or confused
+                // member cannot make a healthy node stand down.
+                if shared.told_removed.load(Ordering::Relaxed)
+                    || !accepts_requests_from(&raft, &applied, from)
                 {
+                    continue;
+                }
+                told_removed_by.insert(from);
+                let voters = raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .count();
+                if told_removed_by.len() * 2 > voters {
                     shared.told_removed.store(true, Ordering::Relaxed);
                     stand_down(&raft);
-                    tracing::warn!(peer = from, "a member says this server node was removed from the cluster: it no longer takes part in elections; stop it (`sigil cluster remove-server` was run for it)");
+                    tracing::warn!(told_by = ?told_removed_by, "a majority of the members say this server node was removed from the cluster: it no longer takes part in elections; stop it (`sigil cluster remove-server` was run for it)");
                 }
             }
             RaftMsg::Request { id, body } => {

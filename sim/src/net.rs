@@ -221,6 +221,12 @@ impl SimNet {
         self.with(|n| n.trace)
     }
 
+    /// Sends `frame` to `to` as if `from` sent it (the transport authenticated `from`): how an
+    /// attacker test plays a member that went rogue. Same faults as any frame.
+    pub fn send_as(&self, from: PeerId, to: PeerId, frame: Vec<u8>) -> Result<(), SendError> {
+        self.send(from, to, frame)
+    }
+
     fn send(&self, from: PeerId, to: PeerId, frame: Vec<u8>) -> Result<(), SendError> {
         let delays = self.with(|n| {
             if !n.inboxes.contains_key(&to) {

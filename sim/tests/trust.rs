@@ -401,6 +401,36 @@ fn a_server_removed_while_cut_off_is_told_and_stands_down() {
     });
 }
 
+/// One member (gone rogue, or confused) telling a healthy node it was removed does not make it
+/// stand down; a majority of its view's voters does (a real removal commits on a majority).
+#[test]
+fn one_member_cannot_tell_a_healthy_node_it_was_removed() {
+    block_on(async {
+        let (w, leader) = ready_world(207).await;
+        let members = w.live();
+        let target = *members.iter().find(|id| **id != leader).expect("follower");
+        let third = *members
+            .iter()
+            .find(|id| **id != leader && **id != target)
+            .expect("third");
+        let removed = wire::codec::encode(&raft::replica::RaftMsg::Removed).expect("encode");
+        for _ in 0..3 {
+            w.net()
+                .send_as(leader, target, removed.clone())
+                .expect("sent");
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let replica = w.replica(target).expect("target");
+        assert!(!replica.knows_removed(), "one member's word is not enough");
+        assert_eq!(w.leader(), Some(leader), "nothing changed");
+        w.net().send_as(third, target, removed).expect("sent");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(replica.knows_removed(), "a majority of {members:?} said so");
+        let mut w = w;
+        w.shutdown().await;
+    });
+}
+
 fn server_token(text: &str, node_id: u64, rejoin: bool) -> JoinToken {
     JoinToken {
         token_sha256: attest::sha256_hex(text.as_bytes()),
