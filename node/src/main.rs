@@ -36,19 +36,19 @@ enum Command {
     /// a server node (list, show, ban, unban, evict).
     Agent(AgentArgs),
     /// Registration entries: create, update, show, list, delete (admin socket).
-    Entry(cli::EntryArgs),
+    Entry(cli::entry::EntryArgs),
     /// Join tokens for agents and new server nodes (admin socket).
-    Token(cli::TokenArgs),
+    Token(cli::token::TokenArgs),
     /// This trust domain's bundle and its pinnable hash (admin socket).
-    Bundle(cli::BundleArgs),
+    Bundle(cli::bundle::BundleArgs),
     /// The server cluster: status (members, leader, term, CA keys, registered servers) and
     /// remove-server (admin socket).
-    Cluster(cli::ClusterArgs),
+    Cluster(cli::cluster::ClusterArgs),
     /// Exit 0 if the server node behind the admin socket is up and serving.
-    Healthcheck(cli::HealthcheckArgs),
+    Healthcheck(cli::health::HealthcheckArgs),
     /// The SPIFFE Workload API as this process sees it: fetch X.509-/JWT-SVIDs, validate a
     /// JWT-SVID, watch X.509-SVID updates (socket: --socket or $SPIFFE_ENDPOINT_SOCKET).
-    Api(cli::ApiArgs),
+    Api(cli::api::ApiArgs),
 }
 
 /// `sigil server` and `sigil agent` options.
@@ -101,7 +101,7 @@ struct AgentArgs {
 enum AgentCommand {
     /// What the running agent serves and whether it reaches a server (its admin socket). Exit 0
     /// when connected, 1 otherwise.
-    Health(cli::AgentHealthArgs),
+    Health(cli::health::AgentHealthArgs),
     /// Every attested agent: method, selectors, banned, latest SVID serial and expiry (a server
     /// node's admin socket).
     List(cli::agents::AgentListArgs),
