@@ -57,21 +57,28 @@ fn json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("JSON output")
 }
 
-#[test]
-fn bootstrap_serve_stop_and_restart() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("admin.sock");
-    let sock = socket.to_str().expect("utf8 path");
-    let config = dir.path().join("server.toml");
+/// Writes `dir/name`: a one-node server bootstrapping `server.test` with data in `dir/data` and
+/// its admin socket at `sock`.
+fn bootstrap_config(dir: &Path, name: &str, data: &str, sock: &str) -> std::path::PathBuf {
+    let config = dir.join(name);
     std::fs::write(
         &config,
         format!(
             "trust_domain = \"server.test\"\nnode_id = 1\ndata_dir = \"{}\"\nbind = \"127.0.0.1:0\"\n\
              admin_socket = \"{sock}\"\nbootstrap = true\n",
-            dir.path().join("data").display()
+            dir.join(data).display()
         ),
     )
     .expect("write config");
+    config
+}
+
+#[test]
+fn bootstrap_serve_stop_and_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("admin.sock");
+    let sock = socket.to_str().expect("utf8 path");
+    let config = bootstrap_config(dir.path(), "server.toml", "data", sock);
 
     let child = start(&config);
     let healthy = wait_for(Duration::from_secs(30), || {
@@ -124,6 +131,28 @@ fn bootstrap_serve_stop_and_restart() {
     ]));
     let text = status.to_string();
     assert!(text.contains("\"leader\""), "{text}");
+
+    // A second server configured with the same admin socket refuses to start, naming the
+    // path; the first keeps its socket and keeps serving.
+    let second = bootstrap_config(dir.path(), "second.toml", "data2", sock);
+    let out = Command::new(env!("CARGO_BIN_EXE_sigil"))
+        .args(["server", "--config"])
+        .arg(&second)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run a second server");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(sock) && err.contains("served by another running process"),
+        "{err}"
+    );
+    assert!(
+        sigil(&["healthcheck", "--admin-socket", sock])
+            .status
+            .success(),
+        "the first server still serves its socket"
+    );
 
     let code = stop(child);
     assert!(code.success(), "clean exit on SIGTERM: {code:?}");

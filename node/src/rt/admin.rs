@@ -21,7 +21,7 @@
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -1164,24 +1164,11 @@ pub fn io_text(text: &str) -> String {
 static BIND_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// Binds a Unix socket at `path` with permissions `mode`, replacing a stale socket file and
-/// refusing to replace anything else. The socket is bound in a fresh directory only the owner can
+/// refusing to replace anything else, a socket another process serves included
+/// ([`super::socket::claim`]). The socket is bound in a fresh directory only the owner can
 /// enter, given `mode`, then renamed into place: it is never reachable with looser permissions.
 pub fn bind_admin_socket(path: &Path, mode: u32) -> Result<tokio::net::UnixListener, Error> {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)
-            .map_err(|e| os_error("removing the stale admin socket", path, e))?,
-        Ok(_) => {
-            return Err(Error::Os {
-                what: "creating the admin socket",
-                detail: format!(
-                    "{} exists and is not a socket; refusing to replace it",
-                    path.display()
-                ),
-            })
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(os_error("inspecting the admin socket path", path, e)),
-    }
+    super::socket::claim(path, "creating the admin socket")?;
     let name = path.file_name().ok_or_else(|| Error::Os {
         what: "creating the admin socket",
         detail: format!("{} does not name a file", path.display()),
@@ -1262,6 +1249,7 @@ pub async fn serve_on_socket(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let listener = bind_admin_socket(path, mode)?;
+    let ours = super::socket::Claimed::record(path);
     tracing::info!(socket = %path.display(), "{what} listening");
     let incoming = tokio_stream::StreamExt::map(
         tokio_stream::wrappers::UnixListenerStream::new(listener),
@@ -1271,9 +1259,7 @@ pub async fn serve_on_socket(
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
-    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-        let _ = std::fs::remove_file(path);
-    }
+    ours.release();
     served.map_err(|e| Error::Os {
         what: "serving a gRPC API on a Unix socket",
         detail: format!("{what} at {}: {}", path.display(), io_text(&e.to_string())),

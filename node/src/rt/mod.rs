@@ -13,6 +13,7 @@ pub mod limits;
 pub mod logging;
 pub mod quic;
 pub mod serve;
+pub mod socket;
 pub mod tls;
 #[cfg(feature = "tpm")]
 pub mod tpm;

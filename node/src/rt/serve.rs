@@ -207,6 +207,10 @@ pub async fn run_server(
     cfg: ServerFileConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    // Another live process serving our admin socket (a second server with the same
+    // admin_socket) stops this one before it opens anything: taking the socket over would hand
+    // the first server's admin commands to this one.
+    crate::rt::socket::claim(&cfg.admin_socket, "creating the admin socket")?;
     let env = Arc::new(SystemEnv::new()?);
     let dyn_env: Arc<dyn Env> = env.clone();
     let x509pop_cas = match &cfg.x509pop_ca_bundle {

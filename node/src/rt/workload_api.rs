@@ -55,7 +55,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -784,23 +784,10 @@ fn os_error(what: &'static str, path: &Path, e: impl std::fmt::Display) -> Error
 }
 
 /// Binds the Workload API socket at `path` with mode [`WORKLOAD_SOCKET_MODE`]: replaces a
-/// stale socket file, refuses to replace anything else, creates the parent directory if needed.
+/// stale socket file, refuses to replace anything else (a socket another process serves
+/// included: [`super::socket::claim`]), creates the parent directory if needed.
 pub fn bind_workload_socket(path: &Path) -> Result<tokio::net::UnixListener, Error> {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)
-            .map_err(|e| os_error("removing the stale Workload API socket", path, e))?,
-        Ok(_) => {
-            return Err(Error::Os {
-                what: "creating the Workload API socket",
-                detail: format!(
-                    "{} exists and is not a socket; refusing to replace it",
-                    path.display()
-                ),
-            })
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(os_error("inspecting the Workload API socket path", path, e)),
-    }
+    super::socket::claim(path, "creating the Workload API socket")?;
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -1098,6 +1085,7 @@ pub async fn serve_workload_api(
     let cfg = service.attest_cfg.clone();
     let stopper = service.stopper();
     let listener = bind_workload_socket(path)?;
+    let ours = super::socket::Claimed::record(path);
     tracing::info!(socket = %path.display(), connections_per_uid_max = limits.max, "Workload API listening");
     // Per-uid limit, process pin, and the `:authority` adapter (grpc-python; see h2_authority).
     let incoming = tokio_stream::StreamExt::filter_map(
@@ -1133,9 +1121,7 @@ pub async fn serve_workload_api(
             Ok(())
         }
     };
-    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-        let _ = std::fs::remove_file(path);
-    }
+    ours.release();
     tracing::info!(socket = %path.display(), "Workload API stopped");
     served.map_err(|e| os_error("serving the Workload API", path, e))
 }

@@ -77,7 +77,8 @@ impl RemovalChecker {
         }
     }
 
-    /// The removed node's proposal of `entry` was answered: `committed` or not.
+    /// The removed node's proposal of `entry` was answered: `committed` (and applied: it took
+    /// effect) or not (refused by the state machine, or never committed).
     pub fn on_proposal_answer(&mut self, entry: &EntryId, committed: bool) {
         let Some((_, at)) = self.proposals.iter().find(|(e, _)| e == entry) else {
             return;
