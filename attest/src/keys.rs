@@ -20,7 +20,8 @@ use ring::rand::SystemRandom;
 use ring::signature::{
     EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P256_SHA256_FIXED_SIGNING,
 };
-use wire::{Error, KeyAlg, KeySource, SigFormat, Signer};
+use wire::{Error, KeyAlg, KeySource, SigFormat, Signer, WorkloadKey};
+use zeroize::Zeroizing;
 
 /// DER prefix of a P-256 `SubjectPublicKeyInfo` (id-ecPublicKey, prime256v1, BIT STRING of 66
 /// bytes); the 65-byte uncompressed point follows.
@@ -28,6 +29,32 @@ const P256_SPKI_PREFIX: [u8; 26] = [
     0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
     0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
 ];
+
+/// DER of a P-256 PKCS#8 v1 `PrivateKeyInfo` up to the private scalar (version 0,
+/// id-ecPublicKey with prime256v1, then an `ECPrivateKey` of version 1); the 32-byte scalar,
+/// [`P256_PKCS8_MIDDLE`] and the 65-byte uncompressed point follow. The layout ring writes and
+/// reads.
+const P256_PKCS8_PREFIX: [u8; 36] = [
+    0x30, 0x81, 0x87, 0x02, 0x01, 0x00, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02,
+    0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x04, 0x6d, 0x30, 0x6b, 0x02,
+    0x01, 0x01, 0x04, 0x20,
+];
+
+/// Between the scalar and the point: `[1] { BIT STRING of 66 bytes }`.
+const P256_PKCS8_MIDDLE: [u8; 5] = [0xa1, 0x44, 0x03, 0x42, 0x00];
+
+/// The PKCS#8 DER of a P-256 key from its scalar and uncompressed point.
+fn p256_pkcs8(scalar: &[u8; 32], point: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
+    if point.len() != 65 || point[0] != 0x04 {
+        return Err(Error::Key("not an uncompressed P-256 point"));
+    }
+    let mut der = Zeroizing::new(Vec::with_capacity(138));
+    der.extend_from_slice(&P256_PKCS8_PREFIX);
+    der.extend_from_slice(scalar);
+    der.extend_from_slice(&P256_PKCS8_MIDDLE);
+    der.extend_from_slice(point);
+    Ok(der)
+}
 
 /// The DER `SubjectPublicKeyInfo` of an uncompressed P-256 point (`0x04 || x || y`).
 pub fn p256_spki_der(point: &[u8]) -> Result<Vec<u8>, Error> {
@@ -90,6 +117,19 @@ impl KeySource for RingKeySource {
                     EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &self.rng)
                         .map_err(|_| Error::Key("P-256 key generation failed"))?;
                 Ok(Box::new(RingSigner::from_pkcs8(pkcs8.as_ref())?))
+            }
+            _ => Err(Error::Key("unsupported key algorithm")),
+        }
+    }
+
+    fn generate_workload_key(&self, alg: KeyAlg) -> Result<WorkloadKey, Error> {
+        match alg {
+            KeyAlg::EcP256 => {
+                let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &self.rng)
+                    .map_err(|_| Error::Key("P-256 key generation failed"))?;
+                let pkcs8 = Zeroizing::new(doc.as_ref().to_vec());
+                let public = RingSigner::from_pkcs8(&pkcs8)?.spki_der;
+                Ok(WorkloadKey::new(public, pkcs8))
             }
             _ => Err(Error::Key("unsupported key algorithm")),
         }
@@ -222,25 +262,42 @@ impl SeededKeySource {
     }
 }
 
+impl SeededKeySource {
+    /// The next P-256 key of the stream, with its scalar (recorded for [`Self::leaked_in`]).
+    fn next_p256(&self) -> Result<(p256::ecdsa::SigningKey, Zeroizing<[u8; 32]>), Error> {
+        let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+        // A uniformly random 32-byte string is a valid scalar except with probability about
+        // 2^-32; draw again in that case.
+        for _ in 0..64 {
+            let mut scalar = Zeroizing::new([0u8; 32]);
+            rng.fill_bytes(&mut scalar[..]);
+            if let Ok(key) = p256::ecdsa::SigningKey::from_slice(&scalar[..]) {
+                self.issued
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(*scalar);
+                return Ok((key, scalar));
+            }
+        }
+        Err(Error::Key("P-256 key generation failed"))
+    }
+}
+
 impl KeySource for SeededKeySource {
     fn generate(&self, alg: KeyAlg) -> Result<Box<dyn Signer>, Error> {
         match alg {
+            KeyAlg::EcP256 => Ok(Box::new(SeededSigner::new(self.next_p256()?.0)?)),
+            _ => Err(Error::Key("unsupported key algorithm")),
+        }
+    }
+
+    fn generate_workload_key(&self, alg: KeyAlg) -> Result<WorkloadKey, Error> {
+        match alg {
             KeyAlg::EcP256 => {
-                let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
-                // A uniformly random 32-byte string is a valid scalar except with probability
-                // about 2^-32; draw again in that case.
-                for _ in 0..64 {
-                    let mut scalar = [0u8; 32];
-                    rng.fill_bytes(&mut scalar);
-                    if let Ok(key) = p256::ecdsa::SigningKey::from_slice(&scalar) {
-                        self.issued
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(scalar);
-                        return Ok(Box::new(SeededSigner::new(key)?));
-                    }
-                }
-                Err(Error::Key("P-256 key generation failed"))
+                let (key, scalar) = self.next_p256()?;
+                let point = key.verifying_key().to_sec1_point(false);
+                let pkcs8 = p256_pkcs8(&scalar, point.as_bytes())?;
+                Ok(WorkloadKey::new(p256_spki_der(point.as_bytes())?, pkcs8))
             }
             _ => Err(Error::Key("unsupported key algorithm")),
         }
@@ -320,6 +377,41 @@ mod tests {
             .is_err());
         let other = source.generate(KeyAlg::EcP256).expect("generate");
         assert_ne!(other.public_key_der(), spki, "fresh keys differ");
+    }
+
+    #[test]
+    fn workload_keys_are_pkcs8_that_ring_loads_and_the_seeded_ones_are_tracked() {
+        let ring_source = RingKeySource::new();
+        let seeded = SeededKeySource::new(Seed::from_u64(11));
+        for key in [
+            ring_source
+                .generate_workload_key(KeyAlg::EcP256)
+                .expect("ring workload key"),
+            seeded
+                .generate_workload_key(KeyAlg::EcP256)
+                .expect("seeded workload key"),
+        ] {
+            let signer = RingSigner::from_pkcs8(key.pkcs8_der()).expect("ring loads it");
+            assert_eq!(signer.public_key_der(), key.public_key_der());
+            let sig = signer.sign(b"m", SigFormat::Der).expect("sign");
+            UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &key.public_key_der()[26..])
+                .verify(b"m", &sig)
+                .expect("verifies under the public half");
+            assert!(!format!("{key:?}").contains("30818702"), "Debug redacts");
+        }
+        let key = seeded
+            .generate_workload_key(KeyAlg::EcP256)
+            .expect("seeded workload key");
+        assert!(
+            seeded.leaked_in(key.pkcs8_der()),
+            "the simulator's scanner knows workload keys too"
+        );
+        let again = SeededKeySource::new(Seed::from_u64(11));
+        let first = again.generate_workload_key(KeyAlg::EcP256).expect("key");
+        let other = SeededKeySource::new(Seed::from_u64(11))
+            .generate_workload_key(KeyAlg::EcP256)
+            .expect("key");
+        assert_eq!(first.pkcs8_der(), other.pkcs8_der(), "deterministic");
     }
 
     #[test]

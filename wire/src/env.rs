@@ -201,10 +201,52 @@ pub trait Signer: Send + Sync + fmt::Debug {
     fn sign(&self, msg: &[u8], format: SigFormat) -> Result<Vec<u8>, Error>;
 }
 
+/// A private key made to leave the host, to one workload: the key of a workload's X.509-SVID,
+/// which the agent hands to that workload (and only it) through the Workload API. Unlike a
+/// [`Signer`] it shows its secret — as PKCS#8 DER, wiped when dropped — and nothing else does;
+/// `Debug` prints only a public-key fingerprint.
+pub struct WorkloadKey {
+    public_key_der: Vec<u8>,
+    pkcs8: zeroize::Zeroizing<Vec<u8>>,
+}
+
+impl WorkloadKey {
+    /// A key from its DER `SubjectPublicKeyInfo` and its PKCS#8 DER.
+    pub fn new(public_key_der: Vec<u8>, pkcs8: zeroize::Zeroizing<Vec<u8>>) -> WorkloadKey {
+        WorkloadKey {
+            public_key_der,
+            pkcs8,
+        }
+    }
+
+    /// The public key as a DER `SubjectPublicKeyInfo` (what the agent sends to be certified).
+    pub fn public_key_der(&self) -> &[u8] {
+        &self.public_key_der
+    }
+
+    /// The private key as PKCS#8 DER: only for the workload it belongs to.
+    pub fn pkcs8_der(&self) -> &zeroize::Zeroizing<Vec<u8>> {
+        &self.pkcs8
+    }
+}
+
+impl fmt::Debug for WorkloadKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tail = self.public_key_der.len().saturating_sub(6);
+        let fp: String = self.public_key_der[tail..]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        write!(f, "WorkloadKey(public …{fp}, private redacted)")
+    }
+}
+
 /// Generates keys: the OS CSPRNG in production, a seeded deterministic source in the simulator.
 pub trait KeySource: Send + Sync + fmt::Debug {
     /// A new private key.
     fn generate(&self, alg: KeyAlg) -> Result<Box<dyn Signer>, Error>;
+    /// A new key for a workload's X.509-SVID (see [`WorkloadKey`]).
+    fn generate_workload_key(&self, alg: KeyAlg) -> Result<WorkloadKey, Error>;
 }
 
 /// A boxed task for [`Env::spawn`].

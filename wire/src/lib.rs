@@ -36,7 +36,9 @@ pub use command::{
     RENEW_PREDECESSOR_GRACE_SECS,
 };
 pub use entry::{EntryId, RegistrationEntry};
-pub use env::{Env, KeyAlg, KeySource, Mono, RngTree, Seed, SigFormat, Signer, UnixTime};
+pub use env::{
+    Env, KeyAlg, KeySource, Mono, RngTree, Seed, SigFormat, Signer, UnixTime, WorkloadKey,
+};
 pub use id::{IdRule, SpiffeId, TrustDomain};
 pub use selector::Selector;
 pub use transport::{PeerId, SendError, Transport};

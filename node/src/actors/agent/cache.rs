@@ -1,12 +1,11 @@
-//! [`AgentCache`]: what an agent holds and decides, sans-IO — the latest view a server sent
-//! (entries and bundles), the X.509-SVID it holds per entry, the JWT-SVIDs it cached, which
-//! SVIDs are due for signing, and what a workload with a given selector set is served.
+//! [`AgentCache`]: what an agent holds and decides about its workloads, sans-IO — the latest
+//! view a server sent (entries and bundles), the X.509-SVID it holds per entry, the JWT-SVIDs it
+//! cached, which SVIDs are due for signing, and what a workload with a given selector set is
+//! served.
 //!
-//! The production agent (`rt::agent`) feeds it views from its QUIC watch stream and SVIDs from
-//! the servers' answers; the simulator's agents feed it the same from `NodeService` on the
-//! simulated network. Both serve workloads from it, so the simulator checks the rules the
-//! production agent runs: drop SVIDs of entries that left the view, sign the missing, changed
-//! and half-expired ones, serve only unexpired SVIDs of entries whose selectors all hold.
+//! [`super::AgentCore`] owns it (in production and in the simulator alike) and the Workload API
+//! reads it: drop SVIDs of entries that left the view, sign the missing, changed and half-expired
+//! ones, serve only unexpired SVIDs of entries whose selectors all hold.
 //!
 //! **An SVID is served only with a bundle that verifies it.** A server signs with a key the
 //! moment its publication applies on that server, which can be before the agent's latest view
