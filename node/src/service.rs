@@ -112,6 +112,26 @@ fn token_error(e: &CommandError) -> ApiError {
     }
 }
 
+/// The largest node API request frame a caller is read up to: without a client certificate,
+/// only the largest valid unauthenticated request.
+pub fn request_bytes_max(authenticated: bool) -> usize {
+    if authenticated {
+        wire::codec::MESSAGE_BYTES_MAX
+    } else {
+        wire::api::UNAUTHENTICATED_REQUEST_BYTES_MAX
+    }
+}
+
+/// One node API request frame (read up to [`request_bytes_max`]) as the server takes it:
+/// decoded, then held to the request's own limits. The QUIC server and the simulator both read
+/// requests with it.
+pub fn parse_request(frame: &[u8]) -> Result<ApiRequest, ApiError> {
+    let request = wire::codec::decode::<ApiRequest>(frame)
+        .map_err(|e| ApiError::invalid(format!("malformed request: {e}")))?;
+    request.check()?;
+    Ok(request)
+}
+
 /// What a refused agent SVID renewal says (the agent recognises it): the presented SVID is not
 /// the latest recorded for the agent.
 pub const NOT_LATEST: &str = "is not the latest SVID of";

@@ -1,27 +1,32 @@
 //! Simulated agents and their workloads.
 //!
-//! A [`SimAgent`] is the production agent's logic on simulated links: it attests with a join
-//! token and then, on every tick, picks the nearest server node it reaches (seeded round-trip
-//! times; failover when the link or the node goes), syncs its view, has the node sign SVIDs for
-//! what [`AgentCache::due`] says, and renews its own SVID at half life. Every call is a real
-//! node API request answered by that node's production handler ([`NodeService::handle`]); the
-//! call travels the simulated network ([`SimNet::round_trip`]: cuts, down nodes, loss and
-//! delay apply). Its workloads are served from the cache exactly as the Workload API serves
-//! them ([`AgentCache::x509_for`]).
+//! A [`SimAgent`] is the production agent's actor, [`AgentCore`] — server choice by round-trip
+//! time, failover, backoff, signing batches with workload keys from the environment, renewals of
+//! its own SVID — with simulated IO: every [`Output`] it asks for is carried out on the simulated
+//! network, every call is a real node API request encoded with the wire codec, read by the
+//! node's request parser ([`node::service::parse_request`]) and answered by the node's
+//! production handler ([`NodeService::handle`]); the call travels the simulated network
+//! ([`SimNet::round_trip`]: cuts, down nodes, loss and delay apply). Its workloads are served
+//! from the core's cache exactly as the Workload API serves them ([`AgentCache::x509_for`]).
 //!
-//! What differs from production: views are pulled on each tick instead of pushed on a watch
-//! stream, and the agent never re-attests (a join token is single use), so an agent whose SVID
-//! expired while it reached no node that could renew it stays expired — counted, not a
-//! violation: that is the documented join-token behaviour.
+//! What differs from production: the watch stream is one `Sync` call per tick to the followed
+//! node (its answer is the view the stream would push; a failed one ends the stream), calls run
+//! one after another, and the first attestation (a join token, as in production a shell step
+//! before the core starts) is done here. A join-token agent never attests again, so an agent
+//! whose SVID expired while it reached no node that could renew it stays expired — counted, not
+//! a violation: that is the documented join-token behaviour.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use node::actors::agent::{past_half_life, AgentCache, HeldX509};
+use node::actors::agent::{AgentCache, AgentCore, AgentCoreConfig, AgentSvid, Input, Output};
+use node::actors::Actor;
 use node::service::NodeService;
-use wire::api::{ApiRequest, ApiResponse, SignX509, SIGN_BATCH_MAX};
-use wire::{AgentRecord, Bundle, Env, KeyAlg, PeerId, Selector, Signer, SpiffeId, UnixTime};
+use wire::api::{ApiError, ApiRequest, ApiResponse};
+use wire::{
+    AgentRecord, Bundle, Env, KeyAlg, PeerId, Selector, Signer, SpiffeId, UnixTime, WorkloadKey,
+};
 
 use crate::check::bans::Delivery;
 use crate::check::workloads::Serve;
@@ -31,15 +36,6 @@ use crate::net::{SimEndpoint, SimNet};
 
 /// Peer IDs of agents on the simulated network start here (server nodes are 1..=5).
 pub const AGENT_PEER_BASE: PeerId = 100;
-
-/// A workload key the agent holds (never printed).
-pub struct SimKey(#[allow(dead_code)] Box<dyn Signer>);
-
-impl std::fmt::Debug for SimKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SimKey(redacted)")
-    }
-}
 
 /// A workload on an agent's host: its selectors.
 #[derive(Debug, Clone)]
@@ -123,52 +119,28 @@ pub(crate) async fn call_node(
             .replica()
             .read(|a| a.state.agent(who).cloned()),
     };
-    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
-    service.handle(chain, None, request, tx).await;
-    let answer = rx.recv().await?;
-    let bytes = wire::codec::encode(&answer).unwrap_or_default();
+    // The request as the node reads it: one frame, up to the caller's limit, parsed and checked.
+    let frame = wire::codec::encode(&request).ok()?;
+    let parsed = if frame.len() > node::service::request_bytes_max(!chain.is_empty()) {
+        Err(ApiError::invalid("request over the size limit"))
+    } else {
+        node::service::parse_request(&frame)
+    };
+    let answer = match parsed {
+        Ok(request) => {
+            let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+            service.handle(chain, None, request, tx).await;
+            rx.recv().await?
+        }
+        Err(e) => ApiResponse::Error(e),
+    };
+    let bytes = wire::codec::encode(&answer).ok()?;
     links
         .secrets
         .scan(|| format!("an answer of node {node} to {who}"), &bytes);
+    let answer = wire::codec::decode::<ApiResponse>(&bytes).ok()?;
     tokio::time::sleep(rtt / 2).await;
     links.net.connected(peer, node).then_some((answer, at))
-}
-
-/// A simulated agent.
-pub struct SimAgent {
-    /// Its peer ID on the network.
-    pub peer: PeerId,
-    /// Its environment (clock, keys).
-    pub env: Arc<SimEnv>,
-    token: String,
-    /// Its SPIFFE ID (known before attestation: it follows from the token).
-    pub spiffe_id: SpiffeId,
-    key: Box<dyn Signer>,
-    chain: Vec<Vec<u8>>,
-    issued_at: UnixTime,
-    not_after: UnixTime,
-    /// The agent's cache (production logic).
-    pub cache: AgentCache<SimKey>,
-    /// The node it follows.
-    pub server: Option<u64>,
-    /// Seeded round-trip ranking of the nodes, nearest first.
-    preference: Vec<u64>,
-    /// Its workloads.
-    pub workloads: Vec<Workload>,
-    /// Whether it ever attested.
-    pub attested: bool,
-    /// Serials of the agent SVIDs it held, oldest first.
-    serials: Vec<String>,
-}
-
-impl std::fmt::Debug for SimAgent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SimAgent")
-            .field("peer", &self.peer)
-            .field("spiffe_id", &self.spiffe_id)
-            .field("server", &self.server)
-            .finish()
-    }
 }
 
 impl TickReport {
@@ -187,9 +159,51 @@ pub(crate) fn now_since(start: tokio::time::Instant) -> Duration {
     tokio::time::Instant::now().duration_since(start)
 }
 
+/// Most inputs one tick feeds the core (its outputs lead to more); the rest wait for the next
+/// tick.
+const TICK_INPUTS_MAX: usize = 256;
+
+/// A simulated agent.
+pub struct SimAgent {
+    /// Its peer ID on the network.
+    pub peer: PeerId,
+    /// Its environment (clock, keys).
+    pub env: Arc<SimEnv>,
+    token: String,
+    /// Its SPIFFE ID (known before attestation: it follows from the token).
+    pub spiffe_id: SpiffeId,
+    key: Box<dyn Signer>,
+    /// The production agent's actor.
+    core: AgentCore<u64>,
+    /// Nodes it has a (simulated) connection to.
+    conns: BTreeSet<u64>,
+    /// The node whose view it follows (the watch stream).
+    following: Option<u64>,
+    /// Inputs for the core left over from the last tick.
+    backlog: VecDeque<Input<u64>>,
+    /// Seeded order in which it tries nodes for its first attestation.
+    preference: Vec<u64>,
+    /// Its workloads.
+    pub workloads: Vec<Workload>,
+    /// Whether it ever attested.
+    pub attested: bool,
+    /// Serials of the agent SVIDs it held, oldest first.
+    serials: Vec<String>,
+}
+
+impl std::fmt::Debug for SimAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimAgent")
+            .field("peer", &self.peer)
+            .field("spiffe_id", &self.spiffe_id)
+            .field("following", &self.following)
+            .finish()
+    }
+}
+
 impl SimAgent {
-    /// An agent that will attest with `token` (already registered), preferring nodes in
-    /// `preference` order, serving `workloads`.
+    /// An agent that will attest with `token` (already registered), trying nodes in
+    /// `preference` order for that, serving `workloads`.
     pub fn new(
         peer: PeerId,
         env: Arc<SimEnv>,
@@ -202,22 +216,67 @@ impl SimAgent {
             .keys()
             .generate(KeyAlg::EcP256)
             .map_err(|e| format!("agent key: {e}"))?;
+        let core = SimAgent::core(
+            &env,
+            key.as_ref(),
+            &preference,
+            &spiffe_id,
+            Vec::new(),
+            UnixTime::EPOCH,
+            Bundle::default(),
+        );
         Ok(SimAgent {
             peer,
             env,
             token,
             spiffe_id,
             key,
-            chain: Vec::new(),
-            issued_at: UnixTime::EPOCH,
-            not_after: UnixTime::EPOCH,
-            cache: AgentCache::new(Bundle::default()),
-            server: None,
+            core,
+            conns: BTreeSet::new(),
+            following: None,
+            backlog: VecDeque::new(),
             preference,
             workloads,
             attested: false,
             serials: Vec::new(),
         })
+    }
+
+    /// The production actor for an agent holding `chain` until `not_after`, trusting `bundle`.
+    fn core(
+        env: &Arc<SimEnv>,
+        key: &dyn Signer,
+        servers: &[u64],
+        spiffe_id: &SpiffeId,
+        chain: Vec<Vec<u8>>,
+        not_after: UnixTime,
+        bundle: Bundle,
+    ) -> AgentCore<u64> {
+        let mut servers = servers.to_vec();
+        servers.sort_unstable();
+        let cfg = AgentCoreConfig {
+            servers,
+            repeatable: None,
+            public_key_der: key.public_key_der().to_vec(),
+        };
+        let svid = AgentSvid {
+            spiffe_id: spiffe_id.clone(),
+            chain,
+            issued_at: env.wall(),
+            not_after,
+        };
+        let dyn_env: Arc<dyn Env> = env.clone();
+        AgentCore::new(cfg, dyn_env, svid, bundle, env.mono())
+    }
+
+    /// What the agent holds for its workloads.
+    pub fn cache(&self) -> &AgentCache<WorkloadKey> {
+        self.core.cache()
+    }
+
+    /// The node it follows, if any.
+    pub fn server(&self) -> Option<u64> {
+        self.core.server()
     }
 
     /// What workload `w` is served now (as the Workload API would serve it), for the
@@ -228,7 +287,7 @@ impl SimAgent {
             agent: &self.spiffe_id,
             selectors: &w.selectors,
             served: self
-                .cache
+                .cache()
                 .x509_for(&w.selectors, wall)
                 .into_iter()
                 .filter_map(|s| Some((s.entry, s.svid.chain.first()?.as_slice())))
@@ -240,30 +299,12 @@ impl SimAgent {
 
     /// Whether its agent SVID is valid now.
     pub fn alive(&self) -> bool {
-        self.attested && self.not_after > self.env.wall()
-    }
-
-    /// One node API call to `node` with this agent's SVID (see [`call_node`]).
-    async fn call(
-        &self,
-        links: &Links<'_>,
-        node: u64,
-        request: ApiRequest,
-    ) -> Option<(ApiResponse, Handled)> {
-        call_node(
-            links,
-            self.peer,
-            &self.spiffe_id,
-            &self.chain,
-            node,
-            request,
-        )
-        .await
+        self.attested && self.core.svid().not_after > self.env.wall()
     }
 
     /// Its current agent SVID chain (empty before it attested).
     pub fn chain(&self) -> &[Vec<u8>] {
-        &self.chain
+        &self.core.svid().chain
     }
 
     /// Its join token.
@@ -281,24 +322,39 @@ impl SimAgent {
         &self.serials
     }
 
-    /// Takes a new agent SVID.
-    fn take_svid(&mut self, chain: Vec<Vec<u8>>, not_after: UnixTime) {
+    fn record_serial(&mut self, chain: &[Vec<u8>]) {
         if let Some((serial, _)) = chain
             .first()
             .and_then(|leaf| attest::x509::serial_and_not_after(leaf).ok())
         {
             self.serials.push(serial);
         }
-        self.chain = chain;
-        self.issued_at = self.env.wall();
-        self.not_after = not_after;
     }
 
-    /// Attests again with its join token and its key at the node it follows (a banned agent
-    /// that keeps trying); its state does not change. Returns the node, when it handled the
-    /// request and the record it held, and whether the answer was an agent SVID.
+    /// A reachable running node: the followed one, else the first in preference order.
+    fn reachable(&self, links: &Links<'_>) -> Option<u64> {
+        let up = |n: &u64| links.services.contains_key(n) && links.net.connected(self.peer, *n);
+        self.following
+            .filter(up)
+            .or_else(|| self.preference.iter().copied().find(up))
+    }
+
+    /// One node API call with this agent's current SVID (see [`call_node`]).
+    async fn call(
+        &self,
+        links: &Links<'_>,
+        node: u64,
+        request: ApiRequest,
+    ) -> Option<(ApiResponse, Handled)> {
+        let chain = self.core.svid().chain.clone();
+        call_node(links, self.peer, &self.spiffe_id, &chain, node, request).await
+    }
+
+    /// Attests again with its join token and its key at a reachable node (a banned agent that
+    /// keeps trying); its state does not change. Returns the node, when it handled the request
+    /// and the record it held, and whether the answer was an agent SVID.
     pub(crate) async fn reattest(&mut self, links: &Links<'_>) -> Option<(u64, Handled, bool)> {
-        let node = self.pick(links)?;
+        let node = self.reachable(links)?;
         let request = ApiRequest::AttestJoinToken {
             token: self.token.clone(),
             public_key_der: self.public_key_der(),
@@ -312,158 +368,218 @@ impl SimAgent {
         ))
     }
 
-    /// The node to talk to: the current one while reachable, else the nearest reachable.
-    fn pick(&mut self, links: &Links<'_>) -> Option<u64> {
-        let up = |n: &u64| links.services.contains_key(n) && links.net.connected(self.peer, *n);
-        if let Some(s) = self.server.filter(up) {
-            return Some(s);
+    /// The first attestation, with the join token at the first reachable node (a shell step in
+    /// production too: the core starts with an identity).
+    async fn attest(&mut self, links: &Links<'_>) {
+        let Some(node) = self.reachable(links) else {
+            return;
+        };
+        let request = ApiRequest::AttestJoinToken {
+            token: self.token.clone(),
+            public_key_der: self.key.public_key_der().to_vec(),
+        };
+        if let Some((
+            ApiResponse::AgentSvid {
+                chain,
+                not_after,
+                bundle,
+                ..
+            },
+            _,
+        )) = call_node(links, self.peer, &self.spiffe_id, &[], node, request).await
+        {
+            self.record_serial(&chain);
+            self.core = SimAgent::core(
+                &self.env,
+                self.key.as_ref(),
+                &self.preference,
+                &self.spiffe_id,
+                chain,
+                not_after,
+                bundle,
+            );
+            self.attested = true;
         }
-        self.server = self.preference.iter().copied().find(up);
-        self.server
     }
 
-    /// One round: attest if needed, then sync, sign what is due, renew the agent SVID.
+    /// One round: attest if needed; else the followed node pushes its view and the core runs
+    /// until it has nothing more to do, every output carried out on the simulated network.
     pub async fn tick(&mut self, links: &Links<'_>) -> TickReport {
         let mut report = TickReport::default();
-        let Some(node) = self.pick(links) else {
-            return report;
-        };
         if !self.attested {
-            let request = ApiRequest::AttestJoinToken {
-                token: self.token.clone(),
-                public_key_der: self.key.public_key_der().to_vec(),
-            };
-            if let Some((
-                ApiResponse::AgentSvid {
-                    chain,
-                    not_after,
-                    bundle,
-                    ..
-                },
-                _,
-            )) = self.call(links, node, request).await
-            {
-                self.take_svid(chain, not_after);
-                self.cache.set_bundle(bundle);
-                self.attested = true;
-            }
+            self.attest(links).await;
             return report;
         }
-        if !self.alive() {
-            return report;
+        let mut inputs = std::mem::take(&mut self.backlog);
+        inputs.push_back(Input::Tick);
+        if let Some(node) = self.following {
+            inputs.push_back(self.pushed_view(links, node, &mut report).await);
         }
-        let answer = self.call(links, node, ApiRequest::Sync).await;
-        if let Some((a, handled)) = &answer {
-            report.answer(
-                node,
-                handled,
-                matches!(a, ApiResponse::View(_)).then_some(Delivery::View),
-            );
-        }
-        let view = match answer {
-            Some((ApiResponse::View(view), _)) => view,
-            other => {
-                crate::world::event(|| {
-                    format!("agent {} sync at node {node}: {other:?}", self.peer)
-                });
-                self.server = None; // fail over on the next tick
-                return report;
+        let mut fed = 0;
+        while let Some(input) = inputs.pop_front() {
+            fed += 1;
+            if fed > TICK_INPUTS_MAX {
+                inputs.push_front(input);
+                self.backlog = inputs;
+                break;
             }
-        };
-        self.cache.apply_view(view, self.env.wall());
-        let due = self.cache.due(self.env.wall());
-        for batch in due.chunks(SIGN_BATCH_MAX) {
-            let mut keys = Vec::with_capacity(batch.len());
-            let mut requests = Vec::with_capacity(batch.len());
-            for (entry_id, _) in batch {
-                let Ok(key) = self.env.keys().generate(KeyAlg::EcP256) else {
-                    continue;
-                };
-                requests.push(SignX509 {
-                    entry_id: entry_id.clone(),
-                    public_key_der: key.public_key_der().to_vec(),
-                });
-                keys.push(key);
-            }
-            let answer = self
-                .call(links, node, ApiRequest::SignX509 { requests })
-                .await;
-            if let Some((a, handled)) = &answer {
-                if !matches!(a, ApiResponse::X509(_)) {
-                    report.answer(node, handled, None);
-                }
-            }
-            let Some((ApiResponse::X509(results), handled)) = answer else {
-                return report;
-            };
-            let any = results.iter().any(Result::is_ok);
-            report.answer(node, &handled, any.then_some(Delivery::X509));
-            let wall = self.env.wall();
-            for (((entry_id, revision), key), result) in batch.iter().zip(keys).zip(results) {
-                match result {
-                    Ok(issued) => {
-                        let Some(leaf) = issued.chain.first().cloned() else {
-                            continue;
-                        };
-                        if let Some(entry) = self.cache.entries().iter().find(|e| e.id == *entry_id)
-                        {
-                            report.delivered.push(Delivered {
-                                node,
-                                entry: entry.clone(),
-                                cert_der: leaf,
-                                at: handled.at,
-                                node_wall: handled.node_wall,
-                                node_bundle: handled.node_bundle.clone(),
-                            });
-                        }
-                        self.cache.store_x509(
-                            entry_id.clone(),
-                            HeldX509 {
-                                revision: *revision,
-                                spiffe_id: issued.spiffe_id,
-                                chain: issued.chain,
-                                key: SimKey(key),
-                                issued_at: wall,
-                                not_after: issued.not_after,
-                            },
-                        );
-                    }
-                    Err(e) => {
-                        crate::world::event(|| {
-                            format!("agent {} sign {entry_id} at node {node}: {e:?}", self.peer)
-                        });
-                        report.refused += 1;
-                    }
-                }
-            }
-        }
-        if past_half_life(self.issued_at, self.not_after, self.env.wall()) {
-            let request = ApiRequest::RenewAgent {
-                public_key_der: self.key.public_key_der().to_vec(),
-            };
-            let answer = self.call(links, node, request).await;
-            if let Some((a, handled)) = &answer {
-                let renewed = matches!(a, ApiResponse::AgentSvid { .. });
-                report.answer(node, handled, renewed.then_some(Delivery::AgentSvid));
-            }
-            match answer {
-                Some((
-                    ApiResponse::AgentSvid {
-                        chain, not_after, ..
-                    },
-                    _,
-                )) => {
-                    self.take_svid(chain, not_after);
-                }
-                other => {
-                    crate::world::event(|| {
-                        format!("agent {} renewal at node {node}: {other:?}", self.peer)
-                    });
-                    // As in production: a failed renewal ends the session with this node.
-                    self.server = None;
+            let mut out = Vec::new();
+            self.core
+                .handle(self.env.mono(), self.env.wall(), input, &mut out);
+            for output in out {
+                if let Some(next) = self.execute(links, output, &mut report).await {
+                    inputs.push_back(next);
                 }
             }
         }
         report
+    }
+
+    /// What the watch stream on `node` delivers now: its view, or its end.
+    async fn pushed_view(
+        &mut self,
+        links: &Links<'_>,
+        node: u64,
+        report: &mut TickReport,
+    ) -> Input<u64> {
+        let answer = self.call(links, node, ApiRequest::Sync).await;
+        if let Some((a, handled)) = &answer {
+            let view = matches!(a, ApiResponse::View(_));
+            report.answer(node, handled, view.then_some(Delivery::View));
+        }
+        match answer {
+            Some((ApiResponse::View(view), _)) => Input::View { server: node, view },
+            other => {
+                crate::world::event(|| {
+                    format!("agent {} watch at node {node}: {other:?}", self.peer)
+                });
+                Input::StreamLost {
+                    server: node,
+                    reason: format!("{other:?}"),
+                }
+            }
+        }
+    }
+
+    /// Carries out one of the core's outputs; what it leads to, as the core's next input.
+    async fn execute(
+        &mut self,
+        links: &Links<'_>,
+        output: Output<u64>,
+        report: &mut TickReport,
+    ) -> Option<Input<u64>> {
+        match output {
+            Output::Connect(node) => {
+                let began = now_since(links.start);
+                let answer = self.call(links, node, ApiRequest::Sync).await;
+                if let Some((a, handled)) = &answer {
+                    let view = matches!(a, ApiResponse::View(_));
+                    report.answer(node, handled, view.then_some(Delivery::View));
+                }
+                let rtt = match answer {
+                    Some((ApiResponse::View(_), _)) => {
+                        self.conns.insert(node);
+                        Ok(now_since(links.start).saturating_sub(began))
+                    }
+                    other => Err(format!("{other:?}")),
+                };
+                Some(Input::Probed { server: node, rtt })
+            }
+            Output::Disconnect(node) => {
+                self.conns.remove(&node);
+                if self.following == Some(node) {
+                    self.following = None;
+                }
+                None
+            }
+            Output::Follow(node) => {
+                // A watch stream pushes the current view first.
+                self.following = Some(node);
+                Some(self.pushed_view(links, node, report).await)
+            }
+            Output::Call {
+                id,
+                server,
+                request,
+            } => {
+                let answer = if self.conns.contains(&server) {
+                    self.answered(links, server, request, report).await
+                } else {
+                    Err("not connected".to_owned())
+                };
+                Some(Input::Answer { call: id, answer })
+            }
+            Output::StoreAgentSvid { chain, .. } => {
+                self.record_serial(&chain);
+                None
+            }
+            Output::Reattest => Some(Input::Reattested(Err(
+                "a join-token agent cannot attest again".into(),
+            ))),
+            Output::StoreBundle(_) | Output::Changed | Output::Jwt { .. } => None,
+        }
+    }
+
+    /// One call of the core to `node`, reported to the checkers.
+    async fn answered(
+        &mut self,
+        links: &Links<'_>,
+        node: u64,
+        request: ApiRequest,
+        report: &mut TickReport,
+    ) -> Result<ApiResponse, String> {
+        let what = match &request {
+            ApiRequest::SignX509 { .. } => "sign",
+            ApiRequest::RenewAgent { .. } => "renewal",
+            ApiRequest::MintJwt { .. } => "mint",
+            _ => "call",
+        };
+        let Some((answer, handled)) = self.call(links, node, request).await else {
+            crate::world::event(|| format!("agent {} {what} at node {node}: lost", self.peer));
+            return Err("the call did not get through".into());
+        };
+        match &answer {
+            ApiResponse::X509(results) => {
+                let any = results.iter().any(Result::is_ok);
+                report.answer(node, &handled, any.then_some(Delivery::X509));
+                for result in results {
+                    match result {
+                        Ok(issued) => {
+                            let entry = self
+                                .cache()
+                                .entries()
+                                .iter()
+                                .find(|e| e.id == issued.entry_id);
+                            if let (Some(entry), Some(leaf)) = (entry, issued.chain.first()) {
+                                report.delivered.push(Delivered {
+                                    node,
+                                    entry: entry.clone(),
+                                    cert_der: leaf.clone(),
+                                    at: handled.at,
+                                    node_wall: handled.node_wall,
+                                    node_bundle: handled.node_bundle.clone(),
+                                });
+                            }
+                        }
+                        Err(e) => {
+                            crate::world::event(|| {
+                                format!("agent {} sign at node {node}: {e:?}", self.peer)
+                            });
+                            report.refused += 1;
+                        }
+                    }
+                }
+            }
+            ApiResponse::AgentSvid { .. } => {
+                report.answer(node, &handled, Some(Delivery::AgentSvid));
+            }
+            other => {
+                crate::world::event(|| {
+                    format!("agent {} {what} at node {node}: {other:?}", self.peer)
+                });
+                report.answer(node, &handled, None);
+            }
+        }
+        Ok(answer)
     }
 }

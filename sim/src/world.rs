@@ -600,7 +600,7 @@ impl World {
             for d in &report.delivered {
                 self.on_delivered(d);
             }
-            let bundle = agent.cache.bundle();
+            let bundle = agent.cache().bundle();
             for w in &agent.workloads {
                 self.workload_check.on_serve(&agent.serve(w, &bundle));
             }
@@ -651,7 +651,7 @@ impl World {
             .enumerate()
             .filter(|(i, a)| a.alive() && Some(*i) != banned)
         {
-            let (entries, agent_id) = (agent.cache.entries(), &agent.spiffe_id);
+            let (entries, agent_id) = (agent.cache().entries(), &agent.spiffe_id);
             let truth: Vec<RegistrationEntry> = server.replica().read(|a| {
                 node::actors::issuer::authorized_entries(&a.state, agent_id)
                     .into_iter()

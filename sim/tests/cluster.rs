@@ -370,7 +370,7 @@ fn cut_off_with_agent(seed: u64) {
             let agent = &w.agents()[0];
             let wall = wire::Env::wall(agent.env.as_ref());
             agent
-                .cache
+                .cache()
                 .x509_for(&agent.workloads[1].selectors, wall)
                 .iter()
                 .any(|s| s.entry.id == id)
@@ -383,7 +383,7 @@ fn cut_off_with_agent(seed: u64) {
             waited += STEP;
         }
         let agent = &w.agents()[0];
-        let node = agent.server.expect("the agent follows a node");
+        let node = agent.server().expect("the agent follows a node");
         let peer = agent.peer;
         let others: Vec<u64> = (1..=3).filter(|n| *n != node).collect();
         w.net().partition(&[vec![node, peer], others]);

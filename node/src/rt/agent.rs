@@ -1,21 +1,25 @@
 //! `sigil agent`: one per host. It attests to the cluster (a join token once, or — repeatable —
 //! x509pop: proof of possession of a certificate's key, or TPM: its TPM's endorsement key, an
-//! attestation key activated against it and a quote of PCRs), keeps a node API connection to the
-//! reachable server with the lowest round-trip time, follows its view (entries and bundles,
-//! pushed by the server on every applied change), generates a key for every entry it may serve
-//! and has the server sign an X.509-SVID for the public half, renews every SVID (and its own) at
+//! attestation key activated against it and a quote of PCRs), follows the view of the reachable
+//! server with the lowest round-trip time (entries and bundles, pushed on every applied change),
+//! has a fresh key certified for every entry it may serve, renews every SVID (and its own) at
 //! half life, mints JWT-SVIDs on demand (cached per SPIFFE ID and audience until half life), and
 //! serves all of it through the SPIFFE Workload API.
 //!
+//! **What is decided where.** Every decision — which server, when to fail over, back off, sign,
+//! renew, attest again, mint — is [`AgentCore`]'s (`actors::agent`), the actor the simulator runs
+//! too. This module is its IO: the runner task feeds it inputs (connection attempts, the watch
+//! stream, call answers, workloads' JWT-SVID requests, its timer) and carries out its outputs
+//! over QUIC, on disk and towards the Workload API's watchers.
+//!
 //! **Attestation** happens when the agent has no valid agent SVID: at start-up (first start, an
 //! empty data dir, or a stored SVID that expired while the agent was down) with the one method
-//! configured, and — with x509pop or TPM — again at run time when its SVID expired while no
-//! server was reachable. Before it sends a token or a proof it checks the server against its
-//! trust anchors: the last bundle it stored in the data dir, or the pinned `bundle_sha256`. An
-//! x509pop proof is a signature over a value exported from the TLS connection it travels on
-//! ([`attest::x509pop`]), so it is worthless on any other connection; so is a TPM challenge and
-//! the quote answering it ([`attest::tpm`]: two requests on one connection, the TPM driven from
-//! a blocking thread by [`crate::rt::tpm`]).
+//! configured, and — with x509pop or TPM — again at run time when the core asks. Before it sends
+//! a token or a proof it checks the server against its trust anchors: the last bundle it stored
+//! in the data dir, or the pinned `bundle_sha256`. An x509pop proof is a signature over a value
+//! exported from the TLS connection it travels on ([`attest::x509pop`]), so it is worthless on
+//! any other connection; so is a TPM challenge and the quote answering it ([`attest::tpm`]: two
+//! requests on one connection, the TPM driven from a blocking thread by [`crate::rt::tpm`]).
 //!
 //! **Offline.** While no server is reachable the agent keeps serving what it holds (SVIDs stay
 //! valid until their `NotAfter`) and retries with backoff, preferring the fastest server again
@@ -26,18 +30,24 @@
 //! only in memory and go only to the workloads they belong to. The x509pop key stays where the
 //! configuration points; the agent only reads it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::watch;
-use wire::api::{AgentView, ApiRequest, ApiResponse, IssuedX509, SignX509, SIGN_BATCH_MAX};
-use wire::{Bundle, EntryId, Env, Selector, SpiffeId, TrustDomain, UnixTime};
-use zeroize::Zeroizing;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::{AbortHandle, JoinSet};
+use wire::api::{ApiRequest, ApiResponse};
+use wire::{Bundle, Env, Selector, SpiffeId, TrustDomain, UnixTime};
 
-use crate::actors::agent::{past_half_life, AgentCache, HeldJwt, HeldX509};
+use crate::actors::agent::{
+    AgentCore, AgentCoreConfig, AgentSvid, Attested, Input, Output, Ticket, RECONNECT_MAX,
+    RECONNECT_MIN,
+};
+use crate::actors::Actor;
 use crate::rt::agent_admin::{serve_agent_admin, HealthSource};
 use crate::rt::api::{ApiClient, ApiClientError, FirstContact, CONNECT_TIMEOUT};
 use crate::rt::config::{AgentFileConfig, X509PopCredential};
@@ -50,20 +60,14 @@ use crate::Error;
 
 /// Longest wait for one node API call.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often SVID lifetimes are checked.
-pub const RENEW_TICK: Duration = Duration::from_secs(1);
-/// Backoff between rounds of connection attempts while no server answers: from this …
-pub const RECONNECT_MIN: Duration = Duration::from_millis(200);
-/// … doubling up to this.
-pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
-/// After the first server answers, how long the others may still answer faster.
-pub const RTT_GRACE: Duration = Duration::from_millis(200);
-/// How often the agent looks for a faster server than the one it uses.
-pub const REPROBE_INTERVAL: Duration = Duration::from_secs(60);
+/// Longest wait of a workload's JWT-SVID request for the servers.
+pub const JWT_WAIT: Duration = Duration::from_secs(10);
 /// How long a first attestation keeps retrying while servers answer "unavailable".
 pub const ATTEST_RETRY_MAX: Duration = Duration::from_secs(60);
 /// A stored agent SVID is reused at start-up only with at least this much life left.
 pub const SVID_REUSE_MIN: Duration = Duration::from_secs(60);
+/// Most events (answers, views, workloads' requests) queued for the runner; senders wait.
+const EVENTS_MAX: usize = 1024;
 
 /// Completes once `stop` turns true (holding no borrow while pending).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
@@ -74,29 +78,37 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The agent's identity towards the servers.
-struct AgentIdentity {
-    spiffe_id: SpiffeId,
-    identity: NodeIdentity,
-    issued_at: UnixTime,
-    not_after: UnixTime,
-}
+/// The agent's actor, on servers named by their socket address.
+type Core = AgentCore<SocketAddr>;
 
-/// The agent's cache; workload keys are PKCS#8 DER, wiped when dropped.
-type Cache = AgentCache<Zeroizing<Vec<u8>>>;
+/// What reaches the runner.
+enum Event {
+    /// An input for the core.
+    Input(Input<SocketAddr>),
+    /// A connection attempt of round `generation` to `server` ended: the connection and its
+    /// round-trip time, or why it failed.
+    Probed {
+        server: SocketAddr,
+        generation: u64,
+        result: Result<(ApiClient, Duration), String>,
+    },
+}
 
 struct Inner {
     cfg: AgentFileConfig,
     env: Arc<dyn Env>,
     files: IdentityFiles,
     key: TlsKey,
-    me: Mutex<AgentIdentity>,
-    cache: Mutex<Cache>,
+    core: Mutex<Core>,
+    /// The TLS identity of the current agent SVID.
+    identity: Mutex<NodeIdentity>,
     changes: watch::Sender<u64>,
-    /// The connection in use, if any.
-    client: Mutex<Option<ApiClient>>,
-    /// Serializes JWT-SVID mints so concurrent misses cost one mint.
-    mint_gate: tokio::sync::Mutex<()>,
+    events: mpsc::Sender<Event>,
+    /// Taken by the runner.
+    inbox: Mutex<Option<mpsc::Receiver<Event>>>,
+    /// Workloads' JWT-SVID requests waiting for the core's answer.
+    jwt: Mutex<BTreeMap<Ticket, oneshot::Sender<Result<String, String>>>>,
+    next_ticket: AtomicU64,
     /// The x509pop credential loaded at start-up (re-read from its files on re-attestation).
     x509pop: Option<Arc<X509PopCredential>>,
 }
@@ -118,9 +130,6 @@ impl std::fmt::Debug for Agent {
 fn bundle_path(data_dir: &Path) -> std::path::PathBuf {
     data_dir.join("identity").join("bundle.json")
 }
-
-/// An agent SVID from an attestation: the agent's ID, the chain, its `NotAfter` and the bundle.
-type Attested = (SpiffeId, Vec<Vec<u8>>, UnixTime, Bundle);
 
 /// How the agent proves who it is when it has no valid agent SVID.
 #[derive(Debug, Clone, Copy)]
@@ -323,7 +332,14 @@ async fn attest_once(
                 chain,
                 not_after,
                 bundle,
-            }) => return Ok((spiffe_id, chain, not_after, bundle)),
+            }) => {
+                return Ok(Attested {
+                    spiffe_id,
+                    chain,
+                    not_after,
+                    bundle,
+                })
+            }
             Ok(other) => errors.push(format!("{server}: unexpected answer {other:?}")),
             Err(e) => {
                 tracing::warn!(%server, method = method.name(), error = %e, "attestation through this server failed; trying the next");
@@ -429,28 +445,38 @@ impl Agent {
                     pin: cfg.bundle_sha256.clone(),
                     stored: stored_bundle,
                 };
-                let attested = attest_retrying(&cfg, method, &anchors, &key, env.clone()).await?;
-                tracing::info!(agent = %attested.0, method = method.name(), "attested");
-                files.store_svid(&attested.1, attested.2)?;
-                attested
+                let a = attest_retrying(&cfg, method, &anchors, &key, env.clone()).await?;
+                tracing::info!(agent = %a.spiffe_id, method = method.name(), "attested");
+                files.store_svid(&a.chain, a.not_after)?;
+                (a.spiffe_id, a.chain, a.not_after, a.bundle)
             }
         };
-        let identity = NodeIdentity::new(chain, &key).map_err(|e| Error::Os {
+        let identity = NodeIdentity::new(chain.clone(), &key).map_err(|e| Error::Os {
             what: "building the agent's TLS identity",
             detail: e.to_string(),
         })?;
+        let core_cfg = AgentCoreConfig {
+            servers: cfg.servers.clone(),
+            repeatable: repeatable(&cfg, x509pop.is_some()),
+            public_key_der: key.public_key_der().to_vec(),
+        };
+        let svid = AgentSvid {
+            spiffe_id,
+            chain,
+            issued_at: wall,
+            not_after,
+        };
+        let core = Core::new(core_cfg, env.clone(), svid, bundle.clone(), env.mono());
+        let (events, inbox) = mpsc::channel(EVENTS_MAX);
         let agent = Agent {
             inner: Arc::new(Inner {
-                me: Mutex::new(AgentIdentity {
-                    spiffe_id,
-                    identity,
-                    issued_at: wall,
-                    not_after,
-                }),
-                cache: Mutex::new(Cache::new(bundle.clone())),
+                core: Mutex::new(core),
+                identity: Mutex::new(identity),
                 changes: watch::channel(0).0,
-                client: Mutex::new(None),
-                mint_gate: tokio::sync::Mutex::new(()),
+                events,
+                inbox: Mutex::new(Some(inbox)),
+                jwt: Mutex::new(BTreeMap::new()),
+                next_ticket: AtomicU64::new(1),
                 x509pop,
                 cfg,
                 env,
@@ -464,31 +490,26 @@ impl Agent {
 
     /// The agent's SPIFFE ID.
     pub fn spiffe_id(&self) -> SpiffeId {
-        lock(&self.inner.me).spiffe_id.clone()
+        lock(&self.inner.core).svid().spiffe_id.clone()
     }
 
-    /// Whether a server connection is up.
-    pub fn connected(&self) -> bool {
-        lock(&self.inner.client)
-            .as_ref()
-            .is_some_and(|c| !c.is_closed())
+    /// The server the agent follows, if any.
+    pub fn server(&self) -> Option<SocketAddr> {
+        lock(&self.inner.core).server()
     }
 
     /// What the agent serves and whether it reaches a server (`sigil agent health`).
     pub fn health(&self) -> wire::admin::AgentHealthResponse {
         let secs = |t: UnixTime| i64::try_from(t.as_secs()).unwrap_or(i64::MAX);
-        let server = lock(&self.inner.client)
-            .as_ref()
-            .filter(|c| !c.is_closed())
-            .map(|c| c.addr().to_string());
-        let agent_not_after = lock(&self.inner.me).not_after;
-        let cache = lock(&self.inner.cache);
+        let core = lock(&self.inner.core);
+        let cache = core.cache();
+        let server = core.server();
         wire::admin::AgentHealthResponse {
-            spiffe_id: self.spiffe_id().to_string(),
+            spiffe_id: core.svid().spiffe_id.to_string(),
             connected: server.is_some(),
-            server: server.unwrap_or_default(),
+            server: server.map(|s| s.to_string()).unwrap_or_default(),
             last_server_contact_unix: cache.last_contact().map_or(0, secs),
-            agent_svid_not_after_unix: secs(agent_not_after),
+            agent_svid_not_after_unix: secs(core.svid().not_after),
             x509_svids: u32::try_from(cache.x509_count()).unwrap_or(u32::MAX),
             earliest_svid_not_after_unix: cache.earliest_not_after().map_or(0, secs),
             entries: u32::try_from(cache.entries().len()).unwrap_or(u32::MAX),
@@ -505,284 +526,300 @@ impl Agent {
         }
     }
 
-    fn bump(&self) {
-        self.inner.changes.send_modify(|n| *n = n.wrapping_add(1));
-    }
-
-    fn trust(&self) -> Arc<TrustStore> {
-        TrustStore::new(
-            self.inner.cfg.trust_domain.clone(),
-            lock(&self.inner.cache).bundle(),
-        )
-    }
-
-    /// Connects to every server at once and keeps the fastest that accepts the agent.
-    async fn connect_best(&self) -> Option<ApiClient> {
-        let trust = ServerTrust::Bundle(self.trust());
-        let identity = lock(&self.inner.me).identity.clone();
-        // The production shell's tasks: every server is tried at once.
-        let mut attempts = tokio::task::JoinSet::new();
-        for addr in &self.inner.cfg.servers {
-            let trust = trust.clone();
-            let identity = identity.clone();
-            let env = self.inner.env.clone();
-            let addr = *addr;
-            attempts.spawn(async move {
-                let client =
-                    ApiClient::connect(addr, &trust, Some(&identity), env, CONNECT_TIMEOUT).await;
-                match client {
-                    // A round trip that also proves the server accepted our certificate.
-                    Ok(c) => match c.call(&ApiRequest::Sync, CALL_TIMEOUT).await {
-                        Ok(ApiResponse::View(_)) => Some(c),
-                        Ok(_) | Err(_) => {
-                            c.close().await;
-                            None
-                        }
-                    },
-                    Err(e) => {
-                        tracing::debug!(server = %addr, error = %e, "server unreachable");
-                        None
-                    }
-                }
-            });
-        }
-        // The first server to answer wins unless another answers within RTT_GRACE with a
-        // lower round-trip time; a dead server does not hold the choice up.
-        let mut clients: Vec<ApiClient> = Vec::new();
-        let mut deadline: Option<tokio::time::Instant> = None;
-        loop {
-            let next = match deadline {
-                None => attempts.join_next().await,
-                Some(d) => match tokio::time::timeout_at(d, attempts.join_next()).await {
-                    Ok(next) => next,
-                    Err(_) => break,
-                },
-            };
-            match next {
-                None => break,
-                Some(Ok(Some(client))) => {
-                    clients.push(client);
-                    if deadline.is_none() {
-                        #[allow(clippy::disallowed_methods)] // the production shell's clock
-                        let now = tokio::time::Instant::now();
-                        deadline = Some(now + RTT_GRACE);
-                    }
-                }
-                Some(_) => {}
-            }
-        }
-        attempts.abort_all();
-        clients.sort_by_key(ApiClient::rtt);
-        let mut it = clients.into_iter();
-        let best = it.next();
-        for other in it {
-            other.close().await;
-        }
-        if let Some(c) = &best {
-            tracing::info!(server = %c.addr(), rtt_us = c.rtt().as_micros(), "connected to the nearest server");
-        }
-        best
-    }
-
-    /// Applies a new view: drops SVIDs of entries that left it, signs the ones missing or
-    /// changed.
-    async fn apply_view(&self, client: &ApiClient, view: AgentView) -> Result<(), ApiClientError> {
-        let bundle = view.bundle.clone();
-        let bundle_changed = lock(&self.inner.cache).apply_view(view, self.inner.env.wall());
-        if bundle_changed {
-            self.store_bundle(&bundle);
-        }
-        self.bump();
-        self.renew_svids(client).await
-    }
-
-    /// Signs SVIDs for entries without one, whose entry changed, or past half life.
-    async fn renew_svids(&self, client: &ApiClient) -> Result<(), ApiClientError> {
-        let wall = self.inner.env.wall();
-        let due = lock(&self.inner.cache).due(wall);
-        for batch in due.chunks(SIGN_BATCH_MAX) {
-            let mut keys = Vec::with_capacity(batch.len());
-            let mut requests = Vec::with_capacity(batch.len());
-            for (id, _) in batch {
-                let key = TlsKey::generate().map_err(|e| ApiClientError::Io(e.to_string()))?;
-                requests.push(SignX509 {
-                    entry_id: id.clone(),
-                    public_key_der: key.public_key_der().to_vec(),
-                });
-                keys.push(key);
-            }
-            let answer = client
-                .call(&ApiRequest::SignX509 { requests }, CALL_TIMEOUT)
-                .await?;
-            let ApiResponse::X509(results) = answer else {
-                return Err(ApiClientError::Protocol("expected X.509-SVIDs".into()));
-            };
-            let mut cache = lock(&self.inner.cache);
-            for (((_, revision), key), result) in batch.iter().zip(keys).zip(results) {
-                match result {
-                    Ok(IssuedX509 {
-                        entry_id,
-                        spiffe_id,
-                        chain,
-                        not_after,
-                    }) => {
-                        cache.store_x509(
-                            entry_id,
-                            HeldX509 {
-                                revision: *revision,
-                                spiffe_id,
-                                chain,
-                                key: Zeroizing::new(key.pkcs8_der().to_vec()),
-                                issued_at: wall,
-                                not_after,
-                            },
-                        );
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "the server refused an SVID; retried on the next view or renewal (if it persists, check the entry with `sigil entry show` and the server's log)")
-                    }
-                }
-            }
-        }
-        if !due.is_empty() {
-            self.bump();
-        }
-        Ok(())
-    }
-
-    /// Renews the agent's own SVID at half life; `true` when it changed (reconnect with it).
-    async fn renew_self(&self, client: &ApiClient) -> Result<bool, ApiClientError> {
-        let wall = self.inner.env.wall();
-        let due = {
-            let me = lock(&self.inner.me);
-            past_half_life(me.issued_at, me.not_after, wall)
-        };
-        if !due {
-            return Ok(false);
-        }
-        let request = ApiRequest::RenewAgent {
-            public_key_der: self.inner.key.public_key_der().to_vec(),
-        };
-        let answer = client.call(&request, CALL_TIMEOUT).await;
-        if let Err(ApiClientError::Api(e)) = &answer {
-            if e.message.contains(crate::service::NOT_LATEST) {
-                // The servers recorded a newer SVID for this agent than the one it holds:
-                // another process has a copy of this agent's identity and renewed it.
-                if let Some(method) = self.repeatable() {
-                    tracing::warn!(method, "the servers refused to renew this agent's SVID: a newer one is on record (a copy of this agent's identity renewed it, or a renewal answer was lost); attesting again");
-                    self.reattest()
-                        .await
-                        .map_err(|e| ApiClientError::Protocol(e.to_string()))?;
-                    return Ok(true);
-                }
-                tracing::error!("the servers refused to renew this agent's SVID: a newer one is on record, so another process holds a copy of this agent's identity (its data_dir) and renewed it. This agent cannot attest again with its spent join token: ban or evict the agent (`sigil agent ban|evict`), find the copy, and give this agent a new join token");
-            }
-        }
-        let ApiResponse::AgentSvid {
-            chain, not_after, ..
-        } = answer?
-        else {
-            return Err(ApiClientError::Protocol("expected an agent SVID".into()));
-        };
-        let identity = NodeIdentity::new(chain.clone(), &self.inner.key)
-            .map_err(|e| ApiClientError::Protocol(e.to_string()))?;
-        if let Err(e) = self.inner.files.store_svid(&chain, not_after) {
-            tracing::warn!(error = %e, "could not store the renewed agent SVID; it is used from memory, but a restart will need to attest again (check that data_dir is writable and the disk not full)");
-        }
-        let mut me = lock(&self.inner.me);
-        me.identity = identity;
-        me.issued_at = wall;
-        me.not_after = not_after;
-        tracing::info!("renewed the agent SVID");
-        Ok(true)
-    }
-
-    /// Follows one server until its stream fails or the agent must reconnect.
-    async fn follow(
-        &self,
-        client: &ApiClient,
-        stop: &mut watch::Receiver<bool>,
-    ) -> Result<(), ApiClientError> {
-        let mut stream = client.stream(&ApiRequest::Watch).await?;
-        let mut tick = tokio::time::interval(RENEW_TICK);
-        let started = self.inner.env.mono();
-        loop {
-            tokio::select! {
-                () = stopped(stop) => return Ok(()),
-                next = stream.next() => match next {
-                    Some(Ok(ApiResponse::View(view))) => self.apply_view(client, view).await?,
-                    Some(Ok(other)) => return Err(ApiClientError::Protocol(format!("unexpected {other:?}"))),
-                    Some(Err(e)) => return Err(e),
-                    None => return Err(ApiClientError::Io("the server ended the watch".into())),
-                },
-                _ = tick.tick() => {
-                    self.renew_svids(client).await?;
-                    if self.renew_self(client).await? {
-                        return Ok(()); // reconnect with the new SVID
-                    }
-                    if self.inner.env.mono().saturating_since(started) >= REPROBE_INTERVAL && self.inner.cfg.servers.len() > 1 {
-                        return Ok(()); // look for a faster server
-                    }
-                }
-            }
-        }
-    }
-
-    /// Runs the connection loop until `stop` turns true.
+    /// Runs the core until `stop` turns true (see [`Runner`]).
     async fn run(&self, mut stop: watch::Receiver<bool>) {
-        let mut backoff = RECONNECT_MIN;
-        while !*stop.borrow() {
-            let Some(client) = self.connect_best().await else {
-                let expired = lock(&self.inner.me).not_after <= self.inner.env.wall();
-                if expired && self.repeatable().is_some() {
-                    match self.reattest().await {
-                        Ok(()) => {
-                            backoff = RECONNECT_MIN;
-                            continue;
-                        }
-                        Err(e) => {
-                            let method = self.repeatable().unwrap_or("x509pop");
-                            tracing::warn!(retry_ms = backoff.as_millis(), error = %e, "this agent's SVID expired while no server was reachable and {method} re-attestation failed; retrying — cached workload SVIDs are served until they expire");
-                        }
-                    }
-                } else if expired {
-                    tracing::error!("this agent's SVID expired while no server was reachable: servers refuse it now; give the agent a new join token (join_token in agent.toml, from `sigil token generate`) and restart it — cached workload SVIDs are served until they expire");
-                } else {
-                    tracing::warn!(retry_ms = backoff.as_millis(), "no server reachable; serving cached SVIDs until one answers (check the servers list and the network)");
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    () = stopped(&mut stop) => break,
-                }
-                backoff = (backoff * 2).min(RECONNECT_MAX);
-                continue;
-            };
-            backoff = RECONNECT_MIN;
-            *lock(&self.inner.client) = Some(client.clone());
-            if let Err(e) = self.follow(&client, &mut stop).await {
-                tracing::warn!(server = %client.addr(), error = %e, "lost the server; failing over");
+        let Some(inbox) = lock(&self.inner.inbox).take() else {
+            return;
+        };
+        let mut runner = Runner {
+            agent: self.clone(),
+            inbox,
+            tasks: JoinSet::new(),
+            conns: BTreeMap::new(),
+            probes: BTreeMap::new(),
+            watch: None,
+            generation: 0,
+        };
+        runner.feed(Input::Tick);
+        loop {
+            let deadline = lock(&self.inner.core).next_deadline();
+            let wait = deadline.map(|d| d.saturating_since(self.inner.env.mono()));
+            tokio::select! {
+                () = stopped(&mut stop) => break,
+                event = runner.inbox.recv() => match event {
+                    Some(event) => runner.on_event(event),
+                    None => break,
+                },
+                Some(_) = runner.tasks.join_next(), if !runner.tasks.is_empty() => {}
+                () = sleep_for(wait) => runner.feed(Input::Tick),
             }
-            *lock(&self.inner.client) = None;
+        }
+        runner.shut_down().await;
+    }
+}
+
+/// Sleeps for `wait`, or for ever.
+async fn sleep_for(wait: Option<Duration>) {
+    match wait {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The name of the repeatable attestation method configured (x509pop, TPM), if any.
+fn repeatable(cfg: &AgentFileConfig, x509pop: bool) -> Option<&'static str> {
+    if x509pop {
+        return Some("x509pop");
+    }
+    #[cfg(feature = "tpm")]
+    if cfg.tpm.is_some() {
+        return Some("TPM");
+    }
+    let _ = cfg;
+    None
+}
+
+/// The core's IO: one task feeds it every event and carries out what it asks, each network
+/// exchange in a task of its own that reports back as an event.
+struct Runner {
+    agent: Agent,
+    inbox: mpsc::Receiver<Event>,
+    tasks: JoinSet<()>,
+    /// Open connections, by server.
+    conns: BTreeMap<SocketAddr, ApiClient>,
+    /// Connection attempts out: their generation and task.
+    probes: BTreeMap<SocketAddr, (u64, AbortHandle)>,
+    /// The watch stream's server and task.
+    watch: Option<(SocketAddr, AbortHandle)>,
+    generation: u64,
+}
+
+impl Runner {
+    fn inner(&self) -> &Inner {
+        &self.agent.inner
+    }
+
+    /// Hands `input` to the core and carries out its outputs.
+    fn feed(&mut self, input: Input<SocketAddr>) {
+        let mut out = Vec::new();
+        {
+            let env = &self.inner().env;
+            let (now, wall) = (env.mono(), env.wall());
+            lock(&self.inner().core).handle(now, wall, input, &mut out);
+        }
+        for output in out {
+            self.execute(output);
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Input(input) => self.feed(input),
+            Event::Probed {
+                server,
+                generation,
+                result,
+            } => {
+                if self.probes.get(&server).map(|(g, _)| *g) != Some(generation) {
+                    // An attempt the core abandoned meanwhile.
+                    if let Ok((client, _)) = result {
+                        self.close(client);
+                    }
+                    return;
+                }
+                self.probes.remove(&server);
+                let rtt = match result {
+                    Ok((client, rtt)) => {
+                        if let Some(old) = self.conns.insert(server, client) {
+                            self.close(old);
+                        }
+                        Ok(rtt)
+                    }
+                    Err(e) => Err(e),
+                };
+                self.feed(Input::Probed { server, rtt });
+            }
+        }
+    }
+
+    fn close(&mut self, client: ApiClient) {
+        self.tasks.spawn(async move { client.close().await });
+    }
+
+    /// Runs `work` as a task whose result, if any, is fed back to the core.
+    fn spawn(&mut self, work: impl Future<Output = Option<Event>> + Send + 'static) -> AbortHandle {
+        let events = self.inner().events.clone();
+        self.tasks.spawn(async move {
+            if let Some(event) = work.await {
+                let _ = events.send(event).await;
+            }
+        })
+    }
+
+    fn execute(&mut self, output: Output<SocketAddr>) {
+        match output {
+            Output::Connect(server) => {
+                self.generation += 1;
+                let generation = self.generation;
+                let trust = ServerTrust::Bundle(TrustStore::new(
+                    self.inner().cfg.trust_domain.clone(),
+                    lock(&self.inner().core).cache().bundle(),
+                ));
+                let identity = lock(&self.inner().identity).clone();
+                let env = self.inner().env.clone();
+                let task = self.spawn(async move {
+                    let result = probe(server, trust, identity, env).await;
+                    Some(Event::Probed {
+                        server,
+                        generation,
+                        result,
+                    })
+                });
+                if let Some((_, old)) = self.probes.insert(server, (generation, task)) {
+                    old.abort();
+                }
+            }
+            Output::Disconnect(server) => {
+                if let Some((_, task)) = self.probes.remove(&server) {
+                    task.abort();
+                }
+                if self.watch.as_ref().is_some_and(|(s, _)| *s == server) {
+                    if let Some((_, task)) = self.watch.take() {
+                        task.abort();
+                    }
+                }
+                if let Some(client) = self.conns.remove(&server) {
+                    self.close(client);
+                }
+            }
+            Output::Follow(server) => {
+                let Some(client) = self.conns.get(&server).cloned() else {
+                    self.feed(Input::StreamLost {
+                        server,
+                        reason: "not connected".into(),
+                    });
+                    return;
+                };
+                let events = self.inner().events.clone();
+                let task = self.spawn(async move {
+                    let reason = follow(&client, server, &events).await;
+                    Some(Event::Input(Input::StreamLost { server, reason }))
+                });
+                if let Some((_, old)) = self.watch.replace((server, task)) {
+                    old.abort();
+                }
+            }
+            Output::Call {
+                id,
+                server,
+                request,
+            } => {
+                let client = self.conns.get(&server).cloned();
+                self.spawn(async move {
+                    let answer = match client {
+                        None => Err("not connected".to_owned()),
+                        Some(client) => match client.call(&request, CALL_TIMEOUT).await {
+                            Ok(answer) => Ok(answer),
+                            Err(ApiClientError::Api(e)) => Ok(ApiResponse::Error(e)),
+                            Err(e) => Err(e.to_string()),
+                        },
+                    };
+                    Some(Event::Input(Input::Answer { call: id, answer }))
+                });
+            }
+            Output::Reattest => {
+                let agent = self.agent.clone();
+                self.spawn(async move {
+                    let result = agent.reattest().await.map_err(|e| e.to_string());
+                    Some(Event::Input(Input::Reattested(result)))
+                });
+            }
+            Output::StoreAgentSvid { chain, not_after } => {
+                match NodeIdentity::new(chain.clone(), &self.inner().key) {
+                    Ok(identity) => *lock(&self.inner().identity) = identity,
+                    Err(e) => {
+                        tracing::error!(error = %e, "the new agent SVID does not fit this agent's key; connecting with the previous one")
+                    }
+                }
+                if let Err(e) = self.inner().files.store_svid(&chain, not_after) {
+                    tracing::warn!(error = %e, "could not store the agent SVID; it is used from memory, but a restart will need to attest again (check that data_dir is writable and the disk not full)");
+                }
+            }
+            Output::StoreBundle(bundle) => self.agent.store_bundle(&bundle),
+            Output::Changed => self.inner().changes.send_modify(|n| *n = n.wrapping_add(1)),
+            Output::Jwt { ticket, result } => {
+                if let Some(waiter) = lock(&self.inner().jwt).remove(&ticket) {
+                    let _ = waiter.send(result);
+                }
+            }
+        }
+    }
+
+    /// Stops every task and closes every connection.
+    async fn shut_down(&mut self) {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        for (_, client) in std::mem::take(&mut self.conns) {
             client.close().await;
         }
+        lock(&self.inner().jwt).clear();
     }
+}
 
-    /// The name of the configured repeatable attestation method (x509pop, TPM), if any.
-    fn repeatable(&self) -> Option<&'static str> {
-        if self.inner.x509pop.is_some() {
-            return Some("x509pop");
+/// Connects to `server` and makes a round trip that also proves it accepted our certificate.
+async fn probe(
+    server: SocketAddr,
+    trust: ServerTrust,
+    identity: NodeIdentity,
+    env: Arc<dyn Env>,
+) -> Result<(ApiClient, Duration), String> {
+    let client = ApiClient::connect(server, &trust, Some(&identity), env, CONNECT_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())?;
+    match client.call(&ApiRequest::Sync, CALL_TIMEOUT).await {
+        Ok(ApiResponse::View(_)) => {
+            let rtt = client.rtt();
+            Ok((client, rtt))
         }
-        #[cfg(feature = "tpm")]
-        if self.inner.cfg.tpm.is_some() {
-            return Some("TPM");
+        Ok(_) => {
+            client.close().await;
+            Err("unexpected answer to Sync".into())
         }
-        None
+        Err(e) => {
+            client.close().await;
+            Err(e.to_string())
+        }
     }
+}
 
-    /// x509pop or TPM again, after the agent SVID expired while no server was reachable: the
-    /// same certificate (or TPM) gives the same agent ID. x509pop re-reads the certificate and
-    /// key (they may have been renewed on disk), falling back to the ones loaded at start-up.
-    async fn reattest(&self) -> Result<(), Error> {
+/// Forwards the views of `client`'s watch stream to the runner; why it ended.
+async fn follow(client: &ApiClient, server: SocketAddr, events: &mpsc::Sender<Event>) -> String {
+    let mut stream = match client.stream(&ApiRequest::Watch).await {
+        Ok(s) => s,
+        Err(e) => return e.to_string(),
+    };
+    loop {
+        match stream.next().await {
+            Some(Ok(ApiResponse::View(view))) => {
+                let input = Input::View { server, view };
+                if events.send(Event::Input(input)).await.is_err() {
+                    return "the agent is stopping".into();
+                }
+            }
+            Some(Ok(ApiResponse::Error(e))) => return e.to_string(),
+            Some(Ok(_)) => return "unexpected answer on the watch stream".into(),
+            Some(Err(e)) => return e.to_string(),
+            None => return "the server ended the watch".into(),
+        }
+    }
+}
+
+impl Agent {
+    /// x509pop or TPM again (the core asks when the agent SVID expired while no server was
+    /// reachable, or a copy renewed it): the same certificate (or TPM) gives the same agent ID.
+    /// x509pop re-reads the certificate and key (they may have been renewed on disk), falling
+    /// back to the ones loaded at start-up.
+    async fn reattest(&self) -> Result<Attested, Error> {
         let inner = &self.inner;
         let credential = inner.x509pop.as_ref().map(|loaded| {
             match inner.cfg.x509pop.as_ref().map(|x| x.load()) {
@@ -805,52 +842,47 @@ impl Agent {
         };
         let anchors = FirstContact {
             pin: inner.cfg.bundle_sha256.clone(),
-            stored: Some(lock(&inner.cache).bundle()),
+            stored: Some(lock(&inner.core).cache().bundle()),
         };
-        let (spiffe_id, chain, not_after, bundle) =
-            attest_once(&inner.cfg, method, &anchors, &inner.key, inner.env.clone()).await?;
-        let identity = NodeIdentity::new(chain.clone(), &inner.key).map_err(|e| Error::Os {
-            what: "building the agent's TLS identity",
-            detail: e.to_string(),
-        })?;
-        if let Err(e) = inner.files.store_svid(&chain, not_after) {
-            tracing::warn!(error = %e, "could not store the new agent SVID; it is used from memory, but a restart will need to attest again (check that data_dir is writable and the disk not full)");
-        }
-        lock(&inner.cache).set_bundle(bundle.clone());
-        self.store_bundle(&bundle);
-        let previous = {
-            let mut me = lock(&inner.me);
-            let previous = std::mem::replace(&mut me.spiffe_id, spiffe_id.clone());
-            me.identity = identity;
-            me.issued_at = inner.env.wall();
-            me.not_after = not_after;
-            previous
-        };
-        if previous != spiffe_id {
-            tracing::warn!(previous = %previous, agent = %spiffe_id, method = method.name(), "re-attestation gave this agent a new ID (its certificate or TPM changed): entries parented to the previous ID no longer apply");
-        }
-        tracing::info!(agent = %spiffe_id, "re-attested with {} after the agent SVID expired", method.name());
-        self.bump();
-        Ok(())
+        attest_once(&inner.cfg, method, &anchors, &inner.key, inner.env.clone()).await
     }
 
-    async fn mint_jwt(
+    /// A JWT-SVID of `entry_id` for `audience`: from the cache, else through the core (which
+    /// mints once for concurrent misses).
+    async fn jwt(
         &self,
-        entry_id: EntryId,
+        entry_id: wire::EntryId,
+        spiffe_id: SpiffeId,
         audience: Vec<String>,
-    ) -> Result<(String, UnixTime), tonic::Status> {
-        let client = lock(&self.inner.client).clone().ok_or_else(|| {
-            tonic::Status::unavailable("no server reachable to mint a JWT-SVID; retry")
-        })?;
-        match client
-            .call(&ApiRequest::MintJwt { entry_id, audience }, CALL_TIMEOUT)
-            .await
-        {
-            Ok(ApiResponse::Jwt { token, expires_at }) => Ok((token, expires_at)),
-            Ok(other) => Err(tonic::Status::internal(format!(
-                "unexpected answer {other:?}"
-            ))),
-            Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+    ) -> Result<String, tonic::Status> {
+        let key = (spiffe_id.clone(), audience.clone());
+        let wall = self.inner.env.wall();
+        if let Some(token) = lock(&self.inner.core).cache().cached_jwt(&key, wall) {
+            return Ok(token.to_owned());
+        }
+        let ticket = self.inner.next_ticket.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.inner.jwt).insert(ticket, tx);
+        let ask = Event::Input(Input::Jwt {
+            ticket,
+            entry_id,
+            spiffe_id,
+            audience,
+        });
+        if self.inner.events.send(ask).await.is_err() {
+            lock(&self.inner.jwt).remove(&ticket);
+            return Err(tonic::Status::unavailable("the agent is stopping"));
+        }
+        match tokio::time::timeout(JWT_WAIT, rx).await {
+            Ok(Ok(Ok(token))) => Ok(token),
+            Ok(Ok(Err(e))) => Err(tonic::Status::unavailable(e)),
+            Ok(Err(_)) => Err(tonic::Status::unavailable("the agent is stopping")),
+            Err(_) => {
+                lock(&self.inner.jwt).remove(&ticket);
+                Err(tonic::Status::unavailable(format!(
+                    "no JWT-SVID from the servers within {JWT_WAIT:?}; retry"
+                )))
+            }
         }
     }
 }
@@ -861,23 +893,23 @@ impl WorkloadSource for Agent {
     }
 
     fn x509_svids(&self, selectors: &BTreeSet<Selector>) -> Vec<WorkloadX509> {
-        let cache = lock(&self.inner.cache);
+        let core = lock(&self.inner.core);
         let wall = self.inner.env.wall();
-        cache
+        core.cache()
             .x509_for(selectors, wall)
             .into_iter()
             .map(|served| WorkloadX509 {
                 spiffe_id: served.svid.spiffe_id.clone(),
                 chain: served.svid.chain.clone(),
-                key_pkcs8: served.svid.key.clone(),
+                key_pkcs8: served.svid.key.pkcs8_der().clone(),
                 hint: served.entry.hint.clone(),
             })
             .collect()
     }
 
     fn bundles(&self) -> (Bundle, Vec<(TrustDomain, Bundle)>) {
-        let cache = lock(&self.inner.cache);
-        (cache.bundle(), cache.federated())
+        let core = lock(&self.inner.core);
+        (core.cache().bundle(), core.cache().federated())
     }
 
     fn jwt_svids(
@@ -892,49 +924,16 @@ impl WorkloadSource for Agent {
         let mut audience = audience;
         audience.sort();
         audience.dedup();
-        let wanted: Vec<(EntryId, SpiffeId, String)> = {
-            lock(&self.inner.cache)
-                .jwt_wanted(selectors, spiffe_id.as_ref())
-                .into_iter()
-                .map(|e| (e.id.clone(), e.spiffe_id.clone(), e.hint.clone()))
-                .collect()
-        };
+        let wanted: Vec<(wire::EntryId, SpiffeId, String)> = lock(&self.inner.core)
+            .cache()
+            .jwt_wanted(selectors, spiffe_id.as_ref())
+            .into_iter()
+            .map(|e| (e.id.clone(), e.spiffe_id.clone(), e.hint.clone()))
+            .collect();
         Box::pin(async move {
             let mut out = Vec::with_capacity(wanted.len());
             for (entry_id, id, hint) in wanted {
-                let wall = agent.inner.env.wall();
-                let key = (id.clone(), audience.clone());
-                let cached = |agent: &Agent| {
-                    lock(&agent.inner.cache)
-                        .cached_jwt(&key, wall)
-                        .map(str::to_owned)
-                };
-                let mut hit = cached(&agent);
-                // One mint at a time: concurrent misses for the same key wait and then hit.
-                let _gate = match hit {
-                    Some(_) => None,
-                    None => {
-                        let gate = agent.inner.mint_gate.lock().await;
-                        hit = cached(&agent);
-                        Some(gate)
-                    }
-                };
-                let token = match hit {
-                    Some(t) => t,
-                    None => {
-                        let (token, expires_at) =
-                            agent.mint_jwt(entry_id, audience.clone()).await?;
-                        lock(&agent.inner.cache).store_jwt(
-                            key,
-                            HeldJwt {
-                                token: token.clone(),
-                                issued_at: wall,
-                                expires_at,
-                            },
-                        );
-                        token
-                    }
-                };
+                let token = agent.jwt(entry_id, id.clone(), audience.clone()).await?;
                 out.push(WorkloadJwt {
                     spiffe_id: id,
                     token,
@@ -1016,17 +1015,4 @@ impl HealthSource for Agent {
 pub async fn run_agent_from_file(path: &Path) -> Result<(), Error> {
     let cfg = AgentFileConfig::load(path)?;
     run_agent(cfg, crate::rt::serve::shutdown_signal()).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn half_life() {
-        let t = |s| UnixTime::from_secs(s);
-        assert!(!past_half_life(t(100), t(200), t(149)));
-        assert!(past_half_life(t(100), t(200), t(150)));
-        assert!(past_half_life(t(100), t(100), t(100)));
-    }
 }

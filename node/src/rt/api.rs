@@ -187,15 +187,10 @@ async fn serve_stream(
 ) {
     // Anyone may send requests without a certificate: they are read only up to the largest
     // valid one.
-    let limit = if caller.chain.is_empty() {
-        wire::api::UNAUTHENTICATED_REQUEST_BYTES_MAX
-    } else {
-        MESSAGE_BYTES_MAX
-    };
+    let limit = crate::service::request_bytes_max(!caller.chain.is_empty());
     let read = tokio::time::timeout(REQUEST_READ_TIMEOUT, recv.read_to_end(limit));
     let request = match read.await {
-        Ok(Ok(bytes)) => codec::decode::<ApiRequest>(&bytes)
-            .map_err(|e| ApiError::invalid(format!("malformed request: {e}"))),
+        Ok(Ok(bytes)) => crate::service::parse_request(&bytes),
         Ok(Err(quinn::ReadToEndError::TooLong)) => Err(ApiError::invalid(format!(
             "request over {limit} bytes{}",
             if caller.chain.is_empty() {
@@ -210,7 +205,7 @@ async fn serve_stream(
         }
         Err(_) => Err(ApiError::invalid("request arrived too slowly")),
     };
-    let request = match request.and_then(|r| r.check().map(|()| r)) {
+    let request = match request {
         Ok(r) => r,
         Err(e) => {
             if let Ok(frame) = codec::encode(&ApiResponse::Error(e)) {

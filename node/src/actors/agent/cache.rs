@@ -343,6 +343,14 @@ mod tests {
     }
 
     #[test]
+    fn half_life() {
+        let t = UnixTime::from_secs;
+        assert!(!past_half_life(t(100), t(200), t(149)));
+        assert!(past_half_life(t(100), t(200), t(150)));
+        assert!(past_half_life(t(100), t(100), t(100)));
+    }
+
+    #[test]
     fn due_missing_changed_and_half_expired() {
         let a = entry(1, &["unix:uid:1"], 1);
         let b = entry(2, &["unix:uid:2"], 1);

@@ -10,9 +10,10 @@
 //! ([`Output::Connect`]); the shell reports each as [`Input::Probed`] with the round-trip time of
 //! a `Sync` call that also proved the server accepts our SVID. The first answer opens a
 //! [`RTT_GRACE`] window; the lowest round-trip time among the answers by its end wins
-//! ([`Output::Follow`]) and the others are closed. When no server answers, the agent keeps serving
-//! what it holds and tries again after a backoff from [`RECONNECT_MIN`] doubling to
-//! [`RECONNECT_MAX`]. A lost stream, a failed call or a refused renewal fails over at once; every
+//! ([`Output::Follow`]) and the others are closed. When no server answers, or the one followed
+//! fails (its stream ends, a call fails, it refuses a renewal), the agent keeps serving what it
+//! holds and starts a new round after a backoff from [`RECONNECT_MIN`] doubling to
+//! [`RECONNECT_MAX`]; the backoff starts over once a server held for [`RECONNECT_MAX`]. Every
 //! [`REPROBE_INTERVAL`] the agent looks for a faster server.
 //!
 //! **Renewal.** Every [`RENEW_TICK`] while following a server: workload SVIDs that are missing,
@@ -342,8 +343,19 @@ impl<S: Copy + Ord + fmt::Display + fmt::Debug> AgentCore<S> {
         };
     }
 
-    /// Stops following the server (if any) and tries again at once.
+    /// Stops following the server (if any) because it failed, and tries again after the
+    /// backoff: a server that fails right after every connection is not hammered.
     fn lose(&mut self, now: Mono, out: &mut Vec<Output<S>>) {
+        self.reconnect(now, out);
+        self.link = Link::Down {
+            retry_at: now.saturating_add(self.backoff),
+        };
+        self.backoff = (self.backoff * 2).min(RECONNECT_MAX);
+    }
+
+    /// Stops following the server (if any) and connects again at once (a new SVID to connect
+    /// with, or a look for a faster server).
+    fn reconnect(&mut self, now: Mono, out: &mut Vec<Output<S>>) {
         if let Link::Up { server, .. } = self.link {
             out.push(Output::Disconnect(server));
         }
@@ -376,7 +388,6 @@ impl<S: Copy + Ord + fmt::Display + fmt::Debug> AgentCore<S> {
                 server: best,
                 since: now,
             };
-            self.backoff = RECONNECT_MIN;
             self.renew_at = now;
             return;
         }
@@ -561,7 +572,7 @@ impl<S: Copy + Ord + fmt::Display + fmt::Debug> AgentCore<S> {
                         self.take_svid(chain, not_after, asked, out);
                         tracing::info!("renewed the agent SVID");
                         if self.server() == Some(server) {
-                            self.lose(now, out); // reconnect with the new SVID
+                            self.reconnect(now, out); // with the new SVID
                         }
                     }
                     Ok(ApiResponse::Error(e)) if e.message.contains(crate::service::NOT_LATEST) => {
@@ -571,7 +582,7 @@ impl<S: Copy + Ord + fmt::Display + fmt::Debug> AgentCore<S> {
                         match self.cfg.repeatable {
                             Some(method) if !self.reattesting => {
                                 tracing::warn!(method, "the servers refused to renew this agent's SVID: a newer one is on record (a copy of this agent's identity renewed it, or a renewal answer was lost); attesting again");
-                                self.lose(now, out);
+                                self.reconnect(now, out);
                                 self.reattesting = true;
                                 out.push(Output::Reattest);
                             }
@@ -665,7 +676,8 @@ impl<S: Copy + Ord + fmt::Display + fmt::Debug> AgentCore<S> {
                 }
             }
             Err(e) => {
-                tracing::warn!(retry_ms = self.backoff.as_millis(), error = %e, "re-attestation failed; retrying — cached workload SVIDs are served until they expire");
+                let method = self.cfg.repeatable.unwrap_or("repeatable");
+                tracing::warn!(retry_ms = self.backoff.as_millis(), error = %e, "{method} re-attestation failed; retrying — cached workload SVIDs are served until they expire");
                 if let Link::Down { retry_at } = &mut self.link {
                     *retry_at = (*retry_at).max(now.saturating_add(self.backoff));
                 }
@@ -733,12 +745,15 @@ impl<S: Copy + Ord + fmt::Display + fmt::Debug> AgentCore<S> {
             } if now >= at => self.choose(now, wall, out),
             Link::Up { server, since } if now >= self.renew_at => {
                 self.renew_at = now.saturating_add(RENEW_TICK);
+                if now.saturating_since(since) >= RECONNECT_MAX {
+                    self.backoff = RECONNECT_MIN; // the server held: failures start over
+                }
                 self.sign_due(wall, out);
                 self.renew_self(wall, out);
                 let stale = now.saturating_since(since) >= REPROBE_INTERVAL;
                 if stale && self.cfg.servers.len() > 1 && !self.renewing {
                     tracing::debug!(%server, "looking for a faster server");
-                    out.push(Output::Disconnect(server));
+                    self.reconnect(now, out);
                     self.probe(out);
                 }
             }

@@ -201,76 +201,75 @@ fn follows_the_fastest_answer_within_the_grace_window() {
 }
 
 #[test]
-fn fails_over_at_once_when_the_stream_or_a_call_fails() {
+fn fails_over_when_the_stream_or_a_call_fails_backing_off() {
     let mut a = agent(None);
     up_on_1(&mut a);
-    let out = step(
-        &mut a,
-        ms(10),
-        wall(1),
-        Input::StreamLost {
-            server: 1,
-            reason: "reset".into(),
-        },
-    );
+    let out = step(&mut a, ms(10), wall(1), lost(1));
     assert_eq!(disconnects(&out), vec![1]);
-    assert_eq!(connects(&out), vec![1, 2, 3], "a new round at once");
+    assert!(connects(&out).is_empty());
     assert_eq!(a.server(), None);
-    // Up on 2; a sign call that does not get through fails over again.
-    step(
-        &mut a,
-        ms(11),
-        wall(1),
-        Input::Probed {
-            server: 1,
-            rtt: Err("down".into()),
-        },
+    assert_eq!(
+        a.next_deadline(),
+        Some(ms(210)),
+        "a new round after the first backoff step"
     );
-    step(
-        &mut a,
-        ms(12),
-        wall(1),
-        Input::Probed {
-            server: 3,
-            rtt: Err("down".into()),
-        },
+    assert_eq!(
+        connects(&step(&mut a, ms(210), wall(1), Input::Tick)),
+        vec![1, 2, 3]
     );
-    step(&mut a, ms(13), wall(1), probed(2, 3));
+    // Up on 2; a sign call that does not get through fails over again, backing off further.
+    step(&mut a, ms(211), wall(1), refused(1));
+    step(&mut a, ms(212), wall(1), refused(3));
+    step(&mut a, ms(213), wall(1), probed(2, 3));
     assert_eq!(a.server(), Some(2));
-    let out = step(
-        &mut a,
-        ms(14),
-        wall(1),
-        Input::View {
-            server: 2,
-            view: view(1, vec![entry(1)]),
-        },
-    );
+    let view = Input::View {
+        server: 2,
+        view: view(1, vec![entry(1)]),
+    };
+    let out = step(&mut a, ms(214), wall(1), view);
     let (id, server, _) = calls(&out)[0];
     assert_eq!(server, 2);
-    let out = step(
-        &mut a,
-        ms(15),
-        wall(1),
-        Input::Answer {
-            call: id,
-            answer: Err("timed out".into()),
-        },
-    );
+    let failed = Input::Answer {
+        call: id,
+        answer: Err("timed out".into()),
+    };
+    let out = step(&mut a, ms(215), wall(1), failed);
     assert_eq!(disconnects(&out), vec![2]);
     assert_eq!(a.server(), None);
+    assert_eq!(a.next_deadline(), Some(ms(615)));
     // A stream loss reported for a server no longer followed changes nothing.
-    assert!(step(
-        &mut a,
-        ms(16),
-        wall(1),
-        Input::StreamLost {
-            server: 2,
-            reason: "late".into()
-        }
-    )
-    .iter()
-    .all(|o| !matches!(o, Output::Disconnect(_))));
+    let out = step(&mut a, ms(216), wall(1), lost(2));
+    assert!(out.iter().all(|o| !matches!(o, Output::Disconnect(_))));
+}
+
+#[test]
+fn a_server_that_holds_resets_the_backoff() {
+    let mut a = agent(None);
+    up_on_1(&mut a);
+    step(&mut a, ms(10), wall(1), lost(1));
+    step(&mut a, ms(210), wall(1), Input::Tick);
+    step(&mut a, ms(211), wall(1), refused(2));
+    step(&mut a, ms(211), wall(1), refused(3));
+    step(&mut a, ms(212), wall(1), probed(1, 1));
+    assert_eq!(a.server(), Some(1));
+    // Held for RECONNECT_MAX: the next failure waits only the first step again.
+    step(&mut a, ms(5_212), wall(6), Input::Tick);
+    step(&mut a, ms(6_000), wall(7), lost(1));
+    assert_eq!(a.next_deadline(), Some(ms(6_200)));
+}
+
+fn lost(server: u64) -> Input<u64> {
+    Input::StreamLost {
+        server,
+        reason: "reset".into(),
+    }
+}
+
+fn refused(server: u64) -> Input<u64> {
+    Input::Probed {
+        server,
+        rtt: Err("refused".into()),
+    }
 }
 
 #[test]
