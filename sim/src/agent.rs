@@ -20,13 +20,19 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use node::actors::agent::{AgentCache, AgentCore, AgentCoreConfig, AgentSvid, Input, Output};
+use attest::x509pop::EXPORTER_BYTES;
+use node::actors::agent::{
+    AgentCache, AgentCore, AgentCoreConfig, AgentSvid, Attested, Input, Output,
+};
 use node::actors::Actor;
 use node::service::NodeService;
 use wire::api::{ApiError, ApiRequest, ApiResponse};
 use wire::{
-    AgentRecord, Bundle, Env, KeyAlg, PeerId, Selector, Signer, SpiffeId, UnixTime, WorkloadKey,
+    AgentRecord, Bundle, Env, KeyAlg, PeerId, Selector, SigFormat, Signer, SpiffeId, UnixTime,
+    WorkloadKey,
 };
+
+use crate::x509pop::PopCredential;
 
 use crate::check::bans::Delivery;
 use crate::check::workloads::Serve;
@@ -129,7 +135,8 @@ pub(crate) async fn call_node(
     let answer = match parsed {
         Ok(request) => {
             let (tx, mut rx) = tokio::sync::mpsc::channel(1);
-            service.handle(chain, None, request, tx).await;
+            let exporter = exporter_of(peer, node);
+            service.handle(chain, Some(&exporter), request, tx).await;
             rx.recv().await?
         }
         Err(e) => ApiResponse::Error(e),
@@ -163,14 +170,34 @@ pub(crate) fn now_since(start: tokio::time::Instant) -> Duration {
 /// tick.
 const TICK_INPUTS_MAX: usize = 256;
 
+/// How a simulated agent attests.
+#[derive(Debug)]
+pub enum SimMethod {
+    /// A single-use join token (already registered).
+    JoinToken(String),
+    /// x509pop with this credential: repeatable.
+    X509Pop(PopCredential),
+}
+
+/// The keying material a simulated connection between `peer` and `node` exports (both ends
+/// agree on it; an x509pop proof is bound to it).
+pub(crate) fn exporter_of(peer: PeerId, node: u64) -> [u8; EXPORTER_BYTES] {
+    let digest = attest::sha256_hex(format!("sim-exporter {peer} {node}").as_bytes());
+    let mut out = [0u8; EXPORTER_BYTES];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(digest.get(2 * i..2 * i + 2).unwrap_or("00"), 16).unwrap_or(0);
+    }
+    out
+}
+
 /// A simulated agent.
 pub struct SimAgent {
     /// Its peer ID on the network.
     pub peer: PeerId,
     /// Its environment (clock, keys).
     pub env: Arc<SimEnv>,
-    token: String,
-    /// Its SPIFFE ID (known before attestation: it follows from the token).
+    method: SimMethod,
+    /// Its SPIFFE ID (known before attestation: it follows from the token or certificate).
     pub spiffe_id: SpiffeId,
     key: Box<dyn Signer>,
     /// The production agent's actor.
@@ -189,6 +216,8 @@ pub struct SimAgent {
     pub attested: bool,
     /// Serials of the agent SVIDs it held, oldest first.
     serials: Vec<String>,
+    /// How often it attested again (x509pop).
+    pub reattested: u64,
 }
 
 impl std::fmt::Debug for SimAgent {
@@ -202,12 +231,12 @@ impl std::fmt::Debug for SimAgent {
 }
 
 impl SimAgent {
-    /// An agent that will attest with `token` (already registered), trying nodes in
-    /// `preference` order for that, serving `workloads`.
+    /// An agent that will attest with `method`, trying nodes in `preference` order for that,
+    /// serving `workloads`.
     pub fn new(
         peer: PeerId,
         env: Arc<SimEnv>,
-        token: String,
+        method: SimMethod,
         spiffe_id: SpiffeId,
         preference: Vec<u64>,
         workloads: Vec<Workload>,
@@ -216,19 +245,17 @@ impl SimAgent {
             .keys()
             .generate(KeyAlg::EcP256)
             .map_err(|e| format!("agent key: {e}"))?;
-        let core = SimAgent::core(
-            &env,
-            key.as_ref(),
-            &preference,
-            &spiffe_id,
-            Vec::new(),
-            UnixTime::EPOCH,
-            Bundle::default(),
-        );
+        let unattested = Attested {
+            spiffe_id: spiffe_id.clone(),
+            chain: Vec::new(),
+            not_after: UnixTime::EPOCH,
+            bundle: Bundle::default(),
+        };
+        let core = SimAgent::core(&env, key.as_ref(), &preference, &method, unattested);
         Ok(SimAgent {
             peer,
             env,
-            token,
+            method,
             spiffe_id,
             key,
             core,
@@ -239,32 +266,33 @@ impl SimAgent {
             workloads,
             attested: false,
             serials: Vec::new(),
+            reattested: 0,
         })
     }
 
-    /// The production actor for an agent holding `chain` until `not_after`, trusting `bundle`.
+    /// The production actor for an agent of `servers` attesting with `method`, holding what
+    /// attestation `a` gave.
     fn core(
         env: &Arc<SimEnv>,
         key: &dyn Signer,
         servers: &[u64],
-        spiffe_id: &SpiffeId,
-        chain: Vec<Vec<u8>>,
-        not_after: UnixTime,
-        bundle: Bundle,
+        method: &SimMethod,
+        a: Attested,
     ) -> AgentCore<u64> {
         let mut servers = servers.to_vec();
         servers.sort_unstable();
         let cfg = AgentCoreConfig {
             servers,
-            repeatable: None,
+            repeatable: matches!(method, SimMethod::X509Pop(_)).then_some("x509pop"),
             public_key_der: key.public_key_der().to_vec(),
         };
         let svid = AgentSvid {
-            spiffe_id: spiffe_id.clone(),
-            chain,
+            spiffe_id: a.spiffe_id,
+            chain: a.chain,
             issued_at: env.wall(),
-            not_after,
+            not_after: a.not_after,
         };
+        let bundle = a.bundle;
         let dyn_env: Arc<dyn Env> = env.clone();
         AgentCore::new(cfg, dyn_env, svid, bundle, env.mono())
     }
@@ -307,9 +335,32 @@ impl SimAgent {
         &self.core.svid().chain
     }
 
-    /// Its join token.
-    pub(crate) fn token(&self) -> &str {
-        &self.token
+    /// Its join token (`None`: an x509pop agent).
+    pub(crate) fn token(&self) -> Option<&str> {
+        match &self.method {
+            SimMethod::JoinToken(t) => Some(t),
+            SimMethod::X509Pop(_) => None,
+        }
+    }
+
+    /// Its attestation request on a connection to `node`.
+    fn attestation(&self, node: u64) -> Option<ApiRequest> {
+        let public_key_der = self.public_key_der();
+        Some(match &self.method {
+            SimMethod::JoinToken(token) => ApiRequest::AttestJoinToken {
+                token: token.clone(),
+                public_key_der,
+            },
+            SimMethod::X509Pop(cred) => {
+                let message =
+                    attest::x509pop::message(&exporter_of(self.peer, node), &public_key_der);
+                ApiRequest::AttestX509Pop {
+                    chain: cred.chain.clone(),
+                    signature: cred.key.sign(&message, SigFormat::Der).ok()?,
+                    public_key_der,
+                }
+            }
+        })
     }
 
     /// Its public key (SubjectPublicKeyInfo DER).
@@ -350,15 +401,12 @@ impl SimAgent {
         call_node(links, self.peer, &self.spiffe_id, &chain, node, request).await
     }
 
-    /// Attests again with its join token and its key at a reachable node (a banned agent that
-    /// keeps trying); its state does not change. Returns the node, when it handled the request
-    /// and the record it held, and whether the answer was an agent SVID.
+    /// Attests again with its method and its key at a reachable node (a banned agent that keeps
+    /// trying); its state does not change. Returns the node, when it handled the request and the
+    /// record it held, and whether the answer was an agent SVID.
     pub(crate) async fn reattest(&mut self, links: &Links<'_>) -> Option<(u64, Handled, bool)> {
         let node = self.reachable(links)?;
-        let request = ApiRequest::AttestJoinToken {
-            token: self.token.clone(),
-            public_key_der: self.public_key_der(),
-        };
+        let request = self.attestation(node)?;
         let (answer, handled) =
             call_node(links, self.peer, &self.spiffe_id, &[], node, request).await?;
         Some((
@@ -368,38 +416,45 @@ impl SimAgent {
         ))
     }
 
-    /// The first attestation, with the join token at the first reachable node (a shell step in
-    /// production too: the core starts with an identity).
+    /// An attestation at the first reachable node, as the production shell does it: what it
+    /// gave, or why not.
+    async fn attest_once(&self, links: &Links<'_>) -> Result<Attested, String> {
+        let node = self.reachable(links).ok_or("no node reachable")?;
+        let request = self.attestation(node).ok_or("could not sign the proof")?;
+        match call_node(links, self.peer, &self.spiffe_id, &[], node, request).await {
+            Some((
+                ApiResponse::AgentSvid {
+                    spiffe_id,
+                    chain,
+                    not_after,
+                    bundle,
+                },
+                _,
+            )) => Ok(Attested {
+                spiffe_id,
+                chain,
+                not_after,
+                bundle,
+            }),
+            other => Err(format!("node {node}: {other:?}")),
+        }
+    }
+
+    /// The first attestation (a shell step in production too: the core starts with an
+    /// identity).
     async fn attest(&mut self, links: &Links<'_>) {
-        let Some(node) = self.reachable(links) else {
+        let Ok(a) = self.attest_once(links).await else {
             return;
         };
-        let request = ApiRequest::AttestJoinToken {
-            token: self.token.clone(),
-            public_key_der: self.key.public_key_der().to_vec(),
-        };
-        if let Some((
-            ApiResponse::AgentSvid {
-                chain,
-                not_after,
-                bundle,
-                ..
-            },
-            _,
-        )) = call_node(links, self.peer, &self.spiffe_id, &[], node, request).await
-        {
-            self.record_serial(&chain);
-            self.core = SimAgent::core(
-                &self.env,
-                self.key.as_ref(),
-                &self.preference,
-                &self.spiffe_id,
-                chain,
-                not_after,
-                bundle,
-            );
-            self.attested = true;
-        }
+        self.record_serial(&a.chain);
+        self.core = SimAgent::core(
+            &self.env,
+            self.key.as_ref(),
+            &self.preference,
+            &self.method,
+            a,
+        );
+        self.attested = true;
     }
 
     /// One round: attest if needed; else the followed node pushes its view and the core runs
@@ -513,9 +568,14 @@ impl SimAgent {
                 self.record_serial(&chain);
                 None
             }
-            Output::Reattest => Some(Input::Reattested(Err(
-                "a join-token agent cannot attest again".into(),
-            ))),
+            Output::Reattest => {
+                let result = self.attest_once(links).await;
+                crate::world::event(|| format!("agent {} attests again: {result:?}", self.peer));
+                if result.is_ok() {
+                    self.reattested += 1;
+                }
+                Some(Input::Reattested(result))
+            }
             Output::StoreBundle(_) | Output::Changed | Output::Jwt { .. } => None,
         }
     }

@@ -3,8 +3,8 @@
 //! Owns the fakes behind the seams — [`env::SimEnv`] for [`wire::Env`] (virtual clock, per-node
 //! wall skew and steps, seeded RNG tree, deterministic keys), [`net::SimNet`] for [`wire::Transport`] (delay, loss,
 //! duplication, reordering, partitions incl. asymmetric), `raft::MemKv` as the disk (a crash loses
-//! unflushed writes) — the simulated agents and workloads ([`agent`], on the production agent
-//! cache and node API handler), the seeded world ([`world`], with its hostile actors), the checkers ([`check`], one file
+//! unflushed writes) — the simulated agents and workloads ([`agent`], the production agent
+//! actor on the production node API handler; join-token and [`x509pop`] agents), the seeded world ([`world`], with its hostile actors), the checkers ([`check`], one file
 //! per family of invariants) and the many-seed runner ([`runner`], also behind `chaos`). The
 //! whole deployment runs on one current-thread tokio runtime with paused time; openraft's
 //! election RNG and the runtime's own RNG (the branch order of unbiased `select!`s; needs
@@ -21,5 +21,6 @@ pub mod env;
 pub mod net;
 pub mod runner;
 pub mod world;
+pub mod x509pop;
 
 pub use world::{run_seed, Report, RunOptions};

@@ -109,7 +109,8 @@ pub fn main_with_args(prog: &str, args: impl Iterator<Item = String>) -> ExitCod
     let wall_start = std::time::Instant::now();
     let mut sim_total = std::time::Duration::ZERO;
     let mut failed = 0u64;
-    let mut totals = [0u64; 4]; // delivered SVIDs, serves, issued while cut off, expired agents
+    // Delivered SVIDs, serves, issued while cut off, expired agents, re-attestations.
+    let mut totals = [0u64; 5];
     let mut hostile = crate::world::HostileCounts::default();
     for seed in args.first_seed..args.first_seed.saturating_add(args.seeds) {
         let opts = RunOptions {
@@ -132,6 +133,7 @@ pub fn main_with_args(prog: &str, args: impl Iterator<Item = String>) -> ExitCod
         totals[1] += report.serves;
         totals[2] += report.issued_while_cut_off;
         totals[3] += report.agents_expired as u64;
+        totals[4] += report.agents_reattested;
         let h = &report.hostile;
         hostile.replays += h.replays;
         hostile.probes += h.probes;
@@ -145,7 +147,7 @@ pub fn main_with_args(prog: &str, args: impl Iterator<Item = String>) -> ExitCod
         let ok = report.violations.is_empty();
         if args.verbose || !ok {
             println!(
-                "seed {seed}: {} trace={:016x} sim={:.1}s acked={} write_errors={} svids={} refused={} cut_off_issued={} serves={} agents_expired={} scanned={}B hostile_refused={} hostile={:?} net={:?} faults={:?}",
+                "seed {seed}: {} trace={:016x} sim={:.1}s acked={} write_errors={} svids={} refused={} cut_off_issued={} serves={} agents_expired={} reattested={} scanned={}B hostile_refused={} hostile={:?} net={:?} faults={:?}",
                 if ok { "ok" } else { "VIOLATION" },
                 report.trace_hash,
                 report.sim_time.as_secs_f64(),
@@ -156,6 +158,7 @@ pub fn main_with_args(prog: &str, args: impl Iterator<Item = String>) -> ExitCod
                 report.issued_while_cut_off,
                 report.serves,
                 report.agents_expired,
+                report.agents_reattested,
                 report.scanned_bytes,
                 report.hostile.refused,
                 report.hostile,
@@ -198,12 +201,13 @@ pub fn main_with_args(prog: &str, args: impl Iterator<Item = String>) -> ExitCod
         hostile.refused
     );
     println!(
-        "{prog}: {} seed(s), {failed} failed; {} SVIDs delivered, {} workload serves, {} SVIDs issued by cut-off nodes within staleness_max, {} agents expired; {:.1} s simulated in {:.1} s wall ({:.0}x)",
+        "{prog}: {} seed(s), {failed} failed; {} SVIDs delivered, {} workload serves, {} SVIDs issued by cut-off nodes within staleness_max, {} agents expired, {} x509pop re-attestations; {:.1} s simulated in {:.1} s wall ({:.0}x)",
         args.seeds,
         totals[0],
         totals[1],
         totals[2],
         totals[3],
+        totals[4],
         sim_total.as_secs_f64(),
         wall.as_secs_f64(),
         sim_total.as_secs_f64() / wall.as_secs_f64().max(1e-9)

@@ -28,11 +28,11 @@ use wire::{Command, EntryId, Outcome, RegistrationEntry, Response, Seed};
 use node::server::{ServerConfig, ServerNode};
 use node::service::{join_token_agent_id, NodeService};
 use wire::{
-    AgentRecord, AttestationMethod, Env, JoinToken, KeyAlg, Selector, SpiffeId, TokenPurpose,
-    TrustDomain, UnixTime,
+    AgentRecord, AttestationMethod, Env, JoinToken, KeyAlg, PeerId, Selector, SpiffeId,
+    TokenPurpose, TrustDomain, UnixTime,
 };
 
-use crate::agent::{Links, SimAgent, Workload, AGENT_PEER_BASE};
+use crate::agent::{Links, SimAgent, SimMethod, Workload, AGENT_PEER_BASE};
 use crate::check::bans::BanChecker;
 use crate::check::hostile::{CopyChecker, HostileChecker};
 use crate::check::raft::RaftChecker;
@@ -44,6 +44,7 @@ use crate::check::workloads::WorkloadChecker;
 use crate::check::Delivered;
 use crate::env::SimEnv;
 use crate::net::{fnv, NetConfig, NetStats, SimEndpoint, SimNet};
+use crate::x509pop::PopCa;
 
 pub use crate::check::registrations::Oracle;
 pub use hostile::{HostileCounts, Hostility};
@@ -52,6 +53,9 @@ pub mod hostile;
 
 /// The simulated trust domain.
 pub const SIM_TRUST_DOMAIN: &str = "sim.test";
+/// The peer whose seeded keys make the x509pop CA.
+const POP_CA_PEER: PeerId = AGENT_PEER_BASE + 99;
+
 /// The agent every simulated workload runs under.
 pub const SIM_AGENT: &str = "spiffe://sim.test/sigil/agent/sim/1";
 /// Wall-clock time at the start of every run.
@@ -96,6 +100,9 @@ pub struct Faults {
     pub agents: u64,
     /// Hostile actors (see [`Hostility`]).
     pub hostile: Hostility,
+    /// How many of the agents attest with x509pop (the others with a join token); x509pop
+    /// agents attest again when their SVID expired offline or a copy renewed it.
+    pub x509pop_agents: u64,
 }
 
 impl Faults {
@@ -112,13 +119,14 @@ impl Faults {
             key_ttl: SIM_KEY_TTL,
             agents: 1,
             hostile: Hostility::default(),
+            x509pop_agents: 0,
         }
     }
 
     /// A random mix drawn from `rng`.
     pub fn swarm(rng: &mut ChaCha20Rng) -> Faults {
         let delay_max_ms = [5, 20, 80, 200][rng.gen_range(0..4)];
-        Faults {
+        let mut faults = Faults {
             net: NetConfig {
                 delay_min_ms: 1,
                 delay_max_ms,
@@ -134,9 +142,12 @@ impl Faults {
             tiny_ttls: rng.gen_bool(0.4),
             key_ttl: SIM_KEY_TTL * rng.gen_range(1..=2),
             agents: rng.gen_range(1..=3),
-            // Drawn last: the other faults of a seed stay what they were before hostile actors.
+            // Drawn late: the other faults of a seed stay what they were before hostile actors.
             hostile: Hostility::swarm(rng),
-        }
+            x509pop_agents: 0,
+        };
+        faults.x509pop_agents = rng.gen_range(0..=faults.agents);
+        faults
     }
 }
 
@@ -164,6 +175,8 @@ pub struct World {
     /// Each running node's node API.
     services: BTreeMap<u64, NodeService<SimEndpoint>>,
     agents: Vec<SimAgent>,
+    /// The CA the nodes trust for x509pop, and that signs the x509pop agents' certificates.
+    pop_ca: Option<PopCa>,
     key_ttl: Duration,
     /// Shortest SVID lifetime of new entries (seconds); 0: the default lifetime.
     tiny_ttl_min: u32,
@@ -292,6 +305,7 @@ impl World {
             servers: BTreeMap::new(),
             services: BTreeMap::new(),
             agents: Vec::new(),
+            pop_ca: None,
             key_ttl: faults.key_ttl,
             // Skewed clocks (up to 6 s apart) would see a 2 s SVID expire on arrival.
             tiny_ttl_min: match (faults.tiny_ttls, faults.clocks) {
@@ -335,6 +349,13 @@ impl World {
                 world.env(id).set_skew_ms(skew);
             }
         }
+        if faults.x509pop_agents > 0 {
+            let env = world.env(POP_CA_PEER);
+            match PopCa::new(env.keys()) {
+                Ok(ca) => world.pop_ca = Some(ca),
+                Err(e) => world.violations.push(e),
+            }
+        }
         for id in 1..=n {
             world.nodes.insert(
                 id,
@@ -352,7 +373,9 @@ impl World {
             }
         }
         world.register_issuing_entry().await;
-        world.add_agents(n, faults.agents).await;
+        world
+            .add_agents(n, faults.agents, faults.x509pop_agents)
+            .await;
         world
     }
 
@@ -368,34 +391,26 @@ impl World {
             .clone()
     }
 
-    /// Registers a join token per agent and creates the agents with their workloads: uid 1,
+    /// Registers a join token per join-token agent, issues a certificate per x509pop agent
+    /// (the last `x509pop` of `count`), and creates the agents with their workloads: uid 1,
     /// uid 2, and uid 1 in group 5.
-    async fn add_agents(&mut self, n: u64, count: u64) {
+    async fn add_agents(&mut self, n: u64, count: u64, x509pop: u64) {
         for i in 0..count {
             let peer = AGENT_PEER_BASE + i;
             let env = self.env(peer);
             self.secrets.watch(env.clone());
-            let token = format!("sim-token-{:016x}", self.rng.gen::<u64>());
-            let token_sha256 = attest::sha256_hex(token.as_bytes());
-            let Ok(spiffe_id) = join_token_agent_id(&td(), &token_sha256) else {
-                self.violations
-                    .push("cannot name a join-token agent".into());
-                return;
+            let made = if i + x509pop >= count {
+                self.x509pop_agent(&env, peer)
+            } else {
+                self.join_token_agent().await
             };
-            let cmd = Command::CreateJoinToken {
-                token: JoinToken {
-                    token_sha256,
-                    expires_at: UnixTime::from_secs(WALL_AT_START_SECS + 86_400),
-                    consumed_by: None,
-                    purpose: TokenPurpose::Agent,
-                    consumer_key_sha256: String::new(),
-                    node_id: None,
-                    rejoin: false,
-                    created_at: UnixTime::from_secs(WALL_AT_START_SECS),
-                    consumed_at: None,
-                },
+            let (method, spiffe_id) = match made {
+                Ok(m) => m,
+                Err(e) => {
+                    self.violations.push(e);
+                    return;
+                }
             };
-            self.write_retrying(cmd).await;
             let mut preference: Vec<u64> = (1..=n).collect();
             for k in (1..preference.len()).rev() {
                 let j = self.rng.gen_range(0..=k);
@@ -414,11 +429,44 @@ impl World {
                     .collect(),
             })
             .collect();
-            match SimAgent::new(peer, env, token, spiffe_id, preference, workloads) {
+            match SimAgent::new(peer, env, method, spiffe_id, preference, workloads) {
                 Ok(agent) => self.agents.push(agent),
                 Err(e) => self.violations.push(e),
             }
         }
+    }
+
+    /// A join token, registered.
+    async fn join_token_agent(&mut self) -> Result<(SimMethod, SpiffeId), String> {
+        let token = format!("sim-token-{:016x}", self.rng.gen::<u64>());
+        let token_sha256 = attest::sha256_hex(token.as_bytes());
+        let spiffe_id = join_token_agent_id(&td(), &token_sha256)
+            .map_err(|_| "cannot name a join-token agent".to_owned())?;
+        let cmd = Command::CreateJoinToken {
+            token: JoinToken {
+                token_sha256,
+                expires_at: UnixTime::from_secs(WALL_AT_START_SECS + 86_400),
+                consumed_by: None,
+                purpose: TokenPurpose::Agent,
+                consumer_key_sha256: String::new(),
+                node_id: None,
+                rejoin: false,
+                created_at: UnixTime::from_secs(WALL_AT_START_SECS),
+                consumed_at: None,
+            },
+        };
+        self.write_retrying(cmd).await;
+        Ok((SimMethod::JoinToken(token), spiffe_id))
+    }
+
+    /// An x509pop certificate for agent `peer` from the world's CA.
+    fn x509pop_agent(&self, env: &SimEnv, peer: PeerId) -> Result<(SimMethod, SpiffeId), String> {
+        let ca = self.pop_ca.as_ref().ok_or("no x509pop CA")?;
+        let cred = ca.issue(env.keys(), &format!("sim-host-{peer}"))?;
+        let leaf = cred.chain.first().ok_or("no certificate")?;
+        let spiffe_id = node::service::x509pop_agent_id(&td(), &attest::x509pop::fingerprint(leaf))
+            .map_err(|e| e.to_string())?;
+        Ok((SimMethod::X509Pop(cred), spiffe_id))
     }
 
     /// Writes `cmd` at node 1 until it commits (10 tries; the network may be bad).
@@ -694,7 +742,10 @@ impl World {
                 cfg.issuer.agent_ttl = SIM_AGENT_TTL;
                 let dyn_env: Arc<dyn Env> = env;
                 let server = ServerNode::start(cfg, dyn_env, replica.clone());
-                let service = NodeService::new(server.clone());
+                let mut service = NodeService::new(server.clone());
+                if let Some(ca) = &self.pop_ca {
+                    service = service.with_x509pop_cas(vec![ca.der().to_vec()]);
+                }
                 if self.removal_check.node == Some(id) {
                     self.removed_service = Some(service);
                 } else {
@@ -1236,6 +1287,8 @@ pub struct Report {
     /// Agents whose SVID expired while they reached no node that could renew it (a join-token
     /// agent then needs a new token: documented, not a violation).
     pub agents_expired: usize,
+    /// Re-attestations of x509pop agents (their SVID expired offline, or a copy renewed it).
+    pub agents_reattested: u64,
     /// Bytes scanned for private keys.
     pub scanned_bytes: u64,
     /// What the hostile actors tried and got.
@@ -1258,6 +1311,7 @@ impl Report {
             issued_while_cut_off: 0,
             serves: 0,
             agents_expired: 0,
+            agents_reattested: 0,
             scanned_bytes: 0,
             hostile: HostileCounts::default(),
         }
@@ -1308,6 +1362,7 @@ pub async fn run(opts: &RunOptions) -> Report {
             .iter()
             .filter(|a| a.attested && !a.alive())
             .count(),
+        agents_reattested: world.agents.iter().map(|a| a.reattested).sum(),
         scanned_bytes: world.secrets.scanned_bytes(),
         hostile: world.hostile_counts(),
     };

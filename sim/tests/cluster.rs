@@ -432,3 +432,104 @@ fn cut_off_with_agent(seed: u64) {
         w.shutdown().await;
     });
 }
+
+/// The production agent's re-attestation, in the simulator: an x509pop agent cut off from every
+/// node past its SVID's lifetime attests again by itself once a node answers, and its workloads
+/// are served again; a join-token agent in the same spot stays expired (its token is spent), as
+/// documented.
+#[test]
+fn an_agent_cut_off_past_its_svid_attests_again_with_x509pop_only() {
+    use sim::world::{Faults, SIM_AGENT_TTL};
+    const STEP: Duration = Duration::from_millis(500);
+    block_on(async {
+        let mut faults = Faults::none();
+        faults.agents = 2;
+        faults.x509pop_agents = 1;
+        let mut w = World::start_with(31, 3, &faults).await;
+        w.wait_leader(Duration::from_secs(10))
+            .await
+            .expect("a leader");
+        let served = |w: &World, i: usize| {
+            let agent = &w.agents()[i];
+            let wall = wire::Env::wall(agent.env.as_ref());
+            agent.alive()
+                && !agent
+                    .cache()
+                    .x509_for(&agent.workloads[0].selectors, wall)
+                    .is_empty()
+        };
+        // Both attest; give each an entry so there is something to serve.
+        let mut waited = Duration::ZERO;
+        while !w.agents().iter().all(|a| a.attested) {
+            assert!(waited < Duration::from_secs(20), "agents did not attest");
+            tokio::time::sleep(STEP).await;
+            w.tick_agents().await;
+            waited += STEP;
+        }
+        let leader = w
+            .wait_leader(Duration::from_secs(10))
+            .await
+            .expect("leader");
+        for i in 0..2 {
+            let mut entry = w.new_entry();
+            entry.parent_id = w.agents()[i].spiffe_id.clone();
+            entry.selectors = ["unix:uid:1".parse().expect("selector")].into();
+            w.write(
+                leader,
+                Command::CreateEntries {
+                    entries: vec![entry],
+                },
+            )
+            .await
+            .expect("committed")
+            .expect("entry created");
+        }
+        let mut waited = Duration::ZERO;
+        while !(served(&w, 0) && served(&w, 1)) {
+            assert!(
+                waited < Duration::from_secs(20),
+                "not served before the cut"
+            );
+            tokio::time::sleep(STEP).await;
+            w.tick_agents().await;
+            waited += STEP;
+        }
+        // Cut both agents off from every node until their SVIDs expired.
+        let peers: Vec<u64> = w.agents().iter().map(|a| a.peer).collect();
+        w.net().partition(&[peers, vec![1, 2, 3]]);
+        let mut cut_for = Duration::ZERO;
+        while cut_for < SIM_AGENT_TTL + Duration::from_secs(5) {
+            tokio::time::sleep(STEP).await;
+            w.tick_agents().await;
+            cut_for += STEP;
+        }
+        assert!(
+            !w.agents()[0].alive() && !w.agents()[1].alive(),
+            "the SVIDs expired"
+        );
+        assert_eq!(w.agents()[1].reattested, 0, "no node answered yet");
+        w.net().heal();
+        let mut healed_for = Duration::ZERO;
+        while !served(&w, 1) {
+            assert!(
+                healed_for < Duration::from_secs(30),
+                "the x509pop agent did not attest again after the heal"
+            );
+            tokio::time::sleep(STEP).await;
+            w.tick_agents().await;
+            healed_for += STEP;
+        }
+        assert!(w.agents()[1].reattested >= 1);
+        eprintln!("x509pop agent served again {healed_for:?} after the heal");
+        for _ in 0..10 {
+            tokio::time::sleep(STEP).await;
+            w.tick_agents().await;
+        }
+        assert!(
+            !w.agents()[0].alive(),
+            "a spent join token cannot attest again"
+        );
+        assert!(w.violations().is_empty(), "{:?}", w.violations());
+        w.shutdown().await;
+    });
+}

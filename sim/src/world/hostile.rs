@@ -156,7 +156,7 @@ impl World {
     /// node, or raced on two nodes at once.
     async fn replay_token(&mut self) {
         let attested: Vec<usize> = (0..self.agents.len())
-            .filter(|i| self.agents[*i].attested)
+            .filter(|i| self.agents[*i].attested && self.agents[*i].token().is_some())
             .collect();
         if attested.is_empty() {
             return;
@@ -165,11 +165,14 @@ impl World {
         let (Some(key), Some(a)) = (self.hostile_key(REPLAYER_PEER), self.hostile_node()) else {
             return;
         };
+        let Some(token) = self.agents[i].token().map(str::to_owned) else {
+            return;
+        };
         let b = self.hostile_node().filter(|b| *b != a);
         let raced = self.hostile_rng.gen_bool(0.5);
         let agent = self.agents[i].spiffe_id.clone();
         let request = ApiRequest::AttestJoinToken {
-            token: self.agents[i].token().to_owned(),
+            token,
             public_key_der: key,
         };
         let links = self.links();
@@ -407,7 +410,7 @@ impl World {
         }
     }
 
-    /// The banned agent attests again with its token (and its own key).
+    /// The banned agent attests again with its token or certificate (and its own key).
     async fn banned_reattests(&mut self) {
         let Some(i) = self.banned else { return };
         let mut agents = std::mem::take(&mut self.agents);
