@@ -1,5 +1,5 @@
 //! [`ServerNode`]: one server node's logic composed over the seams — a Raft [`Replica`] on any
-//! [`Transport`], the [`CaRotation`] and [`Issuer`] actors, driven by two small loops that only
+//! [`Transport`], the [`CaRotation`] and [`Issuer`] actors, driven by small loops that only
 //! move data between them (time from [`Env`], tasks through [`Env::spawn`]). Production runs it
 //! over QUIC and sled; the simulator over `SimNet` and `MemKv`, on a paused clock.
 //!
@@ -9,17 +9,11 @@
 //! - **Rotation loop**: on every applied change and at the keyring's next deadline, feeds the
 //!   rotation actor and proposes what it asks for (publish / activate / prune). A key is
 //!   confirmed to the keyring only once its publication is in the applied state.
-//! - **Contact loop**: samples every [`CONTACT_SAMPLE`]. A node is in contact with a leader
-//!   when it leads and heard from a quorum within `quorum_ack_max`, or — as of the proposer's
-//!   clock — when the newest [`Command::Tick`] it applied was proposed: a committed tick proves
-//!   that a leader had a quorum then. The issuer refuses to sign once contact is older than
-//!   `staleness_max`.
-//! - **Tick loop**: the leader commits a tick every [`tick_interval`]. (Naming a leader in Raft's
-//!   metrics is not contact: a follower keeps naming one for a few election timeouts after the
-//!   last message, and a leader that lost its quorum never steps down. Applied progress alone is
-//!   not either: a lagging follower catching up applies old entries. The simulator found all
-//!   three.) Dating contact by the proposer's clock makes the bound depend on clock skew: a node
-//!   whose clock is behind the leader's by δ keeps issuing up to δ longer.
+//! - **Contact loop**: feeds the [`Contact`] actor a sample of Raft every [`CONTACT_SAMPLE`]:
+//!   the issuer learns when this node was last in contact with a leader (and refuses to sign
+//!   once that is older than `staleness_max`), the leader commits a [`Command::Tick`] every
+//!   [`tick_interval`], and a removed node stands down. What counts as contact, and why, is in
+//!   [`crate::actors::contact`].
 
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
@@ -28,9 +22,10 @@ use attest::x509::{X509Svid, X509SvidRequest};
 use openraft::ServerState;
 use raft::replica::Replica;
 use wire::command::BATCH_RENEWALS_MAX;
-use wire::{AgentRenewal, Bundle, Command, EntryId, Env, Mono, SpiffeId, Transport, TrustDomain};
+use wire::{AgentRenewal, Bundle, Command, EntryId, Env, SpiffeId, Transport, TrustDomain};
 
-use crate::actors::{CaRotation, Issuer, IssuerConfig};
+use crate::actors::contact::{ContactInput, ContactOutput, RaftSample};
+use crate::actors::{Actor, CaRotation, Contact, Issuer, IssuerConfig};
 use crate::Error;
 
 /// How often leader contact is sampled.
@@ -100,8 +95,6 @@ struct Inner<T: Transport> {
     /// Agent SVIDs issued here and not yet recorded through Raft: the latest per agent (an
     /// agent renewing in a loop adds one record, not one per renewal).
     renewals: Mutex<std::collections::BTreeMap<SpiffeId, AgentRenewal>>,
-    /// This node applied its own removal from the cluster.
-    removed: std::sync::atomic::AtomicBool,
     stop: tokio::sync::watch::Sender<bool>,
 }
 
@@ -153,7 +146,6 @@ impl<T: Transport> ServerNode<T> {
                 rotation: RwLock::new(rotation),
                 issuer: RwLock::new(issuer),
                 renewals: Mutex::new(std::collections::BTreeMap::new()),
-                removed: std::sync::atomic::AtomicBool::new(false),
                 stop,
             }),
         };
@@ -161,7 +153,6 @@ impl<T: Transport> ServerNode<T> {
         env.spawn("rotation", Box::pin(rotation_loop(node.clone())));
         env.spawn("renewals", Box::pin(renewal_loop(node.clone())));
         env.spawn("contact", Box::pin(contact_loop(node.clone())));
-        env.spawn("tick", Box::pin(tick_loop(node.clone())));
         node
     }
 
@@ -449,82 +440,67 @@ async fn renewal_loop<T: Transport>(node: ServerNode<T>) {
     }
 }
 
-/// Samples Raft and reports leader contact to the issuer (see the module docs).
+/// Feeds the [`Contact`] actor a sample of Raft every [`CONTACT_SAMPLE`] and carries out what
+/// it asks: the contact time to the issuer, a tick proposed through Raft (in a task of its own,
+/// so sampling goes on while it waits for a quorum), standing down once removed.
 async fn contact_loop<T: Transport>(node: ServerNode<T>) {
     let inner = &node.inner;
-    let stop = inner.stop.subscribe();
-    let quorum_ack_max_ms = u64::try_from(inner.cfg.quorum_ack_max.as_millis()).unwrap_or(u64::MAX);
-    let mut campaigning = true;
+    let mut stop = inner.stop.subscribe();
+    let mut contact = Contact::new(
+        inner.cfg.quorum_ack_max,
+        tick_interval(inner.cfg.issuer.staleness_max),
+        CONTACT_SAMPLE,
+    );
+    let tick_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut out = Vec::new();
     while !*stop.borrow() {
-        // A node that applied its own removal, or was told of it by a member, stops
-        // campaigning: the members ignore it, and a runaway term would only reach them through
-        // a member that lags (simulator findings).
-        if campaigning && inner.replica.knows_removed() {
-            campaigning = false;
-            inner
-                .removed
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            // No elections, no heartbeats (a removed leader lets its followers elect another).
-            raft::replica::stand_down(inner.replica.raft());
-            tracing::warn!(node = inner.cfg.node_id, "this server node was removed from the cluster: it no longer takes part in elections and issues nothing once staleness_max passes; stop it (`sigil cluster remove-server` was run for it)");
+        let (now, wall) = (inner.env.mono(), inner.env.wall());
+        if tick_done.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            contact.handle(now, wall, ContactInput::TickDone, &mut out);
         }
-        let leading = {
+        let sample = {
             let m = inner.replica.raft().metrics();
             let m = m.borrow();
-            m.state == ServerState::Leader
-                && m.millis_since_quorum_ack
-                    .is_some_and(|ms| ms <= quorum_ack_max_ms)
+            RaftSample {
+                leader: m.state == ServerState::Leader,
+                quorum_ack_age: m.millis_since_quorum_ack.map(Duration::from_millis),
+                last_tick: inner.replica.read(|a| a.last_tick),
+                removed: inner.replica.knows_removed(),
+            }
         };
-        let now = inner.env.mono();
-        // The newest tick's time by our clock, as a monotonic instant; a tick from before this
-        // process started (replayed from the log) proves nothing.
-        let ticked = inner.replica.read(|a| a.last_tick).and_then(|at| {
-            let age = inner.env.wall().saturating_since(at);
-            let since_start = now.saturating_since(Mono::ZERO);
-            since_start.checked_sub(age).map(Mono::from_duration)
-        });
-        // A removed node is in contact with nobody: it stops issuing within staleness_max.
-        let in_contact = if !campaigning {
-            None
-        } else if leading {
-            Some(now)
-        } else {
-            ticked
-        };
-        if let Some(at) = in_contact {
-            write(&inner.issuer).handle_leader_contact(at);
-        }
-        tokio::time::sleep(CONTACT_SAMPLE).await;
-    }
-}
-
-/// On the leader, commits a [`Command::Tick`] as soon as it leads and then every
-/// [`tick_interval`].
-async fn tick_loop<T: Transport>(node: ServerNode<T>) {
-    let inner = &node.inner;
-    let mut stop = inner.stop.subscribe();
-    let every = tick_interval(inner.cfg.issuer.staleness_max);
-    let mut last: Option<Mono> = None;
-    while !*stop.borrow() {
-        let leading = inner.replica.raft().metrics().borrow().state == ServerState::Leader
-            && !inner.removed.load(std::sync::atomic::Ordering::Relaxed);
-        let now = inner.env.mono();
-        if !leading {
-            last = None;
-        } else if last.is_none_or(|t| now.saturating_since(t) >= every) {
-            last = Some(now);
-            let tick = Command::Tick {
-                at: inner.env.wall(),
-            };
-            if let Err(e) = inner.replica.write(tick).await {
-                tracing::debug!(error = %e, "tick not committed (no quorum?)");
+        contact.handle(now, wall, ContactInput::Sample(sample), &mut out);
+        for output in out.drain(..) {
+            match output {
+                ContactOutput::InContact(at) => write(&inner.issuer).handle_leader_contact(at),
+                ContactOutput::ProposeTick(at) => {
+                    let replica = inner.replica.clone();
+                    let done = tick_done.clone();
+                    inner.env.spawn(
+                        "tick",
+                        Box::pin(async move {
+                            if let Err(e) = replica.write(Command::Tick { at }).await {
+                                tracing::debug!(error = %e, "tick not committed (no quorum?)");
+                            }
+                            done.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }),
+                    );
+                }
+                ContactOutput::StandDown => {
+                    // No elections, no heartbeats (a removed leader lets its followers elect
+                    // another).
+                    raft::replica::stand_down(inner.replica.raft());
+                    tracing::warn!(node = inner.cfg.node_id, "this server node was removed from the cluster: it no longer takes part in elections and issues nothing once staleness_max passes; stop it (`sigil cluster remove-server` was run for it)");
+                }
             }
         }
+        let wait = contact
+            .next_deadline()
+            .map_or(CONTACT_SAMPLE, |d| d.saturating_since(inner.env.mono()));
         tokio::select! {
             // Fixed order: tokio would pick among ready branches at random, which the
             // simulator could not reproduce from its seed.
             biased;
-            _ = tokio::time::sleep(every.min(CONTACT_SAMPLE)) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => break,
         }
     }

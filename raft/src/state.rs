@@ -416,6 +416,31 @@ fn check_key_hash(key_sha256: &str) -> Result<(), CommandError> {
 }
 
 fn create_join_token(state: &mut State, token: JoinToken) -> Response {
+    check_new_join_token(state, &token)?;
+    state.join_tokens.insert(token.token_sha256.clone(), token);
+    Ok(Outcome::Done)
+}
+
+/// An agent join token and the entry naming its agent, both or neither: every check of the
+/// token runs before the entry is created, and nothing can refuse the token after that.
+fn create_join_token_with_entry(
+    state: &mut State,
+    token: JoinToken,
+    entry: RegistrationEntry,
+) -> Response {
+    if token.purpose != TokenPurpose::Agent {
+        return Err(CommandError::Invalid(
+            "only an agent token comes with an entry".into(),
+        ));
+    }
+    check_new_join_token(state, &token)?;
+    let stored = state.create_entry(entry)?;
+    state.join_tokens.insert(token.token_sha256.clone(), token);
+    Ok(Outcome::Created(vec![Ok(stored)]))
+}
+
+/// Whether `token` may be registered as a new join token (changes nothing).
+fn check_new_join_token(state: &State, token: &JoinToken) -> Result<(), CommandError> {
     if !is_hex_sha256(&token.token_sha256) {
         return Err(CommandError::Invalid(
             "join token hash must be 64 lowercase hex characters".into(),
@@ -465,8 +490,7 @@ fn create_join_token(state: &mut State, token: JoinToken) -> Response {
             "at most {JOIN_TOKENS_MAX} join tokens"
         )));
     }
-    state.join_tokens.insert(token.token_sha256.clone(), token);
-    Ok(Outcome::Done)
+    Ok(())
 }
 
 /// Takes `node_id` out of the desired membership, remembers it as removed and retires its
@@ -593,6 +617,9 @@ pub fn apply(state: &mut State, cmd: Command) -> Response {
             Ok(Outcome::Deleted { deleted, missing })
         }
         Command::CreateJoinToken { token } => create_join_token(state, token),
+        Command::CreateJoinTokenWithEntry { token, entry } => {
+            create_join_token_with_entry(state, token, entry)
+        }
         Command::ConsumeJoinToken {
             token_sha256,
             key_sha256,
@@ -892,6 +919,54 @@ mod tests {
             created_at: UnixTime::EPOCH,
             consumed_at: None,
         }
+    }
+
+    #[test]
+    fn a_token_with_its_entry_is_created_whole_or_not_at_all() {
+        let mut s = State::new();
+        let e = entry(1, "spiffe://example.org/sigil/servers", &["spiffe_id:x"]);
+        let t = token('a', 100, TokenPurpose::Agent, None);
+        let both = Command::CreateJoinTokenWithEntry {
+            token: t.clone(),
+            entry: e.clone(),
+        };
+        match apply(&mut s, both.clone()).expect("created") {
+            Outcome::Created(r) => assert_eq!(r[0].as_ref().expect("entry").revision, 0),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(s.join_tokens.contains_key(&t.token_sha256) && s.entry(&e.id).is_some());
+        // The same again: the token exists, so the (new) entry is not created either.
+        let mut other = e.clone();
+        other.id = EntryId::from_random([2; 16]);
+        other.spiffe_id = "spiffe://example.org/other".parse().expect("id");
+        let again = Command::CreateJoinTokenWithEntry {
+            token: t.clone(),
+            entry: other.clone(),
+        };
+        assert!(matches!(
+            apply(&mut s, again),
+            Err(CommandError::AlreadyExists(_))
+        ));
+        assert!(s.entry(&other.id).is_none());
+        // A bad entry: the (new) token is not created.
+        let mut bad = other.clone();
+        bad.selectors.clear();
+        let t2 = token('b', 100, TokenPurpose::Agent, None);
+        let refused = Command::CreateJoinTokenWithEntry {
+            token: t2.clone(),
+            entry: bad,
+        };
+        assert!(apply(&mut s, refused).is_err());
+        assert!(!s.join_tokens.contains_key(&t2.token_sha256));
+        // Server tokens come without entries.
+        let server = Command::CreateJoinTokenWithEntry {
+            token: token('c', 100, TokenPurpose::Server, Some(2)),
+            entry: other,
+        };
+        assert!(matches!(
+            apply(&mut s, server),
+            Err(CommandError::Invalid(_))
+        ));
     }
 
     #[test]

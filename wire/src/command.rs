@@ -282,6 +282,14 @@ pub enum Command {
         /// The proposing leader's wall time.
         at: UnixTime,
     },
+    /// Register an agent join token together with an entry that gives the agent it will attest
+    /// an extra SPIFFE ID (`sigil token generate --spiffe-id`): both or neither.
+    CreateJoinTokenWithEntry {
+        /// The token (hash only; purpose agent).
+        token: JoinToken,
+        /// The entry (parent: the servers; selector: the agent's ID).
+        entry: RegistrationEntry,
+    },
 }
 
 /// Identifies one client proposal across retries and duplicate deliveries, so that the state

@@ -4,16 +4,19 @@
 //!
 //! [`Actor`] is the shape: [`Actor::handle`] one input at `now` (the monotonic clock) and `wall`
 //! (the wall clock), and [`Actor::next_deadline`] for when it wants to be called again with
-//! nothing new (a timer). The agent ([`agent::AgentCore`]) has it; the server's actors
-//! ([`Issuer`], [`CaRotation`], [`membership`]) take their inputs as `handle_*` calls of the
-//! same kind.
+//! nothing new (a timer). The agent ([`agent::AgentCore`]) and leader contact ([`Contact`])
+//! have it; the server's other actors ([`Issuer`], [`CaRotation`], [`membership`]) take their
+//! inputs as `handle_*` calls of the same kind.
 
 pub mod agent;
+pub mod contact;
 pub mod issuer;
 pub mod membership;
+pub mod registration;
 pub mod rotation;
 
 pub use agent::{AgentCache, AgentCore};
+pub use contact::Contact;
 pub use issuer::{Issuer, IssuerConfig, JwtGrant, X509Grant};
 pub use rotation::CaRotation;
 

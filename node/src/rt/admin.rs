@@ -41,6 +41,7 @@ use wire::{
     TokenPurpose, Transport, TrustDomain,
 };
 
+use crate::actors::registration::{new_join_token, TokenRequest};
 use crate::Error;
 
 /// The environment variable naming the admin socket (read by the CLI).
@@ -161,12 +162,7 @@ fn unexpected(outcome: &Outcome) -> Status {
     )))
 }
 
-use attest::hex;
-
-/// Lowercase hex SHA-256 of a join token's text, as replicated.
-pub fn join_token_sha256(token: &str) -> String {
-    attest::sha256_hex(token.as_bytes())
-}
+pub use crate::actors::registration::join_token_sha256;
 
 /// The SPIFFE ID of an agent attested with the join token whose hash is `token_sha256`.
 pub fn join_token_agent_id(td: &TrustDomain, token_sha256: &str) -> Result<SpiffeId, Status> {
@@ -750,121 +746,57 @@ impl<T: Transport> Admin for AdminService<T> {
                 "this trust domain has no X.509 authority yet, so there is no bundle for a joining server node to pin; wait until this node's CA is published and try again",
             ));
         }
-        let mut secret = [0u8; 32];
-        self.env.rng("join-token").fill_bytes(&mut secret);
-        let token = hex(&secret);
-        let token_sha256 = join_token_sha256(&token);
-        let now = self.env.wall();
-        let expires_at = now.saturating_add(Duration::from_secs(ttl_secs));
-        let new_token = |purpose| JoinToken {
-            token_sha256: token_sha256.clone(),
-            expires_at,
-            consumed_by: None,
-            purpose,
-            consumer_key_sha256: String::new(),
-            node_id,
-            rejoin: req.rejoin,
-            created_at: now,
-            consumed_at: None,
-        };
-        if purpose == TokenPurpose::Server {
-            match self
-                .write(Command::CreateJoinToken {
-                    token: new_token(purpose),
-                })
-                .await?
-            {
-                Outcome::Done => {}
-                other => return Err(unexpected(&other)),
-            }
-            let node_id = node_id.unwrap_or_default();
-            tracing::info!(
-                ttl_secs,
-                node_id,
-                rejoin = req.rejoin,
-                "server join token created"
-            );
-            return Ok(Response::new(pb::CreateJoinTokenResponse {
-                token,
-                expires_at_secs: expires_at.as_secs(),
-                agent_spiffe_id: String::new(),
-                entry_id: String::new(),
-                purpose: pb::JoinTokenPurpose::Server.into(),
-                bundle_sha256,
-                seed_address: self.seed_address.clone().unwrap_or_default(),
-                trust_domain: self.trust_domain.to_string(),
-                node_id,
-            }));
-        }
-        let agent_id = join_token_agent_id(&self.trust_domain, &token_sha256)?;
-
-        // The optional extra ID: an entry for the agent, checked before anything is written.
         let alias = match req.spiffe_id.as_str() {
             "" => None,
             s => {
                 let spiffe_id = parse_id("spiffe_id", s)?;
                 self.in_trust_domain("spiffe_id", &spiffe_id)?;
-                let servers = self.trust_domain.servers_id();
-                let selector = Selector::new("spiffe_id", agent_id.as_str())
-                    .map_err(|e| Status::internal(one_line(&e.to_string())))?;
-                let entry = RegistrationEntry {
-                    id: self.new_entry_id(),
-                    spiffe_id,
-                    parent_id: servers,
-                    selectors: [selector].into_iter().collect(),
-                    x509_svid_ttl_secs: 0,
-                    jwt_svid_ttl_secs: 0,
-                    dns_names: Vec::new(),
-                    federates_with: BTreeSet::new(),
-                    admin: false,
-                    downstream: false,
-                    hint: String::new(),
-                    revision: 0,
-                    created_at_secs: self.env.wall().as_secs(),
-                    expires_at_secs: None,
-                };
-                entry.validate().map_err(|e| invalid(e.to_string()))?;
-                Some(entry)
+                Some(spiffe_id)
             }
         };
-        // The entry first: if the token write then fails, the entry names an agent nobody can
-        // become, which is harmless.
-        let mut entry_id = String::new();
-        if let Some(entry) = alias {
-            match self
-                .write(Command::CreateEntries {
-                    entries: vec![entry],
-                })
-                .await?
-            {
-                Outcome::Created(mut results) if results.len() == 1 => match results.pop() {
-                    Some(Ok(stored)) => entry_id = stored.id.to_string(),
-                    Some(Err(e)) => return Err(command_status(&e)),
-                    None => return Err(Status::internal("missing result")),
-                },
-                other => return Err(unexpected(&other)),
-            }
-        }
-        match self
-            .write(Command::CreateJoinToken {
-                token: new_token(TokenPurpose::Agent),
-            })
-            .await?
-        {
-            Outcome::Done => {}
+        let request = TokenRequest {
+            purpose,
+            ttl: Duration::from_secs(ttl_secs),
+            node_id,
+            rejoin: req.rejoin,
+            alias,
+        };
+        let mut rng = self.env.rng("join-token");
+        let new = new_join_token(&self.trust_domain, &request, self.env.wall(), &mut rng)
+            .map_err(|e| invalid(one_line(&e.to_string())))?;
+        // One command: a token given an extra ID is registered with its entry, or not at all.
+        let entry_id = match self.write(new.command).await? {
+            Outcome::Done => String::new(),
+            Outcome::Created(mut results) if results.len() == 1 => match results.pop() {
+                Some(Ok(stored)) => stored.id.to_string(),
+                Some(Err(e)) => return Err(command_status(&e)),
+                None => return Err(Status::internal("missing result")),
+            },
             other => return Err(unexpected(&other)),
+        };
+        let expires_at_secs = new.expires_at.as_secs();
+        match &new.agent_id {
+            Some(agent) => tracing::info!(%agent, ttl_secs, "join token created"),
+            None => tracing::info!(
+                ttl_secs,
+                node_id = node_id.unwrap_or_default(),
+                rejoin = req.rejoin,
+                "server join token created"
+            ),
         }
-        tracing::info!(agent = %agent_id, ttl_secs, "join token created");
         Ok(Response::new(pb::CreateJoinTokenResponse {
-            token,
-            expires_at_secs: expires_at.as_secs(),
-            agent_spiffe_id: agent_id.to_string(),
+            token: new.secret,
+            expires_at_secs,
+            agent_spiffe_id: new.agent_id.map(|a| a.to_string()).unwrap_or_default(),
             entry_id,
-            purpose: pb::JoinTokenPurpose::Agent.into(),
+            purpose: match purpose {
+                TokenPurpose::Server => pb::JoinTokenPurpose::Server.into(),
+                _ => pb::JoinTokenPurpose::Agent.into(),
+            },
             bundle_sha256,
             seed_address: self.seed_address.clone().unwrap_or_default(),
             trust_domain: self.trust_domain.to_string(),
-            node_id: 0,
+            node_id: node_id.unwrap_or_default(),
         }))
     }
 
