@@ -5,8 +5,9 @@
 //! simply continues from wherever the membership is.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
-use wire::ServerRecord;
+use wire::{Mono, ServerRecord};
 
 /// One change towards the desired membership.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +72,89 @@ pub fn next_step(
         }
     }
     None
+}
+
+/// A learner this close to the leader's last log index counts as caught up.
+pub const LEARNER_LAG_MAX: u64 = 8;
+/// A learner still behind this long after it was first seen behind gets a warning (and again
+/// every such period).
+pub const LEARNER_CATCH_UP_WARN: Duration = Duration::from_secs(30);
+
+/// What the leader's Raft says about the membership.
+#[derive(Debug, Clone, Default)]
+pub struct MembershipView {
+    /// The voters.
+    pub voters: BTreeSet<u64>,
+    /// The learners.
+    pub learners: BTreeSet<u64>,
+    /// Every member's address.
+    pub addrs: BTreeMap<u64, String>,
+    /// The leader's last log index.
+    pub last_log_index: u64,
+    /// How far the leader knows each node replicated (its matched log index).
+    pub matched: BTreeMap<u64, u64>,
+}
+
+impl MembershipView {
+    /// Whether learner `id` holds the log up to [`LEARNER_LAG_MAX`] entries.
+    pub fn caught_up(&self, id: u64) -> bool {
+        self.matched
+            .get(&id)
+            .is_some_and(|i| i.saturating_add(LEARNER_LAG_MAX) >= self.last_log_index)
+    }
+}
+
+/// The leader's membership actor: [`next_step`], except that a learner is promoted only once it
+/// caught up (a voter that cannot vote yet would shrink the margin of failures the cluster
+/// survives), and a learner that stays behind is reported — at debug level at first, then as a
+/// warning every [`LEARNER_CATCH_UP_WARN`].
+#[derive(Debug, Default)]
+pub struct Membership {
+    /// The learner seen behind: its ID, since when, and when it was last warned about.
+    behind: Option<(u64, Mono, Mono)>,
+}
+
+impl Membership {
+    /// A membership actor with nothing seen yet.
+    pub fn new() -> Membership {
+        Membership::default()
+    }
+
+    /// The step to take now from `view` towards `desired`, if any; `None` also while the
+    /// learner to promote is catching up ([`Membership::waiting_for`] names it).
+    pub fn step(
+        &mut self,
+        now: Mono,
+        view: &MembershipView,
+        desired: &BTreeMap<u64, ServerRecord>,
+    ) -> Option<MembershipStep> {
+        let step = next_step(&view.voters, &view.learners, &view.addrs, desired)?;
+        let MembershipStep::Promote(id) = step else {
+            self.behind = None;
+            return Some(step);
+        };
+        if view.caught_up(id) {
+            self.behind = None;
+            return Some(step);
+        }
+        let (first, warned) = match self.behind {
+            Some((b, first, warned)) if b == id => (first, warned),
+            _ => (now, now),
+        };
+        if now.saturating_since(warned) >= LEARNER_CATCH_UP_WARN {
+            tracing::warn!(node = id, behind_secs = now.saturating_since(first).as_secs(), "the new learner has not caught up yet; it is promoted once it has (check that it is reachable from the leader)");
+            self.behind = Some((id, first, now));
+        } else {
+            tracing::debug!(node = id, "the new learner has not caught up yet");
+            self.behind = Some((id, first, warned));
+        }
+        None
+    }
+
+    /// The learner whose promotion waits for it to catch up, if any.
+    pub fn waiting_for(&self) -> Option<u64> {
+        self.behind.map(|(id, _, _)| id)
+    }
 }
 
 #[cfg(test)]
@@ -166,5 +250,30 @@ mod tests {
             next_step(&set(&[1]), &set(&[5]), &addrs(&[1, 5]), &desired(&[1])),
             Some(MembershipStep::RemoveLearner(5))
         );
+    }
+
+    #[test]
+    fn a_learner_is_promoted_only_once_caught_up_and_a_laggard_is_reported() {
+        let mut m = Membership::new();
+        let mut view = MembershipView {
+            voters: set(&[1]),
+            learners: set(&[2]),
+            addrs: addrs(&[1, 2]),
+            last_log_index: 100,
+            matched: [(1, 100), (2, 50)].into(),
+        };
+        let want = desired(&[1, 2]);
+        let t = |s: u64| Mono::from_duration(Duration::from_secs(s));
+        assert_eq!(m.step(t(0), &view, &want), None);
+        assert_eq!(m.waiting_for(), Some(2));
+        assert_eq!(m.behind, Some((2, t(0), t(0))));
+        assert_eq!(m.step(t(31), &view, &want), None);
+        assert_eq!(m.behind, Some((2, t(0), t(31))), "warned at 31 s");
+        view.matched.insert(2, 92);
+        assert_eq!(
+            m.step(t(32), &view, &want),
+            Some(MembershipStep::Promote(2))
+        );
+        assert_eq!(m.waiting_for(), None);
     }
 }

@@ -34,10 +34,10 @@ use raft::replica::{Replica, ReplicaConfig};
 use raft::{Kv, SledKv};
 use tokio::sync::watch;
 use wire::api::{ApiRequest, ApiResponse};
-use wire::{Bundle, Command, Env, Mono, PeerId, SendError, ServerRecord, Transport, UnixTime};
+use wire::{Bundle, Command, Env, PeerId, SendError, ServerRecord, Transport, UnixTime};
 use zeroize::Zeroizing;
 
-use crate::actors::membership::{next_step, MembershipStep};
+use crate::actors::membership::{Membership, MembershipStep, MembershipView};
 use crate::rt::admin::{serve_admin, AdminDefaults, AdminService};
 use crate::rt::api::{ApiClient, CONNECT_TIMEOUT};
 use crate::rt::config::{load_tpm_ek_cas, load_x509pop_cas, JoinConfig, ServerFileConfig};
@@ -57,10 +57,6 @@ pub const MEMBERSHIP_TICK: Duration = Duration::from_secs(1);
 /// still behind is looked at again at the next membership tick, by whichever node leads then: a
 /// step that waited long would hold reconciliation on a node that may no longer lead.
 pub const LEARNER_CATCH_UP_WAIT: Duration = Duration::from_secs(3);
-/// A learner still behind this long after it was added gets a warning.
-pub const LEARNER_CATCH_UP_WARN: Duration = Duration::from_secs(30);
-/// A learner this close to the leader's last log index counts as caught up.
-pub const LEARNER_LAG_MAX: u64 = 8;
 /// How long a join request may take (it commits through Raft on the seed's side).
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
 /// A persisted server SVID is used at start-up only with at least this much life left.
@@ -576,63 +572,57 @@ fn sync_peers(transport: &QuicTransport, addrs: &BTreeMap<u64, String>, known: &
     *known = now;
 }
 
-/// Raft's membership as (voters, learners, addresses).
-fn membership<T: Transport>(
-    node: &ServerNode<T>,
-) -> (BTreeSet<u64>, BTreeSet<u64>, BTreeMap<u64, String>, bool) {
+/// What Raft says about the membership, and whether this node leads.
+fn membership<T: Transport>(node: &ServerNode<T>) -> (MembershipView, bool) {
     let m = node.replica().raft().metrics();
     let m = m.borrow();
     let membership = m.membership_config.membership();
-    let voters = membership.voter_ids().collect();
-    let learners = membership.learner_ids().collect();
-    let addrs = membership
-        .nodes()
-        .map(|(id, n)| (*id, n.addr.clone()))
-        .collect();
-    (voters, learners, addrs, m.state == ServerState::Leader)
-}
-
-/// Whether learner `id` has replicated everything the leader had when asked (up to a margin of
-/// [`LEARNER_LAG_MAX`] entries).
-fn caught_up<T: Transport>(node: &ServerNode<T>, id: u64) -> bool {
-    let m = node.replica().raft().metrics();
-    let m = m.borrow();
-    let last = m.last_log_index.unwrap_or(0);
-    let matched = m
-        .replication
-        .as_ref()
-        .and_then(|r| r.get(&id).cloned().flatten())
-        .map(|l| l.index);
-    matched.is_some_and(|i| i.saturating_add(LEARNER_LAG_MAX) >= last)
-}
-
-/// Reports a learner that is not caught up: at debug level at first, then a warning once it has
-/// been behind for [`LEARNER_CATCH_UP_WARN`] (and again every such period).
-fn learner_behind(id: u64, now: Mono) {
-    static SINCE: std::sync::Mutex<Option<(u64, Mono, Mono)>> = std::sync::Mutex::new(None);
-    let mut since = SINCE.lock().unwrap_or_else(|p| p.into_inner());
-    let (_, first, warned) = match *since {
-        Some(s) if s.0 == id => s,
-        _ => (id, now, now),
+    let view = MembershipView {
+        voters: membership.voter_ids().collect(),
+        learners: membership.learner_ids().collect(),
+        addrs: membership
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect(),
+        last_log_index: m.last_log_index.unwrap_or(0),
+        matched: m
+            .replication
+            .iter()
+            .flatten()
+            .filter_map(|(id, l)| Some((*id, l.as_ref()?.index)))
+            .collect(),
     };
-    if now.saturating_since(warned) >= LEARNER_CATCH_UP_WARN {
-        tracing::warn!(node = id, behind_secs = now.saturating_since(first).as_secs(), "the new learner has not caught up yet; it is promoted once it has (check that it is reachable from the leader)");
-        *since = Some((id, first, now));
-    } else {
-        tracing::debug!(node = id, "the new learner has not caught up yet; promotion is retried at the next membership tick");
-        *since = Some((id, first, warned));
-    }
+    (view, m.state == ServerState::Leader)
 }
 
-/// As leader, takes one step towards the desired membership.
-async fn reconcile<T: Transport>(node: &ServerNode<T>, transport: &QuicTransport) {
-    let (voters, learners, addrs, leader) = membership(node);
-    if !leader {
-        return;
-    }
-    let desired = node.replica().read(|a| a.state.servers().clone());
-    let Some(step) = next_step(&voters, &learners, &addrs, &desired) else {
-        return;
+/// As leader, takes the step the [`Membership`] actor asks for towards the desired membership.
+/// A learner to promote is given up to [`LEARNER_CATCH_UP_WAIT`] to catch up here; still behind,
+/// it is looked at again at the next membership tick, by whichever node leads then.
+async fn reconcile<T: Transport>(
+    node: &ServerNode<T>,
+    transport: &QuicTransport,
+    actor: &std::sync::Mutex<Membership>,
+) {
+    let started = node.env().mono();
+    let step = loop {
+        let (view, leader) = membership(node);
+        if !leader {
+            return;
+        }
+        let desired = node.replica().read(|a| a.state.servers().clone());
+        let now = node.env().mono();
+        let (step, waiting) = {
+            let mut actor = actor.lock().unwrap_or_else(|p| p.into_inner());
+            let step = actor.step(now, &view, &desired);
+            (step, actor.waiting_for().is_some())
+        };
+        match step {
+            Some(step) => break step,
+            None if waiting && now.saturating_since(started) < LEARNER_CATCH_UP_WAIT => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            None => return,
+        }
     };
     let raft = node.replica().raft();
     tracing::info!(?step, "reconciling cluster membership");
@@ -662,26 +652,11 @@ async fn reconcile<T: Transport>(node: &ServerNode<T>, transport: &QuicTransport
                 Err(e) => Err(e.to_string()),
             }
         }
-        MembershipStep::Promote(id) => {
-            // Promote only once the learner holds the log: a voter that cannot vote yet would
-            // shrink the margin of failures the cluster survives.
-            let caught = async {
-                while !caught_up(node, id) {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            };
-            if tokio::time::timeout(LEARNER_CATCH_UP_WAIT, caught)
-                .await
-                .is_err()
-            {
-                learner_behind(id, node.env().mono());
-                return;
-            }
-            raft.change_membership(ChangeMembers::AddVoterIds([id].into()), false)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        }
+        MembershipStep::Promote(id) => raft
+            .change_membership(ChangeMembers::AddVoterIds([id].into()), false)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
         MembershipStep::RemoveVoter(id) => raft
             .change_membership(ChangeMembers::RemoveVoters([id].into()), false)
             .await
@@ -739,6 +714,7 @@ async fn serve_quic<T: Transport>(
 
     let mut progress = node.replica().subscribe();
     let mut reconciling: Option<tokio::task::JoinHandle<()>> = None;
+    let actor = Arc::new(std::sync::Mutex::new(Membership::new()));
     loop {
         tokio::select! {
             _ = tokio::time::sleep(MEMBERSHIP_TICK) => {}
@@ -750,15 +726,16 @@ async fn serve_quic<T: Transport>(
                 return Ok(());
             }
         }
-        let (_, _, addrs, leader) = membership(node);
-        if !addrs.is_empty() {
-            sync_peers(&transport, &addrs, &mut known);
+        let (view, leader) = membership(node);
+        if !view.addrs.is_empty() {
+            sync_peers(&transport, &view.addrs, &mut known);
         }
         if leader && reconciling.as_ref().is_none_or(|t| t.is_finished()) {
             let n = node.clone();
             let t = transport.clone();
+            let a = actor.clone();
             #[allow(clippy::disallowed_methods)] // the production shell's tasks
-            let task = tokio::spawn(async move { reconcile(&n, &t).await });
+            let task = tokio::spawn(async move { reconcile(&n, &t, &a).await });
             reconciling = Some(task);
         }
         // The trust store follows the applied bundle at once (a CA that became active here
