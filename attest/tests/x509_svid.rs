@@ -666,24 +666,17 @@ fn mint_rejects_bad_requests_with_typed_errors() {
 }
 
 fn entry(spiffe_id: &str, ttl_secs: u32) -> RegistrationEntry {
-    RegistrationEntry {
-        id: EntryId::from_random([1; 16]),
-        spiffe_id: id(spiffe_id),
-        parent_id: id("spiffe://example.org/sigil/agent/join_token/x"),
-        selectors: ["unix:uid:1000".parse().expect("selector")]
-            .into_iter()
-            .collect(),
-        x509_svid_ttl_secs: ttl_secs,
-        jwt_svid_ttl_secs: 0,
-        dns_names: vec!["web.example.org".into()],
-        federates_with: Default::default(),
-        admin: false,
-        downstream: false,
-        hint: String::new(),
-        revision: 1,
-        created_at_secs: 0,
-        expires_at_secs: None,
-    }
+    let mut e = RegistrationEntry::new(
+        EntryId::from_random([1; 16]),
+        id(spiffe_id),
+        id("spiffe://example.org/sigil/agent/join_token/x"),
+        ["unix:uid:1000".parse().expect("selector")].into(),
+        0,
+    );
+    e.x509_svid_ttl_secs = ttl_secs;
+    e.dns_names = vec!["web.example.org".into()];
+    e.revision = 1;
+    e
 }
 
 #[test]

@@ -869,22 +869,15 @@ mod tests {
     use wire::{AttestationMethod, JwtAuthority, PublicJwk, X509Authority};
 
     fn entry(n: u8, parent: &str, selectors: &[&str]) -> RegistrationEntry {
-        RegistrationEntry {
-            id: EntryId::from_random([n; 16]),
-            spiffe_id: format!("spiffe://example.org/w{n}").parse().expect("id"),
-            parent_id: parent.parse().expect("id"),
-            selectors: selectors.iter().map(|s| s.parse().expect("sel")).collect(),
-            x509_svid_ttl_secs: 0,
-            jwt_svid_ttl_secs: 0,
-            dns_names: vec![],
-            federates_with: BTreeSet::new(),
-            admin: false,
-            downstream: false,
-            hint: String::new(),
-            revision: 9,
-            created_at_secs: 100,
-            expires_at_secs: None,
-        }
+        let mut e = RegistrationEntry::new(
+            EntryId::from_random([n; 16]),
+            format!("spiffe://example.org/w{n}").parse().expect("id"),
+            parent.parse().expect("id"),
+            selectors.iter().map(|s| s.parse().expect("sel")).collect(),
+            100,
+        );
+        e.revision = 9;
+        e
     }
 
     const AGENT: &str = "spiffe://example.org/sigil/agent/join_token/t1";

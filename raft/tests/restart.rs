@@ -2,7 +2,7 @@
 //! state, from its own disk, through a fresh openraft instance.
 #![cfg(feature = "sled")]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -27,24 +27,13 @@ impl Transport for Alone {
 fn entry(n: u32) -> RegistrationEntry {
     let mut bits = [0u8; 16];
     bits[..4].copy_from_slice(&n.to_be_bytes());
-    RegistrationEntry {
-        id: EntryId::from_random(bits),
-        spiffe_id: format!("spiffe://example.org/w{n}").parse().expect("id"),
-        parent_id: "spiffe://example.org/sigil/agent/x/1".parse().expect("id"),
-        selectors: [format!("unix:uid:{n}").parse().expect("selector")]
-            .into_iter()
-            .collect(),
-        x509_svid_ttl_secs: 0,
-        jwt_svid_ttl_secs: 0,
-        dns_names: vec![],
-        federates_with: BTreeSet::new(),
-        admin: false,
-        downstream: false,
-        hint: String::new(),
-        revision: 0,
-        created_at_secs: 0,
-        expires_at_secs: None,
-    }
+    RegistrationEntry::new(
+        EntryId::from_random(bits),
+        format!("spiffe://example.org/w{n}").parse().expect("id"),
+        "spiffe://example.org/sigil/agent/x/1".parse().expect("id"),
+        [format!("unix:uid:{n}").parse().expect("selector")].into(),
+        0,
+    )
 }
 
 fn config() -> ReplicaConfig {

@@ -90,24 +90,15 @@ async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 }
 
 fn entry() -> RegistrationEntry {
-    RegistrationEntry {
-        id: EntryId::from_random([3; 16]),
-        spiffe_id: "spiffe://sim.test/web".parse().expect("id"),
-        parent_id: AGENT.parse().expect("id"),
-        selectors: ["unix:uid:1000".parse().expect("sel")]
-            .into_iter()
-            .collect(),
-        x509_svid_ttl_secs: 600,
-        jwt_svid_ttl_secs: 0,
-        dns_names: vec![],
-        federates_with: BTreeSet::new(),
-        admin: false,
-        downstream: false,
-        hint: String::new(),
-        revision: 0,
-        created_at_secs: 0,
-        expires_at_secs: None,
-    }
+    let mut e = RegistrationEntry::new(
+        EntryId::from_random([3; 16]),
+        "spiffe://sim.test/web".parse().expect("id"),
+        AGENT.parse().expect("id"),
+        ["unix:uid:1000".parse().expect("sel")].into(),
+        0,
+    );
+    e.x509_svid_ttl_secs = 600;
+    e
 }
 
 async fn register(c: &Cluster) {

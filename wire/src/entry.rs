@@ -190,6 +190,35 @@ pub fn check_dns_name(name: &str) -> Result<(), Error> {
 }
 
 impl RegistrationEntry {
+    /// An entry `id` giving `spiffe_id` to workloads with all of `selectors` under `parent_id`,
+    /// with every other field at its default: server-default TTLs, no DNS names, federation,
+    /// admin, downstream or hint, revision 0, created at `created_at_secs`, no expiry. (Not yet
+    /// validated: see [`RegistrationEntry::validate`].)
+    pub fn new(
+        id: EntryId,
+        spiffe_id: SpiffeId,
+        parent_id: SpiffeId,
+        selectors: BTreeSet<Selector>,
+        created_at_secs: u64,
+    ) -> RegistrationEntry {
+        RegistrationEntry {
+            id,
+            spiffe_id,
+            parent_id,
+            selectors,
+            x509_svid_ttl_secs: 0,
+            jwt_svid_ttl_secs: 0,
+            dns_names: Vec::new(),
+            federates_with: BTreeSet::new(),
+            admin: false,
+            downstream: false,
+            hint: String::new(),
+            revision: 0,
+            created_at_secs,
+            expires_at_secs: None,
+        }
+    }
+
     /// Checks the rules that span fields: a non-root SPIFFE ID outside the reserved `/sigil/`
     /// space, 1 to [`SELECTORS_PER_ENTRY_MAX`] selectors, bounded TTLs, DNS names, federation
     /// list and hint. Every limit is a named constant of this module.

@@ -326,7 +326,6 @@ mod tests {
     use crate::actors::CaRotation;
     use attest::keys::SeededKeySource;
     use attest::x509::validate_x509_svid;
-    use std::collections::BTreeSet;
     use wire::{AgentRecord, AttestationMethod, Command, KeyAlg, KeySource, Seed};
 
     const AGENT: &str = "spiffe://example.org/sigil/agent/join_token/a1";
@@ -363,23 +362,16 @@ mod tests {
             },
         });
         out.push(Command::CreateEntries {
-            entries: vec![RegistrationEntry {
-                id: EntryId::from_random([1; 16]),
-                spiffe_id: "spiffe://example.org/web".parse().expect("id"),
-                parent_id: AGENT.parse().expect("id"),
-                selectors: ["unix:uid:1000".parse().expect("sel")]
-                    .into_iter()
-                    .collect(),
-                x509_svid_ttl_secs: 600,
-                jwt_svid_ttl_secs: 0,
-                dns_names: vec![],
-                federates_with: BTreeSet::new(),
-                admin: false,
-                downstream: false,
-                hint: String::new(),
-                revision: 0,
-                created_at_secs: 0,
-                expires_at_secs: None,
+            entries: vec![{
+                let mut e = RegistrationEntry::new(
+                    EntryId::from_random([1; 16]),
+                    "spiffe://example.org/web".parse().expect("id"),
+                    AGENT.parse().expect("id"),
+                    ["unix:uid:1000".parse().expect("sel")].into(),
+                    0,
+                );
+                e.x509_svid_ttl_secs = 600;
+                e
             }],
         });
         for cmd in out.drain(..) {

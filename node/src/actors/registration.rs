@@ -122,22 +122,13 @@ pub fn new_join_token(
     rng.fill_bytes(&mut id_bits);
     let selector =
         Selector::new("spiffe_id", agent_id.as_str()).map_err(|e| Error::Config(e.to_string()))?;
-    let entry = RegistrationEntry {
-        id: EntryId::from_random(id_bits),
-        spiffe_id: alias.clone(),
-        parent_id: td.servers_id(),
-        selectors: BTreeSet::from([selector]),
-        x509_svid_ttl_secs: 0,
-        jwt_svid_ttl_secs: 0,
-        dns_names: Vec::new(),
-        federates_with: BTreeSet::new(),
-        admin: false,
-        downstream: false,
-        hint: String::new(),
-        revision: 0,
-        created_at_secs: wall.as_secs(),
-        expires_at_secs: None,
-    };
+    let entry = RegistrationEntry::new(
+        EntryId::from_random(id_bits),
+        alias.clone(),
+        td.servers_id(),
+        BTreeSet::from([selector]),
+        wall.as_secs(),
+    );
     entry.validate().map_err(|e| Error::Config(e.to_string()))?;
     Ok(NewJoinToken {
         secret,

@@ -287,29 +287,23 @@ impl<K> AgentCache<K> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn entry(n: u8, selectors: &[&str], revision: u64) -> RegistrationEntry {
-        RegistrationEntry {
-            id: EntryId::from_random([n; 16]),
-            spiffe_id: format!("spiffe://t.test/w/{n}").parse().expect("id"),
-            parent_id: "spiffe://t.test/sigil/agent/x".parse().expect("id"),
-            selectors: selectors
+    /// An entry `n` for `selectors` at `revision` (shared with the core's tests).
+    pub(crate) fn entry(n: u8, selectors: &[&str], revision: u64) -> RegistrationEntry {
+        let mut e = RegistrationEntry::new(
+            EntryId::from_random([n; 16]),
+            format!("spiffe://t.test/w/{n}").parse().expect("id"),
+            "spiffe://t.test/sigil/agent/x".parse().expect("id"),
+            selectors
                 .iter()
                 .map(|s| s.parse().expect("selector"))
                 .collect(),
-            x509_svid_ttl_secs: 0,
-            jwt_svid_ttl_secs: 0,
-            dns_names: vec![],
-            federates_with: BTreeSet::new(),
-            admin: false,
-            downstream: false,
-            hint: String::new(),
-            revision,
-            created_at_secs: 0,
-            expires_at_secs: None,
-        }
+            0,
+        );
+        e.revision = revision;
+        e
     }
 
     fn view(entries: Vec<RegistrationEntry>) -> AgentView {

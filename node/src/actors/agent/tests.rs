@@ -1,6 +1,5 @@
 //! [`AgentCore`] driven by hand: every decision of the agent, without a network.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +8,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use wire::api::{AgentView, ApiCode, ApiError, ApiRequest, ApiResponse, IssuedX509};
 use wire::env::Task;
-use wire::{Bundle, EntryId, Env, KeySource, Mono, RegistrationEntry, Seed, UnixTime};
+use wire::{Bundle, Env, KeySource, Mono, RegistrationEntry, Seed, UnixTime};
 
 use super::*;
 
@@ -44,24 +43,7 @@ fn wall(secs: u64) -> UnixTime {
 }
 
 fn entry(n: u8) -> RegistrationEntry {
-    RegistrationEntry {
-        id: EntryId::from_random([n; 16]),
-        spiffe_id: format!("spiffe://t.test/w/{n}").parse().expect("id"),
-        parent_id: "spiffe://t.test/sigil/agent/x".parse().expect("id"),
-        selectors: ["unix:uid:1".parse().expect("selector")]
-            .into_iter()
-            .collect(),
-        x509_svid_ttl_secs: 0,
-        jwt_svid_ttl_secs: 0,
-        dns_names: vec![],
-        federates_with: BTreeSet::new(),
-        admin: false,
-        downstream: false,
-        hint: String::new(),
-        revision: 1,
-        created_at_secs: 0,
-        expires_at_secs: None,
-    }
+    cache::tests::entry(n, &["unix:uid:1"], 1)
 }
 
 fn view(applied_index: u64, entries: Vec<RegistrationEntry>) -> AgentView {
