@@ -111,24 +111,17 @@ impl World {
             min => self.rng.gen_range(min..=15),
         };
         self.entry_parents.insert(id.clone(), parent_id.clone());
-        RegistrationEntry {
-            spiffe_id: format!("spiffe://sim.test/w/{id}")
+        let mut entry = RegistrationEntry::new(
+            id.clone(),
+            format!("spiffe://sim.test/w/{id}")
                 .parse()
                 .expect("valid by construction"),
             parent_id,
             selectors,
-            id,
-            x509_svid_ttl_secs,
-            jwt_svid_ttl_secs: 0,
-            dns_names: vec![],
-            federates_with: BTreeSet::new(),
-            admin: false,
-            downstream: false,
-            hint: String::new(),
-            revision: 0,
-            created_at_secs: 0,
-            expires_at_secs: None,
-        }
+            0,
+        );
+        entry.x509_svid_ttl_secs = x509_svid_ttl_secs;
+        entry
     }
 
     /// Writes `cmd` at node `id` and waits for the answer.

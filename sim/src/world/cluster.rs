@@ -2,7 +2,7 @@
 //! initialization, the set-up writes, the agents — and a node's life: boot, crash, restart,
 //! shutdown.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,11 +11,11 @@ use raft::MemKv;
 use rand::Rng;
 use wire::{Command, RegistrationEntry, Seed};
 
+use node::actors::registration::{new_join_token, TokenRequest};
 use node::server::{ServerConfig, ServerNode};
-use node::service::{join_token_agent_id, NodeService};
+use node::service::NodeService;
 use wire::{
-    AgentRecord, AttestationMethod, Env, JoinToken, PeerId, Selector, SpiffeId, TokenPurpose,
-    UnixTime,
+    AgentRecord, AttestationMethod, Env, PeerId, Selector, SpiffeId, TokenPurpose, UnixTime,
 };
 
 use crate::agent::{SimAgent, SimMethod, Workload, AGENT_PEER_BASE};
@@ -217,25 +217,29 @@ impl World {
 
     /// A join token, registered.
     async fn join_token_agent(&mut self) -> Result<(SimMethod, SpiffeId), String> {
-        let token = format!("sim-token-{:016x}", self.rng.gen::<u64>());
-        let token_sha256 = attest::sha256_hex(token.as_bytes());
-        let spiffe_id = join_token_agent_id(&td(), &token_sha256)
-            .map_err(|_| "cannot name a join-token agent".to_owned())?;
-        let cmd = Command::CreateJoinToken {
-            token: JoinToken {
-                token_sha256,
-                expires_at: UnixTime::from_secs(WALL_AT_START_SECS + 86_400),
-                consumed_by: None,
-                purpose: TokenPurpose::Agent,
-                consumer_key_sha256: String::new(),
-                node_id: None,
-                rejoin: false,
-                created_at: UnixTime::from_secs(WALL_AT_START_SECS),
-                consumed_at: None,
-            },
+        // As `sigil token generate` makes it (the admin API runs the same actor); half of the
+        // agents also get an extra SPIFFE ID, registered with the token in one command.
+        let alias = self.rng.gen_bool(0.5).then(|| {
+            format!("spiffe://sim.test/alias/{}", self.agents.len())
+                .parse()
+                .expect("valid by construction")
+        });
+        let request = TokenRequest {
+            purpose: TokenPurpose::Agent,
+            ttl: Duration::from_secs(86_400),
+            node_id: None,
+            rejoin: false,
+            alias,
         };
-        self.write_retrying(cmd).await;
-        Ok((SimMethod::JoinToken(token), spiffe_id))
+        let wall = UnixTime::from_secs(WALL_AT_START_SECS);
+        let new =
+            new_join_token(&td(), &request, wall, &mut self.rng).map_err(|e| e.to_string())?;
+        let spiffe_id = new.agent_id.ok_or("a join token without its agent")?;
+        if let Some(id) = new.entry_id {
+            self.oracle().create_attempted.insert(id);
+        }
+        self.write_retrying(new.command).await;
+        Ok((SimMethod::JoinToken(new.secret), spiffe_id))
     }
 
     /// An x509pop certificate for agent `peer` from the world's CA.
@@ -264,26 +268,16 @@ impl World {
     /// Registers the agent and the entry that `issue` uses (retried while the network is bad).
     async fn register_issuing_entry(&mut self) {
         let agent: SpiffeId = SIM_AGENT.parse().expect("valid by construction");
-        let entry = RegistrationEntry {
-            id: issuing_entry_id(),
-            spiffe_id: "spiffe://sim.test/issued"
+        let mut entry = RegistrationEntry::new(
+            issuing_entry_id(),
+            "spiffe://sim.test/issued"
                 .parse()
                 .expect("valid by construction"),
-            parent_id: agent.clone(),
-            selectors: ["unix:uid:0".parse().expect("valid by construction")]
-                .into_iter()
-                .collect(),
-            x509_svid_ttl_secs: 15,
-            jwt_svid_ttl_secs: 0,
-            dns_names: vec![],
-            federates_with: BTreeSet::new(),
-            admin: false,
-            downstream: false,
-            hint: String::new(),
-            revision: 0,
-            created_at_secs: 0,
-            expires_at_secs: None,
-        };
+            agent.clone(),
+            ["unix:uid:0".parse().expect("valid by construction")].into(),
+            0,
+        );
+        entry.x509_svid_ttl_secs = 15;
         self.oracle().create_attempted.insert(entry.id.clone());
         self.entry_parents
             .insert(entry.id.clone(), entry.parent_id.clone());
