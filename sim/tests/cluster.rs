@@ -327,6 +327,53 @@ fn swarm_seeds_hold_every_invariant() {
     );
 }
 
+/// Virtual time between two agent ticks in the agent scenarios.
+const AGENT_STEP: Duration = Duration::from_millis(500);
+
+/// Creates, through `leader`, an entry parented by agent `agent` for workloads with `selector`
+/// (`ttl_secs`: its X.509-SVID lifetime, 0 for the default); its ID.
+async fn agent_entry(
+    w: &mut World,
+    leader: u64,
+    agent: usize,
+    selector: &str,
+    ttl_secs: u32,
+) -> wire::EntryId {
+    let mut entry = w.new_entry();
+    entry.parent_id = w.agents()[agent].spiffe_id.clone();
+    entry.selectors = [selector.parse().expect("selector")].into();
+    entry.x509_svid_ttl_secs = ttl_secs;
+    let id = entry.id.clone();
+    w.write(
+        leader,
+        Command::CreateEntries {
+            entries: vec![entry],
+        },
+    )
+    .await
+    .expect("committed")
+    .expect("entry created");
+    id
+}
+
+/// Ticks the agents every [`AGENT_STEP`] until `done` holds, failing with `what` after `limit`;
+/// how long it took.
+async fn tick_agents_until(
+    w: &mut World,
+    limit: Duration,
+    what: &str,
+    done: impl Fn(&World) -> bool,
+) -> Duration {
+    let mut waited = Duration::ZERO;
+    while !done(w) {
+        assert!(waited < limit, "{what} within {limit:?}");
+        tokio::time::sleep(AGENT_STEP).await;
+        w.tick_agents().await;
+        waited += AGENT_STEP;
+    }
+    waited
+}
+
 /// Both sides of `staleness_max`, for one agent: cut off together with its node, a workload
 /// keeps being renewed (its SVIDs live 4 s, so holding one 7.5 s into the cut means renewals
 /// crossed it) until `staleness_max`, then the node stops and the SVID runs out; after the heal
@@ -351,20 +398,8 @@ fn cut_off_with_agent(seed: u64) {
             .wait_leader(Duration::from_secs(10))
             .await
             .expect("a leader");
-        let mut entry = w.new_entry();
-        entry.parent_id = w.agents()[0].spiffe_id.clone();
-        entry.selectors = ["unix:uid:2".parse().expect("selector")].into();
-        entry.x509_svid_ttl_secs = u32::try_from(TTL.as_secs()).expect("small");
-        let id = entry.id.clone();
-        w.write(
-            leader,
-            Command::CreateEntries {
-                entries: vec![entry],
-            },
-        )
-        .await
-        .expect("committed")
-        .expect("entry created");
+        let ttl = u32::try_from(TTL.as_secs()).expect("small");
+        let id = agent_entry(&mut w, leader, 0, "unix:uid:2", ttl).await;
         // The workload with uid 2 (the agent's second workload) holds a valid SVID for it.
         let holds = |w: &World| {
             let agent = &w.agents()[0];
@@ -375,13 +410,13 @@ fn cut_off_with_agent(seed: u64) {
                 .iter()
                 .any(|s| s.entry.id == id)
         };
-        let mut waited = Duration::ZERO;
-        while !holds(&w) {
-            assert!(waited < Duration::from_secs(20), "no SVID before the cut");
-            tokio::time::sleep(STEP).await;
-            w.tick_agents().await;
-            waited += STEP;
-        }
+        tick_agents_until(
+            &mut w,
+            Duration::from_secs(20),
+            "an SVID before the cut",
+            holds,
+        )
+        .await;
         let agent = &w.agents()[0];
         let node = agent.server().expect("the agent follows a node");
         let peer = agent.peer;
@@ -418,16 +453,13 @@ fn cut_off_with_agent(seed: u64) {
         );
 
         w.net().heal();
-        let mut healed_for = Duration::ZERO;
-        while !holds(&w) {
-            assert!(
-                healed_for < Duration::from_secs(20),
-                "not served again after the heal"
-            );
-            tokio::time::sleep(STEP).await;
-            w.tick_agents().await;
-            healed_for += STEP;
-        }
+        tick_agents_until(
+            &mut w,
+            Duration::from_secs(20),
+            "served again after the heal",
+            holds,
+        )
+        .await;
         assert!(w.violations().is_empty(), "{:?}", w.violations());
         w.shutdown().await;
     });
@@ -440,15 +472,11 @@ fn cut_off_with_agent(seed: u64) {
 #[test]
 fn an_agent_cut_off_past_its_svid_attests_again_with_x509pop_only() {
     use sim::world::{Faults, SIM_AGENT_TTL};
-    const STEP: Duration = Duration::from_millis(500);
     block_on(async {
         let mut faults = Faults::none();
         faults.agents = 2;
         faults.x509pop_agents = 1;
         let mut w = World::start_with(31, 3, &faults).await;
-        w.wait_leader(Duration::from_secs(10))
-            .await
-            .expect("a leader");
         let served = |w: &World, i: usize| {
             let agent = &w.agents()[i];
             let wall = wire::Env::wall(agent.env.as_ref());
@@ -458,50 +486,35 @@ fn an_agent_cut_off_past_its_svid_attests_again_with_x509pop_only() {
                     .x509_for(&agent.workloads[0].selectors, wall)
                     .is_empty()
         };
-        // Both attest; give each an entry so there is something to serve.
-        let mut waited = Duration::ZERO;
-        while !w.agents().iter().all(|a| a.attested) {
-            assert!(waited < Duration::from_secs(20), "agents did not attest");
-            tokio::time::sleep(STEP).await;
-            w.tick_agents().await;
-            waited += STEP;
-        }
+        w.wait_leader(Duration::from_secs(10))
+            .await
+            .expect("a leader");
+        let attested = |w: &World| w.agents().iter().all(|a| a.attested);
+        tick_agents_until(&mut w, Duration::from_secs(20), "agents attested", attested).await;
+        // An entry each, so there is something to serve.
         let leader = w
             .wait_leader(Duration::from_secs(10))
             .await
             .expect("leader");
         for i in 0..2 {
-            let mut entry = w.new_entry();
-            entry.parent_id = w.agents()[i].spiffe_id.clone();
-            entry.selectors = ["unix:uid:1".parse().expect("selector")].into();
-            w.write(
-                leader,
-                Command::CreateEntries {
-                    entries: vec![entry],
-                },
-            )
-            .await
-            .expect("committed")
-            .expect("entry created");
+            agent_entry(&mut w, leader, i, "unix:uid:1", 0).await;
         }
-        let mut waited = Duration::ZERO;
-        while !(served(&w, 0) && served(&w, 1)) {
-            assert!(
-                waited < Duration::from_secs(20),
-                "not served before the cut"
-            );
-            tokio::time::sleep(STEP).await;
-            w.tick_agents().await;
-            waited += STEP;
-        }
+        let both = |w: &World| served(w, 0) && served(w, 1);
+        tick_agents_until(
+            &mut w,
+            Duration::from_secs(20),
+            "served before the cut",
+            both,
+        )
+        .await;
         // Cut both agents off from every node until their SVIDs expired.
         let peers: Vec<u64> = w.agents().iter().map(|a| a.peer).collect();
         w.net().partition(&[peers, vec![1, 2, 3]]);
         let mut cut_for = Duration::ZERO;
         while cut_for < SIM_AGENT_TTL + Duration::from_secs(5) {
-            tokio::time::sleep(STEP).await;
+            tokio::time::sleep(AGENT_STEP).await;
             w.tick_agents().await;
-            cut_for += STEP;
+            cut_for += AGENT_STEP;
         }
         assert!(
             !w.agents()[0].alive() && !w.agents()[1].alive(),
@@ -509,20 +522,18 @@ fn an_agent_cut_off_past_its_svid_attests_again_with_x509pop_only() {
         );
         assert_eq!(w.agents()[1].reattested, 0, "no node answered yet");
         w.net().heal();
-        let mut healed_for = Duration::ZERO;
-        while !served(&w, 1) {
-            assert!(
-                healed_for < Duration::from_secs(30),
-                "the x509pop agent did not attest again after the heal"
-            );
-            tokio::time::sleep(STEP).await;
-            w.tick_agents().await;
-            healed_for += STEP;
-        }
+        let again = |w: &World| served(w, 1);
+        let took = tick_agents_until(
+            &mut w,
+            Duration::from_secs(30),
+            "the x509pop agent attested again",
+            again,
+        )
+        .await;
         assert!(w.agents()[1].reattested >= 1);
-        eprintln!("x509pop agent served again {healed_for:?} after the heal");
+        eprintln!("x509pop agent served again {took:?} after the heal");
         for _ in 0..10 {
-            tokio::time::sleep(STEP).await;
+            tokio::time::sleep(AGENT_STEP).await;
             w.tick_agents().await;
         }
         assert!(
