@@ -2,39 +2,29 @@
 //! in a tempdir, and the real `sigil` binary drives it with `--admin-socket`.
 #![allow(clippy::disallowed_methods)] // tests run their own runtime and wait on wall-clock deadlines
 
-use std::collections::BTreeMap;
+#[path = "common/admin_node.rs"]
+mod admin_node;
+mod common;
+
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command as Process, Output, Stdio};
+use std::process::{Command as Process, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use admin_node::{AdminNode, Alone};
 use base64::Engine;
+use common::{run_bounded, wait_for, SIGIL};
 use node::rt::admin::{self, AdminDefaults, AdminService};
 use node::rt::SystemEnv;
-use openraft::BasicNode;
-use raft::replica::{Replica, ReplicaConfig};
-use raft::MemKv;
+use raft::replica::Replica;
 use serde_json::Value;
 use wire::admin as pb;
 use wire::{
-    Authority, AuthorityKey, Command, Env, JwtAuthority, Outcome, PeerId, PublicJwk, SendError,
-    ServerRecord, TokenPurpose, Transport, UnixTime, X509Authority,
+    Authority, AuthorityKey, Command, Env, JwtAuthority, Outcome, PublicJwk, ServerRecord,
+    TokenPurpose, UnixTime, X509Authority,
 };
-
-/// A single-node cluster needs no peers: sending fails, receiving waits forever.
-struct Alone;
-
-impl Transport for Alone {
-    fn send(&self, to: PeerId, _frame: Vec<u8>) -> Result<(), SendError> {
-        Err(SendError::UnknownPeer(to))
-    }
-
-    fn recv(&self) -> impl Future<Output = Option<(PeerId, Vec<u8>)>> + Send {
-        std::future::pending()
-    }
-}
 
 const TD: &str = "example.org";
 /// Every CLI run and every wait is bounded by this.
@@ -47,16 +37,6 @@ struct Node {
     socket: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     _dir: tempfile::TempDir,
-}
-
-fn config(write_timeout_ms: u64) -> ReplicaConfig {
-    ReplicaConfig {
-        heartbeat_ms: 50,
-        election_timeout_min_ms: 150,
-        election_timeout_max_ms: 300,
-        write_timeout_ms,
-        ..ReplicaConfig::default()
-    }
 }
 
 /// Starts node 1 with `members` (only node 1 ever answers) and serves its admin API.
@@ -73,55 +53,20 @@ fn start_full(members: &[u64], write_timeout_ms: u64, seed: Option<&str>) -> Nod
         .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("run").join("admin.sock");
-    let (replica, env) = rt.block_on(async {
-        let replica = Replica::start(1, &config(write_timeout_ms), MemKv::new(), Alone)
-            .await
-            .expect("start replica");
-        let nodes: BTreeMap<u64, BasicNode> = members
-            .iter()
-            .map(|id| (*id, BasicNode::new(format!("127.0.0.1:{}", 7000 + id))))
-            .collect();
-        replica.initialize(nodes).await.expect("initialize");
-        if members == [1] {
-            replica
-                .raft()
-                .wait(Some(DEADLINE))
-                .current_leader(1, "node 1 leads")
-                .await
-                .expect("leader in time");
-        }
-        (Arc::new(replica), Arc::new(SystemEnv::new().expect("env")))
-    });
-    let mut service = AdminService::new(
-        replica.clone(),
-        env.clone() as Arc<dyn Env>,
-        TD.parse().expect("td"),
-        AdminDefaults::default(),
-    );
-    if let Some(seed) = seed {
-        service = service.with_seed_address(seed);
-    }
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let path = socket.clone();
-    rt.spawn(async move {
-        let shutdown = async {
-            let _ = stopped.await;
-        };
-        if let Err(e) = admin::serve_admin(&path, service, shutdown).await {
-            panic!("admin server failed: {e}");
-        }
-    });
-    let t0 = Instant::now();
-    while !socket.exists() {
-        assert!(t0.elapsed() < DEADLINE, "admin socket did not appear");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let started = rt.block_on(AdminNode::start(
+        socket.clone(),
+        TD,
+        members,
+        write_timeout_ms,
+        seed,
+        DEADLINE,
+    ));
     Node {
         rt,
-        replica,
-        env,
+        replica: started.replica,
+        env: started.env,
         socket,
-        stop: Some(stop),
+        stop: started.stop,
         _dir: dir,
     }
 }
@@ -144,25 +89,13 @@ impl Drop for Node {
 
 /// Runs `sigil` with `args`, killing it past the deadline.
 fn run(args: &[&str]) -> Output {
-    let mut child = Process::new(env!("CARGO_BIN_EXE_sigil"))
-        .args(args)
-        .env_remove("SIGIL_ADMIN_SOCKET")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sigil");
-    let t0 = Instant::now();
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            return child.wait_with_output().expect("output");
-        }
-        if t0.elapsed() > DEADLINE {
-            let _ = child.kill();
-            panic!("sigil {args:?} did not finish within {DEADLINE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    run_bounded(
+        Process::new(SIGIL)
+            .args(args)
+            .env_remove("SIGIL_ADMIN_SOCKET")
+            .env("RUST_LOG", "warn"),
+        DEADLINE,
+    )
 }
 
 impl Node {
@@ -819,7 +752,7 @@ fn admin_socket_is_owner_only_and_env_var_works() {
     let dir = node.socket.parent().expect("dir");
     assert_eq!(std::fs::read_dir(dir).expect("ls").count(), 1);
 
-    let out = Process::new(env!("CARGO_BIN_EXE_sigil"))
+    let out = Process::new(SIGIL)
         .args(["healthcheck"])
         .env("SIGIL_ADMIN_SOCKET", &node.socket)
         .output()
@@ -920,11 +853,10 @@ fn serve_admin_is_spawnable_and_removes_its_socket_on_shutdown() {
     drop(fut);
 
     node.stop.take().expect("running").send(()).expect("stop");
-    let t0 = Instant::now();
-    while node.socket.exists() {
-        assert!(t0.elapsed() < DEADLINE, "socket not removed on shutdown");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    assert!(
+        wait_for(DEADLINE, || !node.socket.exists()),
+        "socket not removed on shutdown"
+    );
     let all = ["healthcheck"];
     let line = one_line_error(&node.sigil(&all), &all);
     assert!(line.contains("cannot reach the admin socket"), "{line}");

@@ -6,49 +6,24 @@
 //! client gets.
 #![allow(clippy::disallowed_methods)] // tests run their own runtime and wait on wall-clock deadlines
 
+#[path = "common/admin_node.rs"]
+mod admin_node;
+mod common;
+
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
-use node::rt::admin::{self, AdminDefaults, AdminService};
-use node::rt::SystemEnv;
-use openraft::BasicNode;
-use raft::replica::{Replica, ReplicaConfig};
-use raft::MemKv;
+use admin_node::AdminNode;
+use common::pyspiffe_python;
+use node::rt::admin;
+use raft::replica::ReplicaConfig;
 use wire::admin as pb;
-use wire::{Env, PeerId, SendError, Transport};
-
-/// A single-node cluster needs no peers: sending fails, receiving waits forever.
-struct Alone;
-
-impl Transport for Alone {
-    fn send(&self, to: PeerId, _frame: Vec<u8>) -> Result<(), SendError> {
-        Err(SendError::UnknownPeer(to))
-    }
-
-    fn recv(&self) -> impl Future<Output = Option<(PeerId, Vec<u8>)>> + Send {
-        std::future::pending()
-    }
-}
 
 const TD: &str = "python.example.org";
 /// Bound on every wait.
 const DEADLINE: Duration = Duration::from_secs(30);
-
-/// The Python interpreter of the venv with py-spiffe (and so grpcio) that `scripts/test.sh`
-/// prepares.
-fn venv_python() -> Option<PathBuf> {
-    let python = PathBuf::from(std::env::var_os("SIGIL_PYSPIFFE_PYTHON")?);
-    assert!(
-        python.exists(),
-        "SIGIL_PYSPIFFE_PYTHON={} does not exist",
-        python.display()
-    );
-    Some(python)
-}
 
 /// Calls `method` of `sigil.admin.v1.Admin` on `socket` from grpc-python with `request` (an
 /// encoded message) and raw-bytes serializers: `Ok(response bytes)` or `Err(status code name
@@ -163,7 +138,7 @@ fn number(fields: &BTreeMap<u64, Field>, n: u64) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_python_calls_the_admin_api() {
-    let Some(python) = venv_python() else {
+    let Some(python) = pyspiffe_python() else {
         eprintln!(
             "skipped: SIGIL_PYSPIFFE_PYTHON is not set (scripts/test.sh installs py-spiffe, with grpcio, into a venv and sets it)"
         );
@@ -171,46 +146,20 @@ async fn grpc_python_calls_the_admin_api() {
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("admin.sock");
-    let cfg = ReplicaConfig {
-        heartbeat_ms: 50,
-        election_timeout_min_ms: 150,
-        election_timeout_max_ms: 300,
-        ..ReplicaConfig::default()
-    };
-    let replica = Replica::start(1, &cfg, MemKv::new(), Alone)
-        .await
-        .expect("start replica");
-    let nodes: BTreeMap<u64, BasicNode> = [(1, BasicNode::new("127.0.0.1:7001"))].into();
-    replica.initialize(nodes).await.expect("initialize");
-    replica
-        .raft()
-        .wait(Some(DEADLINE))
-        .current_leader(1, "node 1 leads")
-        .await
-        .expect("leader in time");
-    let replica = Arc::new(replica);
-    let env: Arc<dyn Env> = Arc::new(SystemEnv::new().expect("env"));
-    let service = AdminService::new(
-        replica.clone(),
-        env,
-        TD.parse().expect("td"),
-        AdminDefaults::default(),
-    );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = {
-        let socket = socket.clone();
-        tokio::spawn(async move {
-            admin::serve_admin(&socket, service, async {
-                let _ = stopped.await;
-            })
-            .await
-        })
-    };
-    let t0 = std::time::Instant::now();
-    while !socket.exists() {
-        assert!(t0.elapsed() < DEADLINE, "admin socket did not appear");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let AdminNode {
+        replica,
+        stop,
+        server,
+        ..
+    } = AdminNode::start(
+        socket.clone(),
+        TD,
+        &[1],
+        ReplicaConfig::default().write_timeout_ms,
+        None,
+        DEADLINE,
+    )
+    .await;
 
     // What the typed Rust client (prost) gets.
     let mut client = admin::connect(&socket).await.expect("connect");
@@ -250,7 +199,7 @@ async fn grpc_python_calls_the_admin_api() {
     assert!(err.starts_with("NOT_FOUND"), "{err}");
 
     drop(client);
-    let _ = stop.send(());
+    let _ = stop.expect("running").send(());
     tokio::time::timeout(DEADLINE, server)
         .await
         .expect("admin server stops in time")

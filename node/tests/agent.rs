@@ -7,10 +7,14 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{create_entry, free_port, json, my_uid, sigil, wait_for, Proc, NOBODY};
+use common::{
+    create_entry, json, my_uid, sigil, wait_for, AgentToml, Join, Plane, Proc, ServerNode, NOBODY,
+    SIGIL,
+};
 use spiffe::WorkloadApiClient;
 
 const TD: &str = "agent.test";
@@ -19,70 +23,19 @@ const WAIT: Duration = Duration::from_secs(30);
 #[test]
 fn agent_serves_the_workload_api_to_a_standard_client() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let admin = dir.path().join("admin.sock");
-    let sock = admin.to_str().expect("utf8").to_owned();
-    let port = free_port();
-    let server_cfg = dir.path().join("server.toml");
-    std::fs::write(
-        &server_cfg,
-        format!(
-            "trust_domain = \"{TD}\"\nnode_id = 1\ndata_dir = \"{}\"\nbind = \"127.0.0.1:{port}\"\n\
-             admin_socket = \"{sock}\"\nbootstrap = true\n",
-            dir.path().join("server").display()
-        ),
-    )
-    .expect("server config");
-    let mut server = Proc::start("server", &server_cfg, dir.path().join("server.log"));
-    assert!(
-        wait_for(WAIT, || sigil(&[
-            "bundle",
-            "show",
-            "--hash",
-            "--admin-socket",
-            &sock
-        ])
-        .status
-        .success()),
-        "server up with a CA: {}",
-        server.log()
-    );
-    let hash =
-        String::from_utf8(sigil(&["bundle", "show", "--hash", "--admin-socket", &sock]).stdout)
-            .expect("utf8")
-            .trim()
-            .to_owned();
-    let token = json(&sigil(&[
-        "token",
-        "generate",
-        "--json",
-        "--admin-socket",
-        &sock,
-    ]));
-    let agent_id = token["agent_spiffe_id"]
-        .as_str()
-        .expect("agent id")
-        .to_owned();
-    let workload_sock = dir.path().join("agent.sock");
-    let agent_cfg = dir.path().join("agent.toml");
-    std::fs::write(
-        &agent_cfg,
-        format!(
-            "trust_domain = \"{TD}\"\nservers = [\"127.0.0.1:{port}\"]\ndata_dir = \"{}\"\n\
-             socket_path = \"{}\"\njoin_token = \"{}\"\nbundle_sha256 = \"{hash}\"\n",
-            dir.path().join("agent").display(),
-            workload_sock.display(),
-            token["token"].as_str().expect("token"),
-        ),
-    )
-    .expect("agent config");
+    // The server is up with a CA and an agent join token is taken; the entry exists before the
+    // agent starts.
+    let mut plane = Plane::bootstrap(SIGIL, dir.path(), TD, WAIT);
+    let sock = plane.server.admin.clone();
+    let agent_id = plane.agent_id.clone();
+    let workload_sock = plane.workload.clone();
     let uid = my_uid();
     let first = create_entry(&sock, &format!("spiffe://{TD}/me"), &agent_id, uid);
-    let mut agent = Proc::start("agent", &agent_cfg, dir.path().join("agent.log"));
-    assert!(
-        wait_for(WAIT, || workload_sock.exists()),
-        "agent socket: {}",
-        agent.log()
-    );
+    plane.start_agent(WAIT);
+    let Plane {
+        agent, mut server, ..
+    } = plane;
+    let mut agent = agent.expect("the agent");
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -199,35 +152,18 @@ fn agent_serves_the_workload_api_to_a_standard_client() {
     assert!(server.terminate(), "server exits cleanly");
 }
 
-/// A server node process with its admin socket and QUIC address.
-struct Server {
-    proc: Proc,
-    admin: String,
-    addr: String,
-}
-
-fn start_server(dir: &Path, id: u64, join: Option<(&str, &str, &str)>) -> Server {
-    let port = free_port();
-    let admin = dir.join(format!("admin-{id}.sock"));
-    let admin = admin.to_str().expect("utf8").to_owned();
-    let mut text = format!(
-        "trust_domain = \"{TD}\"\nnode_id = {id}\ndata_dir = \"{}\"\nbind = \"127.0.0.1:{port}\"\n\
-         admin_socket = \"{admin}\"\n",
-        dir.join(format!("server-{id}")).display()
-    );
+/// Starts server node `id` in `dir/node-<id>`: bootstrapping without `join`.
+fn start_server(dir: &Path, id: u64, join: Option<Join>) -> ServerNode {
+    let mut node = ServerNode::new(SIGIL, id, dir.join(format!("node-{id}"))).expect("node dir");
+    let toml = node.toml(TD);
     match join {
-        None => text.push_str("bootstrap = true\n"),
-        Some((token, seed, hash)) => text.push_str(&format!(
-            "[join]\ntoken = \"{token}\"\nseeds = [\"{seed}\"]\nbundle_sha256 = \"{hash}\"\n"
-        )),
+        None => toml.bootstrap(),
+        Some(join) => toml.join(join),
     }
-    let cfg = dir.join(format!("server-{id}.toml"));
-    std::fs::write(&cfg, text).expect("server config");
-    Server {
-        proc: Proc::start("server", &cfg, dir.join(format!("server-{id}.log"))),
-        admin,
-        addr: format!("127.0.0.1:{port}"),
-    }
+    .write(&node.config)
+    .expect("server config");
+    node.start().expect("spawn sigil server");
+    node
 }
 
 /// X.509 CAs in the bundle served by `admin`.
@@ -270,7 +206,7 @@ fn agent_fails_over_and_serves_from_cache_without_servers() {
     assert!(
         wait_for(WAIT, || ca_count(&servers[0].admin) == 1),
         "bootstrap: {}",
-        servers[0].proc.log()
+        servers[0].log()
     );
     for id in 2..=3u64 {
         let token = json(&sigil(&[
@@ -281,37 +217,24 @@ fn agent_fails_over_and_serves_from_cache_without_servers() {
             "--admin-socket",
             &servers[0].admin,
         ]));
-        let seed = servers[0].addr.clone();
         let joined = start_server(
             d,
             id,
-            Some((
-                token["token"].as_str().expect("token"),
-                &seed,
-                token["bundle_sha256"].as_str().expect("hash"),
-            )),
+            Some(Join {
+                token: token["token"].as_str().expect("token").to_owned(),
+                seeds: vec![servers[0].addr.to_string()],
+                bundle_sha256: token["bundle_sha256"].as_str().expect("hash").to_owned(),
+            }),
         );
         servers.push(joined);
         let n = servers.len();
         assert!(
             wait_for(WAIT, || ca_count(&servers[0].admin) == n),
             "node {id} joined and published its CA: {}",
-            servers[n - 1].proc.log()
+            servers[n - 1].log()
         );
     }
-    let hash = String::from_utf8(
-        sigil(&[
-            "bundle",
-            "show",
-            "--hash",
-            "--admin-socket",
-            &servers[0].admin,
-        ])
-        .stdout,
-    )
-    .expect("utf8")
-    .trim()
-    .to_owned();
+    let hash = servers[0].wait_bundle_hash(WAIT);
     let token = json(&sigil(&[
         "token",
         "generate",
@@ -331,21 +254,14 @@ fn agent_fails_over_and_serves_from_cache_without_servers() {
         uid,
     );
     let workload_sock = d.join("agent.sock");
-    let list: Vec<String> = servers.iter().map(|s| format!("\"{}\"", s.addr)).collect();
+    let list: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
     let agent_cfg = d.join("agent.toml");
-    std::fs::write(
-        &agent_cfg,
-        format!(
-            "trust_domain = \"{TD}\"\nservers = [{}]\ndata_dir = \"{}\"\nsocket_path = \"{}\"\n\
-             join_token = \"{}\"\nbundle_sha256 = \"{hash}\"\n",
-            list.join(", "),
-            d.join("agent").display(),
-            workload_sock.display(),
-            token["token"].as_str().expect("token"),
-        ),
-    )
-    .expect("agent config");
-    let mut agent = Proc::start("agent", &agent_cfg, d.join("agent.log"));
+    AgentToml::new(TD, &list, d.join("agent"), &workload_sock)
+        .join_token(token["token"].as_str().expect("token"))
+        .bundle_sha256(&hash)
+        .write(&agent_cfg)
+        .expect("agent config");
+    let mut agent = Proc::start(SIGIL, "agent", &agent_cfg, d.join("agent.log"));
     assert!(wait_for(WAIT, || workload_sock.exists()), "{}", agent.log());
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -389,12 +305,9 @@ fn agent_fails_over_and_serves_from_cache_without_servers() {
         let used = agent_server(&agent).expect("the agent logged its server");
         let victim = servers
             .iter_mut()
-            .find(|s| s.addr == used)
+            .find(|s| s.addr.to_string() == used)
             .expect("a configured server");
-        if let Some(mut child) = victim.proc.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        victim.kill();
         let killed_at = Instant::now();
         let mut fetches = 0;
         let moved = loop {
@@ -440,7 +353,7 @@ fn agent_fails_over_and_serves_from_cache_without_servers() {
         // The new connection works: a new entry arrives through it.
         let alive = servers
             .iter()
-            .find(|s| s.addr == moved)
+            .find(|s| s.addr.to_string() == moved)
             .expect("the new server");
         create_entry(
             &alive.admin,
@@ -462,10 +375,7 @@ fn agent_fails_over_and_serves_from_cache_without_servers() {
         }
         // Every server down: the workload is still served from the agent's cache.
         for s in &mut servers {
-            if let Some(mut child) = s.proc.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+            s.kill();
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         let all = client

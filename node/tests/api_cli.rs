@@ -15,57 +15,35 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 
 mod common;
-use common::{free_port, my_uid, wait_for, Proc, NOBODY};
+use common::{
+    entry_create_args, free_port, my_uid, pyspiffe_python, run_bounded, wait_for, Plane, Proc,
+    NOBODY, SIGIL,
+};
 
 const TD: &str = "api.test";
 const WAIT: Duration = Duration::from_secs(30);
 /// Longest any single `sigil api` invocation may take in these tests (its own --timeout is 10 s).
 const CALL_LIMIT: Duration = Duration::from_secs(20);
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_sigil")
-}
-
-/// Runs `cmd` to completion, killing it after `limit`.
-fn run_bounded(mut cmd: Command, limit: Duration) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    if !matches!(child.try_wait(), Ok(Some(_))) {
-        let _ = child.kill();
-        let out = child.wait_with_output().expect("output");
-        panic!(
-            "{cmd:?} did not finish within {limit:?}; stderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    child.wait_with_output().expect("output")
-}
-
 /// `sigil ARGS` with no Workload API socket in the environment.
 fn sigil(args: &[&str]) -> Output {
-    let mut cmd = Command::new(bin());
-    cmd.args(args).env_remove("SPIFFE_ENDPOINT_SOCKET");
-    run_bounded(cmd, CALL_LIMIT)
+    run_bounded(
+        Command::new(SIGIL)
+            .args(args)
+            .env_remove("SPIFFE_ENDPOINT_SOCKET"),
+        CALL_LIMIT,
+    )
 }
 
 /// `sigil api ARGS` with `SPIFFE_ENDPOINT_SOCKET=endpoint`.
 fn api(endpoint: &str, args: &[&str]) -> Output {
-    let mut cmd = Command::new(bin());
-    cmd.arg("api")
-        .args(args)
-        .env("SPIFFE_ENDPOINT_SOCKET", endpoint);
-    run_bounded(cmd, CALL_LIMIT)
+    run_bounded(
+        Command::new(SIGIL)
+            .arg("api")
+            .args(args)
+            .env("SPIFFE_ENDPOINT_SOCKET", endpoint),
+        CALL_LIMIT,
+    )
 }
 
 fn stdout(out: &Output) -> String {
@@ -105,7 +83,7 @@ struct Watch {
 
 impl Watch {
     fn start(endpoint: &str) -> Watch {
-        let mut child = Command::new(bin())
+        let mut child = Command::new(SIGIL)
             .args(["api", "watch"])
             .env("SPIFFE_ENDPOINT_SOCKET", endpoint)
             .stdin(Stdio::null())
@@ -145,21 +123,10 @@ impl Drop for Watch {
 }
 
 fn create_entry(admin: &str, spiffe_id: &str, parent: &str, uid: u32, hint: &str) -> String {
-    let out = json(&sigil(&[
-        "entry",
-        "create",
-        "--admin-socket",
-        admin,
-        "--spiffe-id",
-        spiffe_id,
-        "--parent-id",
-        parent,
-        "--selector",
-        &format!("unix:uid:{uid}"),
-        "--hint",
-        hint,
-        "--json",
-    ]));
+    let mut args = entry_create_args(admin, spiffe_id, parent, uid);
+    args.extend(["--hint".to_owned(), hint.to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = json(&sigil(&args));
     out["id"].as_str().expect("entry id").to_owned()
 }
 
@@ -194,91 +161,6 @@ fn pem_blocks(text: &str, label: &str) -> Vec<Vec<u8>> {
     }
     assert!(current.is_none(), "unterminated PEM block");
     blocks
-}
-
-/// A bootstrap server and an agent in `dir`; the agent's Workload API socket path and the
-/// admin socket, the agent's SPIFFE ID, and both processes.
-struct Plane {
-    admin: String,
-    workload: PathBuf,
-    agent_id: String,
-    server: Proc,
-    agent: Proc,
-}
-
-fn start_plane(dir: &Path) -> Plane {
-    let admin = dir.join("admin.sock").to_str().expect("utf8").to_owned();
-    let port = free_port();
-    let server_cfg = dir.join("server.toml");
-    std::fs::write(
-        &server_cfg,
-        format!(
-            "trust_domain = \"{TD}\"\nnode_id = 1\ndata_dir = \"{}\"\nbind = \"127.0.0.1:{port}\"\n\
-             admin_socket = \"{admin}\"\nbootstrap = true\n",
-            dir.join("server").display()
-        ),
-    )
-    .expect("server config");
-    let server = Proc::start("server", &server_cfg, dir.join("server.log"));
-    assert!(
-        wait_for(WAIT, || sigil(&[
-            "bundle",
-            "show",
-            "--hash",
-            "--admin-socket",
-            &admin
-        ])
-        .status
-        .success()),
-        "server up with a CA: {}",
-        server.log()
-    );
-    let hash = stdout(&sigil(&[
-        "bundle",
-        "show",
-        "--hash",
-        "--admin-socket",
-        &admin,
-    ]))
-    .trim()
-    .to_owned();
-    let token = json(&sigil(&[
-        "token",
-        "generate",
-        "--json",
-        "--admin-socket",
-        &admin,
-    ]));
-    let agent_id = token["agent_spiffe_id"]
-        .as_str()
-        .expect("agent id")
-        .to_owned();
-    let workload = dir.join("agent.sock");
-    let agent_cfg = dir.join("agent.toml");
-    std::fs::write(
-        &agent_cfg,
-        format!(
-            "trust_domain = \"{TD}\"\nservers = [\"127.0.0.1:{port}\"]\ndata_dir = \"{}\"\n\
-             socket_path = \"{}\"\njoin_token = \"{}\"\nbundle_sha256 = \"{hash}\"\n",
-            dir.join("agent").display(),
-            workload.display(),
-            token["token"].as_str().expect("token"),
-        ),
-    )
-    .expect("agent config");
-    let agent = Proc::start("agent", &agent_cfg, dir.join("agent.log"));
-    assert!(
-        wait_for(WAIT, || workload.exists()),
-        "agent socket: {}",
-        agent.log()
-    );
-    Plane {
-        admin,
-        workload,
-        agent_id,
-        server,
-        agent,
-    }
 }
 
 #[test]
@@ -358,10 +240,10 @@ fn api_needs_a_socket_and_says_so_in_one_line() {
 fn api_commands_against_a_real_agent() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let plane = start_plane(d);
+    let plane = Plane::start(SIGIL, d, TD, WAIT);
     let uid = my_uid();
     let me = format!("spiffe://{TD}/me");
-    let first_entry = create_entry(&plane.admin, &me, &plane.agent_id, uid, "main");
+    let first_entry = create_entry(&plane.server.admin, &me, &plane.agent_id, uid, "main");
     let endpoint = format!("unix://{}", plane.workload.display()); // unix:///…
     let short = format!("unix:{}", plane.workload.display()); // unix:/…
 
@@ -376,7 +258,7 @@ fn api_commands_against_a_real_agent() {
             start.elapsed() < WAIT,
             "no X.509-SVID: {}; agent log:\n{}\nserver log:\n{}",
             String::from_utf8_lossy(&out.stderr),
-            plane.agent.log(),
+            plane.agent().log(),
             plane.server.log()
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -563,7 +445,7 @@ fn api_commands_against_a_real_agent() {
     // watch: the first update at once, then one pushed when a new entry is created.
     let t = Instant::now();
     let mut watch = Watch::start(&endpoint);
-    let first = watch.next_line(&|| plane.agent.log());
+    let first = watch.next_line(&|| plane.agent().log());
     eprintln!(
         "`sigil api watch` first line after {} ms: {first}",
         t.elapsed().as_millis()
@@ -574,8 +456,8 @@ fn api_commands_against_a_real_agent() {
     );
     let second = format!("spiffe://{TD}/second");
     let t = Instant::now();
-    let second_entry = create_entry(&plane.admin, &second, &plane.agent_id, uid, "");
-    let update = watch.next_line(&|| plane.agent.log());
+    let second_entry = create_entry(&plane.server.admin, &second, &plane.agent_id, uid, "");
+    let update = watch.next_line(&|| plane.agent().log());
     eprintln!(
         "`sigil api watch` pushed update {} ms after `entry create`: {update}",
         t.elapsed().as_millis()
@@ -586,13 +468,13 @@ fn api_commands_against_a_real_agent() {
         "entry",
         "delete",
         "--admin-socket",
-        &plane.admin,
+        &plane.server.admin,
         "--entry-id",
         &first_entry,
         "--entry-id",
         &second_entry,
     ]));
-    let gone = watch.next_line(&|| plane.agent.log());
+    let gone = watch.next_line(&|| plane.agent().log());
     assert!(gone.contains("no identity issued"), "{gone}");
     assert!(
         matches!(watch.child.try_wait(), Ok(None)),
@@ -633,17 +515,6 @@ fn second_uid(dir: &Path, workload: &Path, me: &str) {
     assert_eq!(mine["svids"][0]["spiffe_id"], me, "root keeps its SVID");
 }
 
-/// The Python interpreter of the venv with py-spiffe 0.3.2 that `scripts/test.sh` prepares.
-fn pyspiffe_python() -> Option<PathBuf> {
-    let python = PathBuf::from(std::env::var_os("SIGIL_PYSPIFFE_PYTHON")?);
-    assert!(
-        python.exists(),
-        "SIGIL_PYSPIFFE_PYTHON={} does not exist",
-        python.display()
-    );
-    Some(python)
-}
-
 /// Unmodified py-spiffe 0.3.2 (grpc-python underneath, which names the socket path as the
 /// HTTP/2 `:authority`) against a real agent: X.509-SVID, X.509 context, X.509 bundles,
 /// JWT-SVID, JWT bundles, validation locally and through the agent, a wrong audience rejected
@@ -657,14 +528,14 @@ fn py_spiffe_against_a_real_agent() {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let plane = start_plane(dir.path());
+    let plane = Plane::start(SIGIL, dir.path(), TD, WAIT);
     let me = format!("spiffe://{TD}/python");
-    create_entry(&plane.admin, &me, &plane.agent_id, my_uid(), "py");
+    create_entry(&plane.server.admin, &me, &plane.agent_id, my_uid(), "py");
     let endpoint = format!("unix://{}", plane.workload.display());
     assert!(
         wait_for(WAIT, || api(&endpoint, &["fetch", "x509"]).status.success()),
         "no SVID for this uid: {}",
-        plane.agent.log()
+        plane.agent().log()
     );
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pyspiffe_interop.py");
     let mut cmd = Command::new(&python);
@@ -674,13 +545,13 @@ fn py_spiffe_against_a_real_agent() {
         .arg(&me)
         .stdin(Stdio::null());
     let started = Instant::now();
-    let out = run_bounded(cmd, CALL_LIMIT);
+    let out = run_bounded(&mut cmd, CALL_LIMIT);
     assert!(
         out.status.success(),
         "py-spiffe interop failed: {}\n{}\nagent log:\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
-        plane.agent.log()
+        plane.agent().log()
     );
     let seen = json(&out);
     eprintln!(
@@ -733,7 +604,7 @@ fn greeter(endpoint: &str, args: &[&str]) -> Command {
 #[test]
 fn greeter_example_does_mtls_and_a_jwt_call() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let plane = start_plane(dir.path());
+    let plane = Plane::start(SIGIL, dir.path(), TD, WAIT);
     let uid = my_uid();
     let server_id = format!("spiffe://{TD}/greeter-server");
     let client_id = format!("spiffe://{TD}/greeter-client");
@@ -743,7 +614,7 @@ fn greeter_example_does_mtls_and_a_jwt_call() {
         (&client_id, "client"),
         (&stranger_id, "stranger"),
     ] {
-        create_entry(&plane.admin, id, &plane.agent_id, uid, hint);
+        create_entry(&plane.server.admin, id, &plane.agent_id, uid, hint);
     }
     let endpoint = format!("unix://{}", plane.workload.display());
     assert!(
@@ -752,7 +623,7 @@ fn greeter_example_does_mtls_and_a_jwt_call() {
             out.status.success() && json(&out)["svids"].as_array().is_some_and(|s| s.len() == 3)
         }),
         "three SVIDs: {}",
-        plane.agent.log()
+        plane.agent().log()
     );
 
     let port = free_port().to_string();
@@ -768,10 +639,7 @@ fn greeter_example_does_mtls_and_a_jwt_call() {
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&server_log).expect("log"))
         .stderr(Stdio::inherit());
-    let server = Proc {
-        child: Some(server.spawn().expect("spawn greeter server")),
-        log: server_log,
-    };
+    let server = Proc::from_child(server.spawn().expect("spawn greeter server"), server_log);
     assert!(
         wait_for(WAIT, || server.log().contains("listening on")),
         "greeter server up: {}",
@@ -780,7 +648,7 @@ fn greeter_example_does_mtls_and_a_jwt_call() {
 
     let started = Instant::now();
     let out = run_bounded(
-        greeter(
+        &mut greeter(
             &endpoint,
             &[
                 "client",
@@ -821,7 +689,7 @@ fn greeter_example_does_mtls_and_a_jwt_call() {
 
     // Not on the server's --allow list: the handshake fails on both sides.
     let out = run_bounded(
-        greeter(
+        &mut greeter(
             &endpoint,
             &[
                 "client",
@@ -846,7 +714,7 @@ fn greeter_example_does_mtls_and_a_jwt_call() {
 
     // The client wants another server: it refuses this one before sending its JWT-SVID.
     let out = run_bounded(
-        greeter(
+        &mut greeter(
             &endpoint,
             &[
                 "client",

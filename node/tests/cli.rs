@@ -1,13 +1,8 @@
 //! The `sigil` binary's contract: `--help`, `--version`, clear errors, non-zero exit codes.
 
-use std::process::Command;
+mod common;
 
-fn sigil(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_sigil"))
-        .args(args)
-        .output()
-        .expect("run sigil")
-}
+use common::sigil;
 
 #[test]
 fn help_and_version() {

@@ -14,15 +14,17 @@
 //! prints them after a passing run too.
 #![allow(clippy::disallowed_methods)] // tests run their own runtime, threads and wall-clock deadlines
 
-use std::fs::{File, OpenOptions};
-use std::io::Read;
-use std::net::{SocketAddr, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
+use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
+use std::path::Path;
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{poll, run_bounded, Join, ServerNode, SIGIL};
 use node::rt::api::ApiClient;
 use node::rt::tls::ServerTrust;
 use node::rt::{NodeIdentity, SystemEnv, TlsKey, TrustStore};
@@ -48,51 +50,6 @@ fn td() -> TrustDomain {
     TD.parse().expect("trust domain")
 }
 
-/// A free UDP port on 127.0.0.1 (bound once, then released for the server to take).
-fn free_port() -> u16 {
-    let s = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
-    s.local_addr().expect("local addr").port()
-}
-
-/// Polls `f` every 50 ms until it returns `Some`, for at most `limit`.
-fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if start.elapsed() >= limit {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Runs `sigil ARGS`, killing it after `limit`.
-fn sigil_bounded(args: &[&str], limit: Duration) -> Output {
-    let child = Command::new(env!("CARGO_BIN_EXE_sigil"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run sigil");
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(out) => out.expect("sigil output"),
-        Err(_) => {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-            panic!("`sigil {}` did not finish within {limit:?}", args.join(" "));
-        }
-    }
-}
-
 fn stdout_json(out: &Output, what: &str) -> Value {
     assert!(
         out.status.success(),
@@ -108,138 +65,47 @@ fn stdout_json(out: &Output, what: &str) -> Value {
     })
 }
 
-/// One `sigil server` process with its own data dir, admin socket and port. Dropping it kills
-/// the process (SIGKILL) and removes the directory.
-struct Node {
-    id: u64,
-    addr: SocketAddr,
-    config: PathBuf,
-    socket: String,
-    log: PathBuf,
-    child: Option<Child>,
-    // Last: removed after the process is gone.
-    dir: tempfile::TempDir,
-}
+/// One `sigil server` process in `dir/node-<id>` (a [`ServerNode`]: its own data dir, admin
+/// socket and port). Dropping it kills the process (SIGKILL), printing the end of its log when
+/// the test failed (or `CLUSTER_LOGS` is set).
+struct Node(ServerNode);
 
 impl Node {
-    fn new(id: u64) -> Node {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let socket = dir
-            .path()
-            .join("admin.sock")
-            .to_str()
-            .expect("utf8 path")
-            .to_owned();
-        Node {
-            id,
-            addr,
-            config: dir.path().join("server.toml"),
-            socket,
-            log: dir.path().join("server.log"),
-            child: None,
-            dir,
-        }
+    fn new(dir: &Path, id: u64) -> Node {
+        let node = ServerNode::new(SIGIL, id, dir.join(format!("node-{id}")))
+            .expect("node dir")
+            .env("RUST_LOG", "info,openraft=warn")
+            .cli_limit(CLI_LIMIT);
+        Node(node)
     }
 
     /// Writes server.toml: bootstrap without `join`, else the `[join]` section from a token's JSON.
     fn write_config(&self, join: Option<&Value>) {
-        let mut text = format!(
-            "trust_domain = \"{TD}\"\nnode_id = {}\ndata_dir = \"{}\"\nbind = \"{}\"\nadmin_socket = \"{}\"\n",
-            self.id,
-            self.dir.path().join("data").display(),
-            self.addr,
-            self.socket
-        );
+        let toml = self.toml(TD);
         match join {
-            None => text.push_str("bootstrap = true\n"),
-            Some(token) => {
-                let seeds: Vec<String> = token["seeds"]
-                    .as_array()
-                    .expect("seeds")
-                    .iter()
-                    .map(|s| format!("\"{}\"", s.as_str().expect("seed")))
-                    .collect();
-                text.push_str(&format!(
-                    "\n[join]\ntoken = \"{}\"\nseeds = [{}]\nbundle_sha256 = \"{}\"\n",
-                    token["token"].as_str().expect("token"),
-                    seeds.join(", "),
-                    token["bundle_sha256"].as_str().expect("bundle_sha256"),
-                ));
-            }
+            None => toml.bootstrap(),
+            Some(token) => toml.join(Join::from_token(token).expect("a server join token")),
         }
-        std::fs::write(&self.config, text).expect("write server.toml");
+        .write(&self.config)
+        .expect("write server.toml");
     }
 
     fn start(&mut self) {
-        assert!(self.child.is_none(), "node {} already running", self.id);
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_sigil"))
-            .args(["server", "--config"])
-            .arg(&self.config)
-            .env("RUST_LOG", "info,openraft=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn sigil server");
-        self.child = Some(child);
+        self.0.start().expect("spawn sigil server");
     }
+}
 
-    /// SIGKILL, and reap.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+impl Deref for Node {
+    type Target = ServerNode;
+
+    fn deref(&self) -> &ServerNode {
+        &self.0
     }
+}
 
-    /// SIGTERM, bounded wait for a clean exit (SIGKILL after 20 s).
-    fn terminate(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else {
-            return false;
-        };
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let exited = poll(Duration::from_secs(20), || child.try_wait().ok().flatten());
-        match exited {
-            Some(status) => status.success(),
-            None => {
-                let _ = child.kill();
-                let _ = child.wait();
-                false
-            }
-        }
-    }
-
-    /// Runs an admin command against this node's socket.
-    fn sigil(&self, args: &[&str]) -> Output {
-        let mut all: Vec<&str> = args.to_vec();
-        all.extend(["--admin-socket", &self.socket]);
-        sigil_bounded(&all, CLI_LIMIT)
-    }
-
-    /// `cluster status --json`, or `None` while the admin API is not answering.
-    fn status(&self) -> Option<Value> {
-        let out = self.sigil(&["cluster", "status", "--json"]);
-        if !out.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&out.stdout).ok()
-    }
-
-    fn log_tail(&self, lines: usize) -> String {
-        let mut text = String::new();
-        if let Ok(mut f) = File::open(&self.log) {
-            let _ = f.read_to_string(&mut text);
-        }
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+impl DerefMut for Node {
+    fn deref_mut(&mut self) -> &mut ServerNode {
+        &mut self.0
     }
 }
 
@@ -526,7 +392,8 @@ fn three_nodes_survive_leader_loss_and_keep_signing_without_quorum() {
     let env: Arc<dyn Env> = Arc::new(rt.block_on(async { SystemEnv::new() }).expect("env"));
 
     // ---- 1. Bootstrap node 1, join nodes 2 and 3 one at a time. ----
-    let mut nodes: Vec<Node> = (1..=3).map(Node::new).collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut nodes: Vec<Node> = (1..=3).map(|id| Node::new(dir.path(), id)).collect();
     nodes[0].write_config(None);
     nodes[0].start();
     wait_members(&nodes[0], 1);
@@ -1016,8 +883,8 @@ fn three_nodes_survive_leader_loss_and_keep_signing_without_quorum() {
     });
     std::thread::sleep(Duration::from_millis(500));
     let quorum_start = Instant::now();
-    let refused = sigil_bounded(
-        &[
+    let refused = run_bounded(
+        Command::new(SIGIL).args([
             "entry",
             "create",
             "--spiffe-id",
@@ -1027,8 +894,8 @@ fn three_nodes_survive_leader_loss_and_keep_signing_without_quorum() {
             "--selector",
             "unix:uid:1002",
             "--admin-socket",
-            &remaining.socket,
-        ],
+            &remaining.admin,
+        ]),
         Duration::from_secs(30),
     );
     let no_quorum = quorum_start.elapsed();

@@ -21,7 +21,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{json, my_uid, process_alive, send_signal, sigil, sigil_env, wait_for, NOBODY};
+use common::{
+    json, log_tail, my_uid, process_alive, send_signal, sigil, sigil_env, wait_for, NOBODY, SIGIL,
+};
 
 const TD: &str = "dev.sigil.test";
 /// Bound on a start-up until the next steps are printed.
@@ -40,7 +42,7 @@ struct Dev {
 
 impl Dev {
     fn start(dir: &Path, extra: &[&str]) -> Dev {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sigil"))
+        let mut child = Command::new(SIGIL)
             .arg("dev")
             .arg("--data-dir")
             .arg(dir)
@@ -147,11 +149,9 @@ impl Drop for Dev {
         if std::thread::panicking() {
             eprintln!("---- sigil dev output ----\n{}", self.output());
             for log in ["node-1/log", "node-2/log", "node-3/log", "agent/log"] {
-                let text = std::fs::read_to_string(self.dir.join(log)).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
                 eprintln!(
                     "---- {log} (last lines) ----\n{}",
-                    lines[lines.len().saturating_sub(40)..].join("\n")
+                    log_tail(&self.dir.join(log), 40)
                 );
             }
         }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{create_entry, free_port, json, sigil, wait_for, Proc};
+use common::{create_entry, json, sigil, ServerNode, SIGIL};
 use node::rt::api::{ApiClient, ApiClientError};
 use node::rt::tls::ServerTrust;
 use node::rt::{NodeIdentity, SystemEnv, TlsKey, TrustStore};
@@ -72,34 +72,19 @@ async fn sign_for(
 #[test]
 fn a_bogus_attestation_flood_costs_no_raft_write_and_is_rate_limited() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let admin = dir.path().join("admin.sock");
-    let sock = admin.to_str().expect("utf8").to_owned();
-    let port = free_port();
-    let server_cfg = dir.path().join("server.toml");
-    std::fs::write(
-        &server_cfg,
-        format!(
-            "trust_domain = \"{TD}\"\nnode_id = 1\ndata_dir = \"{}\"\nbind = \"127.0.0.1:{port}\"\n\
-             admin_socket = \"{sock}\"\nbootstrap = true\n\n[limits]\nconnections_per_source = 8\n\
-             unauthenticated_per_sec = 20\nunauthenticated_burst = 40\n",
-            dir.path().join("server").display()
-        ),
-    )
-    .expect("server config");
-    let server = Proc::start("server", &server_cfg, dir.path().join("server.log"));
-    assert!(
-        wait_for(WAIT, || sigil(&[
-            "bundle",
-            "show",
-            "--hash",
-            "--admin-socket",
-            &sock
-        ])
-        .status
-        .success()),
-        "server up with a CA: {}",
-        server.log()
-    );
+    let mut server = ServerNode::new(SIGIL, 1, dir.path()).expect("server dir");
+    server
+        .toml(TD)
+        .bootstrap()
+        .table(
+            "[limits]\nconnections_per_source = 8\nunauthenticated_per_sec = 20\n\
+             unauthenticated_burst = 40",
+        )
+        .write(&server.config)
+        .expect("server config");
+    server.start().expect("spawn sigil server");
+    server.wait_bundle_hash(WAIT);
+    let (sock, addr) = (server.admin.clone(), server.addr);
     let token = json(&sigil(&[
         "token",
         "generate",
@@ -114,7 +99,6 @@ fn a_bogus_attestation_flood_costs_no_raft_write_and_is_rate_limited() {
     let token = token["token"].as_str().expect("token").to_owned();
     let entry = create_entry(&sock, &format!("spiffe://{TD}/w"), &agent_id, 1000);
     let entry: EntryId = entry.parse().expect("entry id");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let env: Arc<dyn Env> = Arc::new(SystemEnv::new().expect("env"));
 
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -1,75 +1,29 @@
 //! `sigil server` as a process: bootstrap a one-node trust domain, publish the node's CA through
 //! Raft, serve the admin API, stop cleanly on SIGTERM, and come back with the same state.
 
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-fn sigil(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sigil"))
-        .args(args)
-        .output()
-        .expect("run sigil")
-}
+use common::{json, sigil, wait_for, Proc, ServerToml, SIGIL};
 
-fn start(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_sigil"))
-        .args(["server", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sigil server")
-}
-
-/// Polls `f` every 100 ms for up to `limit`.
-fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let mut waited = Duration::ZERO;
-    while waited < limit {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        waited += Duration::from_millis(100);
-    }
-    f()
-}
-
-fn stop(mut child: Child) -> std::process::ExitStatus {
-    let pid = child.id().to_string();
-    let _ = Command::new("kill").args(["-TERM", &pid]).status();
-    let stopped = wait_for(Duration::from_secs(20), || {
-        matches!(child.try_wait(), Ok(Some(_)))
-    });
-    if !stopped {
-        let _ = child.kill();
-        panic!("sigil server did not stop within 20 s of SIGTERM");
-    }
-    child.wait().expect("exit status")
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON output")
+/// SIGTERM; the exit status (panics if it does not stop within 20 s).
+fn stop(server: &mut Proc) -> ExitStatus {
+    server
+        .stop(Duration::from_secs(20))
+        .expect("sigil server did not stop within 20 s of SIGTERM")
 }
 
 /// Writes `dir/name`: a one-node server bootstrapping `server.test` with data in `dir/data` and
 /// its admin socket at `sock`.
-fn bootstrap_config(dir: &Path, name: &str, data: &str, sock: &str) -> std::path::PathBuf {
+fn bootstrap_config(dir: &Path, name: &str, data: &str, sock: &str) -> PathBuf {
     let config = dir.join(name);
-    std::fs::write(
-        &config,
-        format!(
-            "trust_domain = \"server.test\"\nnode_id = 1\ndata_dir = \"{}\"\nbind = \"127.0.0.1:0\"\n\
-             admin_socket = \"{sock}\"\nbootstrap = true\n",
-            dir.join(data).display()
-        ),
-    )
-    .expect("write config");
+    ServerToml::new("server.test", 1, dir.join(data), "127.0.0.1:0", sock)
+        .bootstrap()
+        .write(&config)
+        .expect("write config");
     config
 }
 
@@ -80,7 +34,7 @@ fn bootstrap_serve_stop_and_restart() {
     let sock = socket.to_str().expect("utf8 path");
     let config = bootstrap_config(dir.path(), "server.toml", "data", sock);
 
-    let child = start(&config);
+    let mut server = Proc::start(SIGIL, "server", &config, dir.path().join("server.log"));
     let healthy = wait_for(Duration::from_secs(30), || {
         sigil(&["healthcheck", "--admin-socket", sock])
             .status
@@ -135,7 +89,7 @@ fn bootstrap_serve_stop_and_restart() {
     // A second server configured with the same admin socket refuses to start, naming the
     // path; the first keeps its socket and keeps serving.
     let second = bootstrap_config(dir.path(), "second.toml", "data2", sock);
-    let out = Command::new(env!("CARGO_BIN_EXE_sigil"))
+    let out = Command::new(SIGIL)
         .args(["server", "--config"])
         .arg(&second)
         .stdin(Stdio::null())
@@ -154,12 +108,12 @@ fn bootstrap_serve_stop_and_restart() {
         "the first server still serves its socket"
     );
 
-    let code = stop(child);
+    let code = stop(&mut server);
     assert!(code.success(), "clean exit on SIGTERM: {code:?}");
     assert!(!socket.exists(), "admin socket removed on shutdown");
 
     // Restart from the same data dir: same trust domain, same entries.
-    let child = start(&config);
+    let mut server = Proc::start(SIGIL, "server", &config, dir.path().join("server-2.log"));
     assert!(wait_for(Duration::from_secs(30), || {
         sigil(&["healthcheck", "--admin-socket", sock])
             .status
@@ -169,7 +123,7 @@ fn bootstrap_serve_stop_and_restart() {
     let entries = listed["entries"].as_array().expect("entries");
     assert_eq!(entries.len(), 1, "{listed}");
     assert!(listed.to_string().contains("spiffe://server.test/web"));
-    assert!(stop(child).success());
+    assert!(stop(&mut server).success());
 }
 
 #[test]
@@ -186,14 +140,14 @@ fn bad_configs_fail_with_one_clear_line() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/server.toml"));
 
     // No cluster state and not bootstrapping: refuse, saying why.
-    std::fs::write(
-        &config,
-        format!(
-            "trust_domain = \"a.test\"\nnode_id = 2\ndata_dir = \"{}\"\nbind = \"127.0.0.1:0\"\nadmin_socket = \"{}\"\n",
-            dir.path().join("d").display(),
-            dir.path().join("a.sock").display()
-        ),
+    ServerToml::new(
+        "a.test",
+        2,
+        dir.path().join("d"),
+        "127.0.0.1:0",
+        dir.path().join("a.sock"),
     )
+    .write(&config)
     .expect("write");
     let out = sigil(&["server", "--config", config.to_str().expect("utf8")]);
     assert_eq!(out.status.code(), Some(1));

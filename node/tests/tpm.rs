@@ -1,7 +1,7 @@
 //! TPM 2.0 node attestation against swtpm (feature `tpm`; `cargo test -p node --features tpm
 //! --test tpm`). Every test manufactures its own software TPM with `swtpm_setup` (an EK
 //! certificate from a local CA made by `swtpm_localca`, or none), runs `swtpm socket` on free
-//! loopback ports and stops it afterwards (a bounded Drop guard). Without swtpm on PATH the tests
+//! loopback ports and kills it afterwards (a Drop guard). Without swtpm on PATH the tests
 //! say they skipped (scripts/test.sh installs it).
 //!
 //! - swtpm activates what our software MakeCredential produced, for RSA and ECC EKs, and refuses
@@ -19,10 +19,12 @@
 
 mod common;
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::{free_tcp_port_pair, unix_now_secs, wait_for, Proc};
 
 use node::rt::config::{AgentTpmConfig, EkAlgorithm};
 use node::rt::tpm::AgentTpm;
@@ -42,22 +44,6 @@ fn have_swtpm(test: &str) -> bool {
         );
     }
     ok
-}
-
-/// Two consecutive free TCP ports on loopback (swtpm's TCTI uses `port` and `port + 1`).
-fn free_port_pair() -> u16 {
-    for _ in 0..100 {
-        let Ok(first) = TcpListener::bind("127.0.0.1:0") else {
-            continue;
-        };
-        let Ok(port) = first.local_addr().map(|a| a.port()) else {
-            continue;
-        };
-        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no two consecutive free ports");
 }
 
 /// Where `swtpm_localca` is (on PATH; Debian's swtpm-tools puts it in /usr/bin).
@@ -137,15 +123,14 @@ fn local_ca_bundle(dir: &Path) -> PathBuf {
 
 /// A running `swtpm socket`, killed on drop.
 struct Swtpm {
-    child: Option<Child>,
+    proc: Proc,
     port: u16,
-    log: PathBuf,
 }
 
 impl Swtpm {
     /// Runs swtpm on the TPM state in `state`, waiting (at most 10 s) until it accepts.
     fn start(state: &Path) -> Swtpm {
-        let port = free_port_pair();
+        let port = free_tcp_port_pair();
         let log = state.with_extension("log");
         let child = Command::new("swtpm")
             .args(["socket", "--tpm2", "--server"])
@@ -162,43 +147,23 @@ impl Swtpm {
             .spawn()
             .expect("spawn swtpm");
         let tpm = Swtpm {
-            child: Some(child),
+            proc: Proc::from_child(child, log),
             port,
-            log,
         };
-        let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "swtpm did not listen within 10 s: {}",
-                std::fs::read_to_string(&tpm.log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        assert!(
+            wait_for(Duration::from_secs(10), || TcpStream::connect((
+                "127.0.0.1",
+                port
+            ))
+            .is_ok()),
+            "swtpm did not listen within 10 s: {}",
+            tpm.proc.log()
+        );
         tpm
     }
 
     fn tcti(&self) -> String {
         format!("swtpm:host=127.0.0.1,port={}", self.port)
-    }
-}
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(5) {
-                if matches!(child.try_wait(), Ok(Some(_))) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            eprintln!(
-                "warning: swtpm (pid {}) did not exit within 5 s",
-                child.id()
-            );
-        }
     }
 }
 
@@ -238,7 +203,7 @@ fn swtpm_activates_our_make_credential() {
                 ek_hashes: Default::default(),
             };
             let issuer = policy
-                .check(&ek, Some(cert), wire::UnixTime::from_secs(now_secs()))
+                .check(&ek, Some(cert), wire::UnixTime::from_secs(unix_now_secs()))
                 .expect("the EK certificate chains to the local CA");
             assert_eq!(issuer.as_deref(), Some("CN=swtpm-localca"));
             // The README's recipe for the EK hash from the certificate gives the same value.
@@ -297,13 +262,6 @@ fn openssl_ek_hash(dir: &Path, cert: &[u8]) -> Option<String> {
     let text = String::from_utf8(out.stdout).ok()?;
     let hash = text.split_whitespace().next()?.to_owned();
     (out.status.success() && hash.len() == 64).then_some(hash)
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Extends SHA-256 PCR 16 (the debug PCR, resettable) of `tpm` with SHA-256(`data`).
@@ -443,7 +401,7 @@ fn print_known_answer_vectors() {
 // ---------------------------------------------------------------------------------------------
 // End to end.
 
-use common::{create_entry, my_uid, sigil, wait_for, Proc};
+use common::{create_entry, my_uid, toml_str, wait_served, AgentToml, ServerNode, SIGIL};
 use wire::api::{ApiCode, ApiRequest, ApiResponse};
 
 const TD: &str = "tpm.test";
@@ -457,36 +415,21 @@ fn ek_hash(tpm: &Swtpm) -> String {
         .hash()
 }
 
-/// Writes `server.toml` with `[tpm]`; (config, admin socket, QUIC address).
-fn server_config(dir: &Path, ca_bundle: &Path, ek_hashes: &[String]) -> (PathBuf, String, String) {
-    let port = common::free_port();
-    let admin = dir.join("admin.sock").to_str().expect("utf8").to_owned();
-    let hashes: Vec<String> = ek_hashes.iter().map(|h| format!("\"{h}\"")).collect();
-    let text = format!(
-        "trust_domain = \"{TD}\"\nnode_id = 1\ndata_dir = \"{}\"\nbind = \"127.0.0.1:{port}\"\n\
-         admin_socket = \"{admin}\"\nbootstrap = true\n\
-         [tpm]\nek_ca_bundle = \"{}\"\nek_hashes = [{}]\n",
-        dir.join("server-data").display(),
-        ca_bundle.display(),
-        hashes.join(", ")
-    );
-    let cfg = dir.join("server.toml");
-    std::fs::write(&cfg, text).expect("server config");
-    (cfg, admin, format!("127.0.0.1:{port}"))
-}
-
-/// Waits until the server answers with a CA in its bundle; its bundle hash.
-fn bundle_hash(admin: &str, server: &Proc) -> String {
-    let args = ["bundle", "show", "--hash", "--admin-socket", admin];
-    assert!(
-        wait_for(WAIT, || sigil(&args).status.success()),
-        "server up with a CA: {}",
-        server.log()
-    );
-    String::from_utf8(sigil(&args).stdout)
-        .expect("utf8")
-        .trim()
-        .to_owned()
+/// Starts a bootstrap server node in `dir` with `[tpm]`.
+fn start_server(dir: &Path, ca_bundle: &Path, ek_hashes: &[String]) -> ServerNode {
+    let mut node = ServerNode::new(SIGIL, 1, dir).expect("server dir");
+    let hashes: Vec<String> = ek_hashes.iter().map(|h| toml_str(h)).collect();
+    node.toml(TD)
+        .bootstrap()
+        .table(format!(
+            "[tpm]\nek_ca_bundle = {}\nek_hashes = [{}]",
+            toml_str(&ca_bundle.display().to_string()),
+            hashes.join(", ")
+        ))
+        .write(&node.config)
+        .expect("server config");
+    node.start().expect("spawn sigil server");
+    node
 }
 
 /// Writes an `agent.toml` using the TPM at `tpm`; (config, Workload API socket).
@@ -498,57 +441,25 @@ fn agent_config(
     tpm: &Swtpm,
 ) -> (PathBuf, PathBuf) {
     let sock = dir.join(format!("{name}.sock"));
-    let text = format!(
-        "trust_domain = \"{TD}\"\nservers = [\"{server}\"]\ndata_dir = \"{}\"\nsocket_path = \"{}\"\n\
-         bundle_sha256 = \"{pin}\"\n[tpm]\ntcti = \"{}\"\npcrs = [0, 7, 16]\n",
-        dir.join(format!("{name}-data")).display(),
-        sock.display(),
-        tpm.tcti()
-    );
     let cfg = dir.join(format!("{name}.toml"));
-    std::fs::write(&cfg, text).expect("agent config");
+    AgentToml::new(TD, &[server], dir.join(format!("{name}-data")), &sock)
+        .bundle_sha256(pin)
+        .table(format!(
+            "[tpm]\ntcti = {}\npcrs = [0, 7, 16]",
+            toml_str(&tpm.tcti())
+        ))
+        .write(&cfg)
+        .expect("agent config");
     (cfg, sock)
-}
-
-/// The SPIFFE IDs the agent at `sock` serves this process (empty on any failure).
-fn fetched_ids(sock: &Path) -> Vec<String> {
-    let out = sigil(&[
-        "api",
-        "fetch",
-        "x509",
-        "--json",
-        "--timeout",
-        "2s",
-        "--socket",
-        sock.to_str().expect("utf8"),
-    ]);
-    if !out.status.success() {
-        return Vec::new();
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v["svids"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s["spiffe_id"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Waits until the workload is served `id`; how long it took.
 fn served(sock: &Path, id: &str, agent: &Proc) -> Duration {
-    let start = Instant::now();
-    assert!(
-        wait_for(WAIT, || fetched_ids(sock).iter().any(|s| s == id)),
-        "{id} not served within {WAIT:?}; agent log:\n{}",
-        agent.log()
-    );
-    start.elapsed()
+    wait_served(SIGIL, sock, id, agent, WAIT)
 }
 
 /// The selectors of the server's `n`-th (0-based) "registering the agent" line for `agent`.
-fn registered_selectors(server: &Proc, agent: &str, n: usize) -> Option<Vec<String>> {
+fn registered_selectors(server: &ServerNode, agent: &str, n: usize) -> Option<Vec<String>> {
     server
         .log()
         .lines()
@@ -650,9 +561,9 @@ fn agents_attest_with_swtpm_end_to_end() {
     let c = Swtpm::start(&manufacture(&other, "c", true));
     let (hash_a, hash_b, hash_c) = (ek_hash(&a), ek_hash(&b), ek_hash(&c));
     let bundle = local_ca_bundle(d);
-    let (server_cfg, admin, addr) = server_config(d, &bundle, std::slice::from_ref(&hash_b));
-    let mut server = Proc::start("server", &server_cfg, d.join("server.log"));
-    let pin = bundle_hash(&admin, &server);
+    let mut server = start_server(d, &bundle, std::slice::from_ref(&hash_b));
+    let (admin, addr) = (server.admin.clone(), server.addr.to_string());
+    let pin = server.wait_bundle_hash(WAIT);
     assert!(
         server.log().contains("TPM agent attestation enabled"),
         "{}",
@@ -664,7 +575,7 @@ fn agents_attest_with_swtpm_end_to_end() {
     let me = format!("spiffe://{TD}/me");
     create_entry(&admin, &me, &agent_a, my_uid());
     let (cfg_a, sock_a) = agent_config(d, "agent-a", &addr, &pin, &a);
-    let mut agent = Proc::start("agent", &cfg_a, d.join("agent-a-1.log"));
+    let mut agent = Proc::start(SIGIL, "agent", &cfg_a, d.join("agent-a-1.log"));
     let took = served(&sock_a, &me, &agent);
     eprintln!(
         "agent A: started → workload SVID served in {} ms",
@@ -696,7 +607,7 @@ fn agents_attest_with_swtpm_end_to_end() {
     // PCR 16 changes; the agent, its data dir gone, attests again: same ID, new selector.
     extend_pcr16(&a, b"a new measurement");
     std::fs::remove_dir_all(d.join("agent-a-data")).expect("remove data dir");
-    let mut agent = Proc::start("agent", &cfg_a, d.join("agent-a-2.log"));
+    let mut agent = Proc::start(SIGIL, "agent", &cfg_a, d.join("agent-a-2.log"));
     served(&sock_a, &me, &agent);
     let second = registered_selectors(&server, &agent_a, 1).expect("registered again");
     let pcr16: Vec<&String> = second
@@ -710,7 +621,7 @@ fn agents_attest_with_swtpm_end_to_end() {
 
     // Agent C: its EK certificate does not chain to the server's CAs, nor is its hash listed.
     let (cfg_c, sock_c) = agent_config(d, "agent-c", &addr, &pin, &c);
-    let mut rogue = Proc::start("agent", &cfg_c, d.join("agent-c.log"));
+    let mut rogue = Proc::start(SIGIL, "agent", &cfg_c, d.join("agent-c.log"));
     assert_eq!(
         rogue.exit_within(WAIT),
         Some(false),

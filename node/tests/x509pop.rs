@@ -14,11 +14,15 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{create_entry, free_port, my_uid, sigil, wait_for, Proc};
+use common::{
+    create_entry, fetched_ids, my_uid, toml_str, wait_for, wait_served, AgentToml, Proc,
+    ServerNode, SIGIL,
+};
 
 const TD: &str = "x509pop.test";
 const WAIT: Duration = Duration::from_secs(30);
@@ -159,109 +163,49 @@ fn agent_id_of(pem: &Path) -> String {
     )
 }
 
-/// Writes `server.toml` (with `[x509pop]` when `ca_bundle` is given) and returns (config, admin
-/// socket, QUIC address).
-fn server_config(dir: &Path, name: &str, ca_bundle: Option<&Path>) -> (PathBuf, String, String) {
-    let port = free_port();
-    let admin = dir.join(format!("{name}-admin.sock"));
-    let admin = admin.to_str().expect("utf8").to_owned();
-    let mut text = format!(
-        "trust_domain = \"{TD}\"\nnode_id = 1\ndata_dir = \"{}\"\nbind = \"127.0.0.1:{port}\"\n\
-         admin_socket = \"{admin}\"\nbootstrap = true\nagent_svid_ttl = \"10s\"\n",
-        dir.join(format!("{name}-data")).display()
-    );
+/// A bootstrap server node in `dir/name` (with `[x509pop]` when `ca_bundle` is given), its
+/// config written; not started.
+fn server_node(dir: &Path, name: &str, ca_bundle: Option<&Path>) -> ServerNode {
+    let node = ServerNode::new(SIGIL, 1, dir.join(name)).expect("server dir");
+    let mut toml = node.toml(TD).bootstrap().line("agent_svid_ttl = \"10s\"");
     if let Some(ca) = ca_bundle {
-        text.push_str(&format!("[x509pop]\nca_bundle = \"{}\"\n", ca.display()));
+        toml = toml.table(format!(
+            "[x509pop]\nca_bundle = {}",
+            toml_str(&ca.display().to_string())
+        ));
     }
-    let cfg = dir.join(format!("{name}.toml"));
-    std::fs::write(&cfg, text).expect("server config");
-    (cfg, admin, format!("127.0.0.1:{port}"))
+    toml.write(&node.config).expect("server config");
+    node
 }
 
-/// Waits until the server answers with a CA in its bundle; returns the bundle hash.
-fn bundle_hash(admin: &str, server: &Proc) -> String {
-    assert!(
-        wait_for(WAIT, || sigil(&[
-            "bundle",
-            "show",
-            "--hash",
-            "--admin-socket",
-            admin
-        ])
-        .status
-        .success()),
-        "server up with a CA: {}",
-        server.log()
-    );
-    String::from_utf8(sigil(&["bundle", "show", "--hash", "--admin-socket", admin]).stdout)
-        .expect("utf8")
-        .trim()
-        .to_owned()
-}
-
-/// Writes an `agent.toml` using x509pop.
+/// Writes `dir/<name>.toml`, an agent config using x509pop; (config, Workload API socket).
 fn agent_config(
     dir: &Path,
     name: &str,
-    server: &str,
+    server: SocketAddr,
     cert: &Path,
     key: &Path,
     pin: Option<&str>,
 ) -> (PathBuf, PathBuf) {
     let sock = dir.join(format!("{name}.sock"));
-    let mut text = format!(
-        "trust_domain = \"{TD}\"\nservers = [\"{server}\"]\ndata_dir = \"{}\"\nsocket_path = \"{}\"\n",
-        dir.join(format!("{name}-data")).display(),
-        sock.display()
-    );
+    let mut toml =
+        AgentToml::new(TD, &[server], dir.join(format!("{name}-data")), &sock).table(format!(
+            "[x509pop]\ncert = {}\nkey = {}",
+            toml_str(&cert.display().to_string()),
+            toml_str(&key.display().to_string())
+        ));
     if let Some(pin) = pin {
-        text.push_str(&format!("bundle_sha256 = \"{pin}\"\n"));
+        toml = toml.bundle_sha256(pin);
     }
-    text.push_str(&format!(
-        "[x509pop]\ncert = \"{}\"\nkey = \"{}\"\n",
-        cert.display(),
-        key.display()
-    ));
     let cfg = dir.join(format!("{name}.toml"));
-    std::fs::write(&cfg, text).expect("agent config");
+    toml.write(&cfg).expect("agent config");
     (cfg, sock)
-}
-
-/// The SPIFFE IDs the agent at `sock` serves this process (empty on any failure).
-fn fetched_ids(sock: &Path) -> Vec<String> {
-    let out = sigil(&[
-        "api",
-        "fetch",
-        "x509",
-        "--json",
-        "--timeout",
-        "2s",
-        "--socket",
-        sock.to_str().expect("utf8"),
-    ]);
-    if !out.status.success() {
-        return Vec::new();
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v["svids"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s["spiffe_id"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Waits until the workload is served `id`.
 fn served(sock: &Path, id: &str, agent: &Proc, limit: Duration) {
-    let start = Instant::now();
-    assert!(
-        wait_for(limit, || fetched_ids(sock).iter().any(|s| s == id)),
-        "{id} not served within {limit:?}; agent log:\n{}",
-        agent.log()
-    );
-    eprintln!("{id} served after {} ms", start.elapsed().as_millis());
+    let took = wait_served(SIGIL, sock, id, agent, limit);
+    eprintln!("{id} served after {} ms", took.as_millis());
 }
 
 /// The agent ID an agent's log says it attested as (its last "attested" line).
@@ -289,9 +233,10 @@ fn agent_attests_with_x509pop_and_again_after_losing_its_identity() {
     let (rogue_cert, rogue_key) = make_agent_cert(d, "rogue", "rogue", true);
     let agent_id = agent_id_of(&cert);
 
-    let (server_cfg, admin, addr) = server_config(d, "server", Some(&ca));
-    let mut server = Proc::start("server", &server_cfg, d.join("server.log"));
-    let hash = bundle_hash(&admin, &server);
+    let mut server = server_node(d, "server", Some(&ca));
+    server.start().expect("spawn sigil server");
+    let (admin, addr) = (server.admin.clone(), server.addr);
+    let hash = server.wait_bundle_hash(WAIT);
     assert!(
         server.log().contains("x509pop agent attestation enabled"),
         "{}",
@@ -302,8 +247,8 @@ fn agent_attests_with_x509pop_and_again_after_losing_its_identity() {
     create_entry(&admin, &me, &agent_id, uid);
 
     // First attestation.
-    let (agent_cfg, sock) = agent_config(d, "agent", &addr, &cert, &key, Some(&hash));
-    let mut agent = Proc::start("agent", &agent_cfg, d.join("agent-1.log"));
+    let (agent_cfg, sock) = agent_config(d, "agent", addr, &cert, &key, Some(&hash));
+    let mut agent = Proc::start(SIGIL, "agent", &agent_cfg, d.join("agent-1.log"));
     served(&sock, &me, &agent, WAIT);
     assert_eq!(
         attested_as(&agent).as_deref(),
@@ -336,10 +281,10 @@ fn agent_attests_with_x509pop_and_again_after_losing_its_identity() {
         stopped_at.elapsed().as_millis()
     );
     assert!(
-        fetched_ids(&sock).contains(&me),
+        fetched_ids(SIGIL, &sock).contains(&me),
         "the cached workload SVID is still served"
     );
-    server = Proc::start("server", &server_cfg, d.join("server-2.log"));
+    server.start().expect("restart sigil server");
     let back_at = Instant::now();
     assert!(
         wait_for(Duration::from_secs(60), || agent
@@ -361,9 +306,9 @@ fn agent_attests_with_x509pop_and_again_after_losing_its_identity() {
     // An empty data dir: the same certificate attests to the same agent ID. (The restarted
     // server published a new CA, so the pin is taken again.)
     std::fs::remove_dir_all(d.join("agent-data")).expect("remove the data dir");
-    let hash = bundle_hash(&admin, &server);
-    let (agent_cfg, _) = agent_config(d, "agent", &addr, &cert, &key, Some(&hash));
-    let mut agent = Proc::start("agent", &agent_cfg, d.join("agent-2.log"));
+    let hash = server.wait_bundle_hash(WAIT);
+    let (agent_cfg, _) = agent_config(d, "agent", addr, &cert, &key, Some(&hash));
+    let mut agent = Proc::start(SIGIL, "agent", &agent_cfg, d.join("agent-2.log"));
     served(&sock, &me, &agent, WAIT);
     assert_eq!(
         attested_as(&agent).as_deref(),
@@ -375,8 +320,8 @@ fn agent_attests_with_x509pop_and_again_after_losing_its_identity() {
 
     // No pin: the bundle kept in the data dir is the trust anchor (the stored 10 s SVID is too
     // short-lived to reuse, so the agent attests again).
-    let (agent_cfg, _) = agent_config(d, "agent", &addr, &cert, &key, None);
-    let mut agent = Proc::start("agent", &agent_cfg, d.join("agent-3.log"));
+    let (agent_cfg, _) = agent_config(d, "agent", addr, &cert, &key, None);
+    let mut agent = Proc::start(SIGIL, "agent", &agent_cfg, d.join("agent-3.log"));
     served(&sock, &me, &agent, WAIT);
     assert_eq!(
         attested_as(&agent).as_deref(),
@@ -388,8 +333,8 @@ fn agent_attests_with_x509pop_and_again_after_losing_its_identity() {
 
     // A certificate from a CA the server does not trust.
     let (rogue_cfg, rogue_sock) =
-        agent_config(d, "rogue", &addr, &rogue_cert, &rogue_key, Some(&hash));
-    let mut rogue = Proc::start("agent", &rogue_cfg, d.join("rogue.log"));
+        agent_config(d, "rogue", addr, &rogue_cert, &rogue_key, Some(&hash));
+    let mut rogue = Proc::start(SIGIL, "agent", &rogue_cfg, d.join("rogue.log"));
     assert_eq!(
         rogue.exit_within(WAIT),
         Some(false),
@@ -424,11 +369,11 @@ fn a_server_without_x509pop_refuses_it() {
     let d = dir.path();
     make_ca(d, "org");
     let (cert, key) = make_agent_cert(d, "org", "node2", false);
-    let (server_cfg, admin, addr) = server_config(d, "plain", None);
-    let mut server = Proc::start("server", &server_cfg, d.join("plain.log"));
-    let hash = bundle_hash(&admin, &server);
-    let (agent_cfg, _) = agent_config(d, "agent", &addr, &cert, &key, Some(&hash));
-    let mut agent = Proc::start("agent", &agent_cfg, d.join("agent.log"));
+    let mut server = server_node(d, "plain", None);
+    server.start().expect("spawn sigil server");
+    let (addr, hash) = (server.addr, server.wait_bundle_hash(WAIT));
+    let (agent_cfg, _) = agent_config(d, "agent", addr, &cert, &key, Some(&hash));
+    let mut agent = Proc::start(SIGIL, "agent", &agent_cfg, d.join("agent.log"));
     assert_eq!(
         agent.exit_within(WAIT),
         Some(false),
