@@ -19,14 +19,17 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde_json::Value;
+use testkit::{
+    json_of, now, status_id, try_run_bounded, unix_now_secs, AgentToml, Join, Proc, ServerNode,
+};
 
 use crate::relay::Relay;
 
@@ -40,6 +43,8 @@ pub const FETCH_EVERY: Duration = Duration::from_millis(250);
 const CALL_LIMIT: Duration = Duration::from_secs(15);
 /// Bound on start-up steps (a node up, joined, the agent attested).
 const START_WAIT: Duration = Duration::from_secs(60);
+/// How long a process gets to exit after SIGTERM before SIGKILL.
+const STOP_LIMIT: Duration = Duration::from_secs(10);
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -77,176 +82,34 @@ pub struct Report {
     pub violations: Vec<String>,
 }
 
-fn now_secs() -> u64 {
-    #[allow(clippy::disallowed_methods)] // the harness compares SVID expiry with real time
-    let now = SystemTime::now();
-    now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+/// How often the harness polls the plane.
+const POLL: Duration = Duration::from_millis(100);
+
+fn wait_for(limit: Duration, f: impl FnMut() -> bool) -> bool {
+    testkit::wait_for_every(limit, POLL, f)
 }
 
-#[allow(clippy::disallowed_methods)] // the harness times real processes
-fn mono() -> Instant {
-    Instant::now()
-}
-
-fn sleep(d: Duration) {
-    std::thread::sleep(d);
-}
-
-fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = mono();
-    while start.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        sleep(Duration::from_millis(100));
-    }
-    f()
-}
-
-/// The last `lines` lines of a log file (or why it could not be read).
-fn log_tail(path: &Path, lines: usize) -> String {
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let all: Vec<&str> = text.lines().collect();
-            all[all.len().saturating_sub(lines)..].join("\n")
-        }
-        Err(e) => format!("(unreadable: {e})"),
-    }
-}
-
-/// Runs `sigil ARGS` to completion within [`CALL_LIMIT`] (killed after). Its output is read
-/// while it runs (a large `entry list` must not block on a full pipe).
+/// Runs `sigil ARGS` to completion within [`CALL_LIMIT`] (killed after); a failure to run it is
+/// a failed `Output` saying why.
 fn sigil(bin: &Path, args: &[&str]) -> Output {
-    let failed = |e: String| Output {
+    try_run_bounded(
+        Command::new(bin)
+            .args(args)
+            .env_remove("SPIFFE_ENDPOINT_SOCKET"),
+        CALL_LIMIT,
+    )
+    .unwrap_or_else(|e| Output {
         status: std::process::ExitStatus::default(),
         stdout: Vec::new(),
         stderr: e.into_bytes(),
-    };
-    let child = Command::new(bin)
-        .args(args)
-        .env_remove("SPIFFE_ENDPOINT_SOCKET")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let child = match child {
-        Ok(c) => c,
-        Err(e) => return failed(format!("could not start sigil: {e}")),
-    };
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    #[allow(clippy::disallowed_methods)] // collects the child's output while it runs
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(CALL_LIMIT) {
-        Ok(Ok(out)) => out,
-        Ok(Err(e)) => failed(e.to_string()),
-        Err(_) => {
-            signal(pid, "KILL");
-            failed(format!(
-                "sigil {args:?} did not finish within {CALL_LIMIT:?}"
-            ))
-        }
-    }
+    })
 }
 
-fn json_of(out: &Output) -> Option<Value> {
-    if !out.status.success() {
-        return None;
-    }
-    serde_json::from_slice(&out.stdout).ok()
-}
-
-fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
-
-/// A child `sigil` process; killed on drop.
-struct Proc {
-    child: Option<Child>,
-}
-
-impl Proc {
-    fn start(bin: &Path, what: &str, config: &Path, log: &Path) -> std::io::Result<Proc> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)?;
-        let child = Command::new(bin)
-            .args([what, "--config"])
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?;
-        Ok(Proc { child: Some(child) })
-    }
-
-    fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    /// How the process ended, if it has.
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGTERM, then SIGKILL after 10 s.
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            signal(c.id(), "TERM");
-            if !wait_for(Duration::from_secs(10), || {
-                matches!(c.try_wait(), Ok(Some(_)))
-            }) {
-                let _ = c.kill();
-            }
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-/// One server node: its process, its relay, its files.
+/// One server node: its process and files, and its relay.
 struct Node {
-    id: u64,
-    bind: SocketAddr,
+    server: ServerNode,
     relay: Relay,
-    config: PathBuf,
-    admin: String,
-    log: PathBuf,
-    proc: Proc,
     stopped: bool,
-}
-
-impl Node {
-    fn admin_args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
-        let mut v = args.to_vec();
-        v.extend(["--admin-socket", self.admin.as_str()]);
-        v
-    }
-
-    fn running(&self) -> bool {
-        self.proc.child.is_some()
-    }
 }
 
 /// The workload: fetches its SVID every [`FETCH_EVERY`] on a thread and records failures.
@@ -289,7 +152,7 @@ impl Workload {
                                 String::from_utf8_lossy(&out.stderr).trim()
                             ))
                         },
-                        |(right, not_after)| match (right, not_after > now_secs()) {
+                        |(right, not_after)| match (right, not_after > unix_now_secs()) {
                             (true, true) => Ok(()),
                             (false, _) => Err("an SVID for another SPIFFE ID".to_owned()),
                             (_, false) => Err(format!("an expired SVID (not after {not_after})")),
@@ -299,7 +162,7 @@ impl Workload {
                 st.fetches += 1;
                 match verdict {
                     Ok(()) => {
-                        let at = mono();
+                        let at = now();
                         if let Some(prev) = st.last_ok {
                             st.longest_gap = st.longest_gap.max(at.duration_since(prev));
                         }
@@ -308,7 +171,7 @@ impl Workload {
                     Err(e) => st.failures.push(e),
                 }
                 drop(st);
-                sleep(FETCH_EVERY);
+                std::thread::sleep(FETCH_EVERY);
             }
         });
         Workload {
@@ -342,23 +205,6 @@ impl Drop for Workload {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
-}
-
-fn free_udp_port() -> std::io::Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn server_toml(opts: &Options, id: u64, bind: SocketAddr, advertise: SocketAddr) -> String {
-    let home = opts.dir.join(format!("node-{id}"));
-    format!(
-        "trust_domain = \"{TRUST_DOMAIN}\"\nnode_id = {id}\ndata_dir = \"{}\"\nbind = \"{bind}\"\n\
-         advertise = \"{advertise}\"\nadmin_socket = \"{}\"\n{}",
-        home.join("data").display(),
-        home.join("admin.sock").display(),
-        if id == 1 { "bootstrap = true\n" } else { "" }
-    )
 }
 
 /// The plane under test.
@@ -402,7 +248,7 @@ impl Plane {
             Err(e) if e.starts_with(&format!("node {id} exited")) => {
                 eprintln!("chaos real: {e}\nchaos real: starting node {id} again");
                 if let Some(mut gone) = self.nodes.pop() {
-                    gone.proc.kill9();
+                    gone.server.kill();
                 }
                 let home = self.opts.dir.join(format!("node-{id}"));
                 let _ = std::fs::rename(&home, home.with_extension("failed-start"));
@@ -413,15 +259,18 @@ impl Plane {
     }
 
     fn add_node(&mut self, id: u64) -> Res<()> {
-        let port = free_udp_port().map_err(|e| e.to_string())?;
-        let bind: SocketAddr = ([127, 0, 0, 1], port).into();
+        let home = self.opts.dir.join(format!("node-{id}"));
+        let mut server = ServerNode::new(&self.opts.sigil, id, home)
+            .map_err(|e| format!("node {id}: {e}"))?
+            .cli_limit(CALL_LIMIT);
         let relay = self
             ._rt
-            .block_on(Relay::start(0, bind))
+            .block_on(Relay::start(0, server.addr))
             .map_err(|e| format!("relay for node {id}: {e}"))?;
-        let home = self.opts.dir.join(format!("node-{id}"));
-        std::fs::create_dir_all(&home).map_err(|e| e.to_string())?;
-        let mut text = server_toml(&self.opts, id, bind, relay.addr());
+        let mut config = server.toml(TRUST_DOMAIN).advertise(relay.addr());
+        if id == 1 {
+            config = config.bootstrap();
+        }
         if let Some(seed) = self.nodes.first() {
             // A token for this node's ID; one that re-admits it if an earlier start already
             // joined it (a start that failed after its join).
@@ -432,37 +281,33 @@ impl Plane {
                     args.push("--rejoin");
                 }
                 args.push("--json");
-                json_of(&sigil(&self.opts.sigil, &seed.admin_args(&args)))
+                json_of(&sigil(&self.opts.sigil, &seed.server.admin_args(&args)))
             };
             let token = generate(false)
                 .or_else(|| generate(true))
                 .ok_or("could not generate a server join token")?;
-            text.push_str(&format!(
-                "\n[join]\ntoken = \"{}\"\nseeds = [\"{}\"]\nbundle_sha256 = \"{}\"\n",
-                token["token"].as_str().unwrap_or_default(),
-                seed.relay.addr(),
-                token["bundle_sha256"].as_str().unwrap_or_default()
-            ));
+            config = config.join(Join {
+                token: token["token"].as_str().unwrap_or_default().to_owned(),
+                seeds: vec![seed.relay.addr().to_string()],
+                bundle_sha256: token["bundle_sha256"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            });
         }
-        let config = home.join("server.toml");
-        std::fs::write(&config, text).map_err(|e| e.to_string())?;
-        let log = home.join("log");
-        let proc = Proc::start(&self.opts.sigil, "server", &config, &log)
+        config.write(&server.config).map_err(|e| e.to_string())?;
+        server
+            .start()
             .map_err(|e| format!("starting node {id}: {e}"))?;
         self.nodes.push(Node {
-            id,
-            bind,
+            server,
             relay,
-            admin: home.join("admin.sock").to_string_lossy().into_owned(),
-            config,
-            log,
-            proc,
             stopped: false,
         });
         let n = self.nodes.len();
         let mut exited = None;
         let up = wait_for(START_WAIT, || {
-            exited = self.nodes[n - 1].proc.exited();
+            exited = self.nodes[n - 1].server.exited();
             exited.is_some()
                 || self.status(0).is_some_and(|s| {
                     s["members"].as_array().is_some_and(|m| {
@@ -486,8 +331,8 @@ impl Plane {
         for node in [&self.nodes[0], &self.nodes[n - 1]] {
             logs.push_str(&format!(
                 "\n--- last lines of {} ---\n{}",
-                node.log.display(),
-                log_tail(&node.log, 40)
+                node.server.log.display(),
+                node.server.log_tail(40)
             ));
         }
         Err(format!(
@@ -496,23 +341,21 @@ impl Plane {
     }
 
     fn status(&self, i: usize) -> Option<Value> {
-        let n = self.nodes.get(i)?;
-        json_of(&sigil(
-            &self.opts.sigil,
-            &n.admin_args(&["cluster", "status", "--json"]),
-        ))
+        self.nodes.get(i)?.server.status()
     }
 
     fn start_agent(&mut self) -> Res<()> {
         let first = &self.nodes[0];
         let token = json_of(&sigil(
             &self.opts.sigil,
-            &first.admin_args(&["token", "generate", "--json"]),
+            &first.server.admin_args(&["token", "generate", "--json"]),
         ))
         .ok_or("could not generate an agent join token")?;
         let hash = json_of(&sigil(
             &self.opts.sigil,
-            &first.admin_args(&["bundle", "show", "--hash", "--json"]),
+            &first
+                .server
+                .admin_args(&["bundle", "show", "--hash", "--json"]),
         ))
         .and_then(|v| v["bundle_sha256"].as_str().map(str::to_owned))
         .ok_or("could not read the bundle hash")?;
@@ -520,27 +363,16 @@ impl Plane {
             .as_str()
             .ok_or("no agent ID")?
             .to_owned();
-        let servers: Vec<String> = self
-            .nodes
-            .iter()
-            .map(|n| format!("\"{}\"", n.relay.addr()))
-            .collect();
+        let servers: Vec<SocketAddr> = self.nodes.iter().map(|n| n.relay.addr()).collect();
         let home = self.opts.dir.join("agent");
         std::fs::create_dir_all(&home).map_err(|e| e.to_string())?;
         let config = home.join("agent.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "trust_domain = \"{TRUST_DOMAIN}\"\nservers = [{}]\ndata_dir = \"{}\"\n\
-                 socket_path = \"{}\"\njoin_token = \"{}\"\nbundle_sha256 = \"{hash}\"\n",
-                servers.join(", "),
-                home.join("data").display(),
-                self.socket.display(),
-                token["token"].as_str().unwrap_or_default(),
-            ),
-        )
-        .map_err(|e| e.to_string())?;
-        let agent = Proc::start(&self.opts.sigil, "agent", &config, &home.join("log"))
+        AgentToml::new(TRUST_DOMAIN, &servers, home.join("data"), &self.socket)
+            .join_token(token["token"].as_str().unwrap_or_default())
+            .bundle_sha256(&hash)
+            .write(&config)
+            .map_err(|e| e.to_string())?;
+        let agent = Proc::try_start(&self.opts.sigil, "agent", &config, home.join("log"))
             .map_err(|e| format!("starting the agent: {e}"))?;
         self.agent = Some(agent);
         Ok(())
@@ -552,7 +384,7 @@ impl Plane {
         let id = format!("spiffe://{TRUST_DOMAIN}/chaos/{name}");
         let out = sigil(
             &self.opts.sigil,
-            &n.admin_args(&[
+            &n.server.admin_args(&[
                 "entry",
                 "create",
                 "--spiffe-id",
@@ -571,7 +403,7 @@ impl Plane {
         let n = &self.nodes[i];
         let v = json_of(&sigil(
             &self.opts.sigil,
-            &n.admin_args(&["entry", "list", "--json"]),
+            &n.server.admin_args(&["entry", "list", "--json"]),
         ))?;
         Some(
             v["entries"]
@@ -587,14 +419,13 @@ impl Plane {
         for n in &mut self.nodes {
             n.relay.heal();
             if n.stopped {
-                if let Some(pid) = n.proc.pid() {
-                    signal(pid, "CONT");
-                }
+                n.server.signal("CONT");
                 n.stopped = false;
             }
-            if !n.running() {
-                n.proc = Proc::start(&self.opts.sigil, "server", &n.config, &n.log)
-                    .map_err(|e| format!("restarting node {}: {e}", n.id))?;
+            if !n.server.running() {
+                n.server
+                    .start()
+                    .map_err(|e| format!("restarting node {}: {e}", n.server.id))?;
             }
         }
         Ok(())
@@ -602,8 +433,8 @@ impl Plane {
 
     /// Cuts node `a` from node `b` in both directions.
     fn cut(&self, a: usize, b: usize) {
-        self.nodes[a].relay.block(self.nodes[b].bind);
-        self.nodes[b].relay.block(self.nodes[a].bind);
+        self.nodes[a].relay.block(self.nodes[b].server.addr);
+        self.nodes[b].relay.block(self.nodes[a].server.addr);
     }
 }
 
@@ -611,16 +442,14 @@ impl Drop for Plane {
     fn drop(&mut self) {
         for n in &mut self.nodes {
             if n.stopped {
-                if let Some(pid) = n.proc.pid() {
-                    signal(pid, "CONT");
-                }
+                n.server.signal("CONT");
             }
         }
         if let Some(a) = &mut self.agent {
-            a.stop();
+            a.stop(STOP_LIMIT);
         }
         for n in &mut self.nodes {
-            n.proc.stop();
+            n.server.stop(STOP_LIMIT);
         }
     }
 }
@@ -644,7 +473,7 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Res<Report> {
         ));
     }
     let mut report = Report::default();
-    let started = mono();
+    let started = now();
     let mut plane = Plane::start(opts)?;
     progress(&format!(
         "{} nodes up behind relays, agent {} started ({:.1} s)",
@@ -656,7 +485,7 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Res<Report> {
     let want = format!("spiffe://{TRUST_DOMAIN}/workload");
     let out = sigil(
         &opts.sigil,
-        &plane.nodes[0].admin_args(&[
+        &plane.nodes[0].server.admin_args(&[
             "entry",
             "create",
             "--spiffe-id",
@@ -699,7 +528,7 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Res<Report> {
             .status(0)
             .or_else(|| plane.status(1))
             .and_then(|s| s["leader_id"].as_u64())
-            .and_then(|l| plane.nodes.iter().position(|x| x.id == l));
+            .and_then(|l| plane.nodes.iter().position(|x| x.server.id == l));
         let mut victims: Vec<usize> = Vec::new();
         match kind {
             "kill -9 a node" | "kill -9 the leader" => {
@@ -711,15 +540,15 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Res<Report> {
                 for _ in 0..rng.gen_range(1..=minority) {
                     if !victims.contains(&pick) {
                         victims.push(pick);
-                        plane.nodes[pick].proc.kill9();
+                        plane.nodes[pick].server.kill();
                     }
                     pick = rng.gen_range(0..n);
                 }
             }
             "SIGSTOP a node" => {
                 let v = rng.gen_range(0..n);
-                if let Some(pid) = plane.nodes[v].proc.pid() {
-                    signal(pid, "STOP");
+                if plane.nodes[v].server.running() {
+                    plane.nodes[v].server.signal("STOP");
                     plane.nodes[v].stopped = true;
                 }
                 victims.push(v);
@@ -729,7 +558,7 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Res<Report> {
                 plane.nodes[v].relay.isolate(true);
                 for o in 0..n {
                     if o != v {
-                        plane.nodes[o].relay.block(plane.nodes[v].bind);
+                        plane.nodes[o].relay.block(plane.nodes[v].server.addr);
                     }
                 }
                 victims.push(v);
@@ -751,16 +580,16 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Res<Report> {
                 // One-way: b stops hearing a (a still hears b).
                 let a = rng.gen_range(0..n);
                 let b = (a + rng.gen_range(1..n)) % n;
-                plane.nodes[b].relay.block(plane.nodes[a].bind);
+                plane.nodes[b].relay.block(plane.nodes[a].server.addr);
                 victims.push(a);
             }
         }
         // Writes during the fault, through random nodes (minority ones may refuse).
-        let writes_until = mono() + hold;
+        let writes_until = now() + hold;
         let mut w = 0;
-        while mono() < writes_until {
+        while now() < writes_until {
             let via = write_rng.gen_range(0..n);
-            if plane.nodes[via].running() && !plane.nodes[via].stopped {
+            if plane.nodes[via].server.running() && !plane.nodes[via].stopped {
                 match plane.create_entry(via, &format!("c{cycle}-w{w}")) {
                     Some(id) => {
                         acked.insert(id);
@@ -770,12 +599,12 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Res<Report> {
                 }
                 w += 1;
             } else {
-                sleep(Duration::from_millis(100));
+                std::thread::sleep(Duration::from_millis(100));
             }
         }
         plane.heal()?;
         // Converge: every node lists every acknowledged entry, all lists equal, one leader.
-        let t = mono();
+        let t = now();
         let mut last = String::new();
         let converged = wait_for(CONVERGE_WAIT, || {
             let lists: Vec<Option<BTreeSet<String>>> = (0..n).map(|i| plane.entries(i)).collect();
@@ -823,7 +652,7 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Res<Report> {
         progress(&format!(
             "cycle {cycle}/{}: {kind} (nodes {:?}) for {:.1} s, {w} writes; converged in {:.1} s; {} acked so far{}",
             opts.cycles,
-            victims.iter().map(|&v| plane.nodes[v].id).collect::<Vec<_>>(),
+            victims.iter().map(|&v| plane.nodes[v].server.id).collect::<Vec<_>>(),
             hold.as_secs_f64(),
             took.as_secs_f64(),
             acked.len(),
@@ -844,15 +673,7 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Res<Report> {
 }
 
 fn own_uid() -> Res<u32> {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|r| r.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .ok_or_else(|| "cannot read this process's uid".to_owned())
+    status_id("Uid:").ok_or_else(|| "cannot read this process's uid".to_owned())
 }
 
 /// Writes the workload's SVID and bundle to `dir` and checks the chain with `openssl verify`.
