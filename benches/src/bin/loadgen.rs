@@ -17,12 +17,13 @@
 //! ```
 //!
 //! This is a load generator, not node logic: it reads the OS clock to time calls and starts
-//! threads and tasks directly, each under a scoped `#[allow(clippy::disallowed_methods)]`.
+//! threads and tasks directly, the clock and tasks through the shared harness (`testkit::now`,
+//! `testkit::spawn`).
 
 #![forbid(unsafe_code)]
 
 use std::error::Error as StdError;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,8 +35,7 @@ use node::rt::tls::ServerTrust;
 use node::rt::{NodeIdentity, SystemEnv, TlsKey, TrustStore};
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use testkit::{free_udp_addr, now, remove_temp_dir, spawn, Join, ServerToml, ServiceTask};
 use tonic::transport::Channel;
 use wire::admin::admin_client::AdminClient;
 use wire::admin::{self as pb, JoinTokenPurpose};
@@ -114,22 +114,6 @@ impl Args {
         }
         Ok(())
     }
-}
-
-/// The OS monotonic clock: this binary measures wall-clock throughput and latency.
-#[allow(clippy::disallowed_methods)] // a load generator times real calls
-fn now() -> Instant {
-    Instant::now()
-}
-
-/// Spawns a task on the current runtime.
-#[allow(clippy::disallowed_methods)] // a load generator runs its callers and nodes as tasks
-fn spawn<F>(fut: F) -> JoinHandle<F::Output>
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    tokio::spawn(fut)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -254,8 +238,7 @@ struct NodeHandle {
     id: u64,
     addr: SocketAddr,
     admin_socket: PathBuf,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), node::Error>>>,
+    service: ServiceTask<node::Error>,
 }
 
 #[derive(Debug)]
@@ -263,34 +246,6 @@ struct Cluster {
     td: TrustDomain,
     dir: Option<tempfile::TempDir>,
     nodes: Vec<NodeHandle>,
-}
-
-fn free_udp_port() -> Res<SocketAddr> {
-    // Bind port 0, read the port, release it: the node binds it a moment later.
-    let socket = UdpSocket::bind("127.0.0.1:0")?;
-    Ok(socket.local_addr()?)
-}
-
-/// A TOML basic string (paths and tokens here are plain ASCII; escape anyway).
-fn toml_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-struct JoinInfo {
-    token: String,
-    seed: SocketAddr,
-    bundle_sha256: String,
 }
 
 impl Cluster {
@@ -317,39 +272,26 @@ impl Cluster {
     }
 
     /// Starts node `id` (bootstrapping without `join`).
-    fn start_node(&mut self, id: u64, join: Option<JoinInfo>) -> Res<()> {
+    fn start_node(&mut self, id: u64, join: Option<Join>) -> Res<()> {
         let home = self.root()?.join(format!("node-{id}"));
         std::fs::create_dir_all(&home)?;
-        let addr = free_udp_port()?;
+        let addr = free_udp_addr()?;
         let admin_socket = home.join("admin.sock");
-        let mut text = format!(
-            "trust_domain = {}\nnode_id = {id}\ndata_dir = {}\nbind = {}\nadmin_socket = {}\n",
-            toml_str(TRUST_DOMAIN),
-            toml_str(&home.join("data").display().to_string()),
-            toml_str(&addr.to_string()),
-            toml_str(&admin_socket.display().to_string()),
-        );
-        match join {
-            None => text.push_str("bootstrap = true\n"),
-            Some(j) => text.push_str(&format!(
-                "[join]\ntoken = {}\nseeds = [{}]\nbundle_sha256 = {}\n",
-                toml_str(&j.token),
-                toml_str(&j.seed.to_string()),
-                toml_str(&j.bundle_sha256)
-            )),
+        let toml = ServerToml::new(TRUST_DOMAIN, id, home.join("data"), addr, &admin_socket);
+        let text = match join {
+            None => toml.bootstrap(),
+            Some(j) => toml.join(j),
         }
+        .render();
         let cfg = ServerFileConfig::parse(Path::new("loadgen server.toml"), &text)?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let shutdown = async move {
-            let _ = stopped.await;
-        };
-        let task = spawn(node::rt::serve::run_server(cfg, shutdown));
+        let service = ServiceTask::spawn(format!("node {id}"), move |shutdown| {
+            node::rt::serve::run_server(cfg, shutdown)
+        });
         self.nodes.push(NodeHandle {
             id,
             addr,
             admin_socket,
-            stop: Some(stop),
-            task: Some(task),
+            service,
         });
         Ok(())
     }
@@ -359,19 +301,7 @@ impl Cluster {
         let Some(n) = self.nodes.iter_mut().find(|n| n.id == id) else {
             return Err(format!("no node {id}").into());
         };
-        if n.task.as_ref().is_some_and(|t| t.is_finished()) {
-            let result = match n.task.take() {
-                Some(t) => t.await,
-                None => return Err(format!("node {id} stopped").into()),
-            };
-            return Err(match result {
-                Ok(Ok(())) => format!("node {id} stopped unexpectedly"),
-                Ok(Err(e)) => format!("node {id} failed: {e}"),
-                Err(e) => format!("node {id}'s task failed: {e}"),
-            }
-            .into());
-        }
-        Ok(())
+        Ok(n.service.check_running().await?)
     }
 
     /// An admin client of node `id`, once its socket accepts.
@@ -442,9 +372,9 @@ impl Cluster {
             let seed = self.node(1)?.addr;
             self.start_node(
                 id,
-                Some(JoinInfo {
+                Some(Join {
                     token: token.token,
-                    seed,
+                    seeds: vec![seed.to_string()],
                     bundle_sha256: token.bundle_sha256,
                 }),
             )?;
@@ -490,27 +420,12 @@ impl Cluster {
     async fn shutdown(&mut self) -> Vec<String> {
         let mut problems = Vec::new();
         for n in &mut self.nodes {
-            if let Some(stop) = n.stop.take() {
-                let _ = stop.send(());
-            }
+            n.service.signal_stop();
         }
         for n in &mut self.nodes {
-            let Some(task) = n.task.take() else { continue };
-            match tokio::time::timeout(Duration::from_secs(30), task).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => problems.push(format!("node {} stopped with: {e}", n.id)),
-                Ok(Err(e)) => problems.push(format!("node {}'s task failed: {e}", n.id)),
-                Err(_) => problems.push(format!("node {} did not stop within 30 s", n.id)),
-            }
+            problems.extend(n.service.stop(Duration::from_secs(30)).await);
         }
-        if let Some(dir) = self.dir.take() {
-            let path = dir.path().to_path_buf();
-            if let Err(e) = dir.close() {
-                problems.push(format!("removing {}: {e}", path.display()));
-            } else if path.exists() {
-                problems.push(format!("{} still exists", path.display()));
-            }
-        }
+        problems.extend(self.dir.take().and_then(remove_temp_dir));
         problems
     }
 }

@@ -22,20 +22,21 @@
 //! ```
 //!
 //! This is a benchmark, not node logic: it reads the OS clock to time calls and starts tasks
-//! directly, each under a scoped `#[allow(clippy::disallowed_methods)]`.
+//! directly, through the shared harness (`testkit::now`, `testkit::spawn`).
 
 #![forbid(unsafe_code)]
 
 use std::error::Error as StdError;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use node::rt::config::{AgentFileConfig, ServerFileConfig};
 use node::rt::unix_attest::{PeerCred, UnixAttestConfig};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use testkit::{
+    free_udp_addr, now, remove_temp_dir, spawn, status_id, AgentToml, ServerToml, ServiceTask,
+};
 use tonic::transport::Channel;
 use wire::admin::admin_client::AdminClient;
 use wire::admin::{self as pb, JoinTokenPurpose};
@@ -92,22 +93,6 @@ impl Args {
         }
         Ok(())
     }
-}
-
-/// The OS monotonic clock: this binary measures wall-clock latency.
-#[allow(clippy::disallowed_methods)] // a benchmark times real calls
-fn now() -> Instant {
-    Instant::now()
-}
-
-/// Spawns a task on the current runtime.
-#[allow(clippy::disallowed_methods)] // a benchmark runs its callers, server and agent as tasks
-fn spawn<F>(fut: F) -> JoinHandle<F::Output>
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    tokio::spawn(fut)
 }
 
 fn micros(d: Duration) -> u64 {
@@ -177,14 +162,8 @@ impl Samples {
 
 /// This process's peer credentials, as the kernel would report them (effective uid and gid).
 fn own_cred() -> Res<PeerCred> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
     let field = |name: &str| -> Res<u32> {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|r| r.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| format!("/proc/self/status: no {name} line").into())
+        status_id(name).ok_or_else(|| format!("/proc/self/status: no {name} line").into())
     };
     Ok(PeerCred {
         pid: Some(i32::try_from(std::process::id())?),
@@ -230,86 +209,8 @@ fn attest_baseline(cred: PeerCred) -> Res<AttestBaseline> {
 // ---------------------------------------------------------------------------------------------
 // The in-process server and agent
 
-/// A TOML basic string (paths and tokens here are plain ASCII; escape anyway).
-fn toml_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-fn free_udp_port() -> Res<SocketAddr> {
-    // Bind port 0, read the port, release it: the server binds it a moment later.
-    let socket = UdpSocket::bind("127.0.0.1:0")?;
-    Ok(socket.local_addr()?)
-}
-
 /// One in-process `sigil server` or `sigil agent`.
-struct Proc {
-    name: &'static str,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), node::Error>>>,
-}
-
-impl Proc {
-    fn start<F>(name: &'static str, run: impl FnOnce(Shutdown) -> F) -> Proc
-    where
-        F: std::future::Future<Output = Result<(), node::Error>> + Send + 'static,
-    {
-        let (stop, stopped) = oneshot::channel::<()>();
-        let shutdown: Shutdown = Box::pin(async move {
-            let _ = stopped.await;
-        });
-        Proc {
-            name,
-            stop: Some(stop),
-            task: Some(spawn(run(shutdown))),
-        }
-    }
-
-    /// Fails if the task has ended (it reports why).
-    async fn check_running(&mut self) -> Res<()> {
-        if self.task.as_ref().is_some_and(|t| t.is_finished()) {
-            let name = self.name;
-            let result = match self.task.take() {
-                Some(t) => t.await,
-                None => return Err(format!("the {name} stopped").into()),
-            };
-            return Err(match result {
-                Ok(Ok(())) => format!("the {name} stopped unexpectedly"),
-                Ok(Err(e)) => format!("the {name} failed: {e}"),
-                Err(e) => format!("the {name}'s task failed: {e}"),
-            }
-            .into());
-        }
-        Ok(())
-    }
-
-    /// Stops the task and waits for it; `Some(problem)` if it did not stop cleanly.
-    async fn stop(&mut self) -> Option<String> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let task = self.task.take()?;
-        let name = self.name;
-        match tokio::time::timeout(Duration::from_secs(30), task).await {
-            Ok(Ok(Ok(()))) => None,
-            Ok(Ok(Err(e))) => Some(format!("the {name} stopped with: {e}")),
-            Ok(Err(e)) => Some(format!("the {name}'s task failed: {e}")),
-            Err(_) => Some(format!("the {name} did not stop within 30 s")),
-        }
-    }
-}
-
-type Shutdown = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+type Proc = ServiceTask<node::Error>;
 
 struct Bench {
     dir: Option<tempfile::TempDir>,
@@ -345,16 +246,12 @@ impl Bench {
     fn start_server(&mut self) -> Res<SocketAddr> {
         let home = self.root()?.join("server");
         std::fs::create_dir_all(&home)?;
-        let addr = free_udp_port()?;
-        let text = format!(
-            "trust_domain = {}\nnode_id = 1\ndata_dir = {}\nbind = {}\nadmin_socket = {}\nbootstrap = true\n",
-            toml_str(TRUST_DOMAIN),
-            toml_str(&home.join("data").display().to_string()),
-            toml_str(&addr.to_string()),
-            toml_str(&self.admin_socket.display().to_string()),
-        );
+        let addr = free_udp_addr()?;
+        let text = ServerToml::new(TRUST_DOMAIN, 1, home.join("data"), addr, &self.admin_socket)
+            .bootstrap()
+            .render();
         let cfg = ServerFileConfig::parse(Path::new("wlbench server.toml"), &text)?;
-        self.server = Some(Proc::start("server", move |shutdown| {
+        self.server = Some(Proc::spawn("the server", move |shutdown| {
             node::rt::serve::run_server(cfg, shutdown)
         }));
         Ok(addr)
@@ -364,15 +261,15 @@ impl Bench {
     fn start_agent(&mut self, server: SocketAddr, token: &str, bundle_sha256: &str) -> Res<()> {
         let home = self.root()?.join("agent");
         std::fs::create_dir_all(&home)?;
-        let text = format!(
-            "trust_domain = {}\nservers = [{}]\ndata_dir = {}\nsocket_path = {}\njoin_token = {}\nbundle_sha256 = {}\n",
-            toml_str(TRUST_DOMAIN),
-            toml_str(&server.to_string()),
-            toml_str(&home.join("data").display().to_string()),
-            toml_str(&self.agent_socket.display().to_string()),
-            toml_str(token),
-            toml_str(bundle_sha256),
-        );
+        let text = AgentToml::new(
+            TRUST_DOMAIN,
+            &[server],
+            home.join("data"),
+            &self.agent_socket,
+        )
+        .join_token(token)
+        .bundle_sha256(bundle_sha256)
+        .render();
         let cfg = AgentFileConfig::parse(Path::new("wlbench agent.toml"), &text)?;
         self.agent_cfg = Some(cfg);
         self.restart_agent()
@@ -381,7 +278,7 @@ impl Bench {
     /// (Re)starts the agent from its config (a retry with the same join token is idempotent).
     fn restart_agent(&mut self) -> Res<()> {
         let cfg = self.agent_cfg.clone().ok_or("no agent config")?;
-        self.agent = Some(Proc::start("agent", move |shutdown| {
+        self.agent = Some(Proc::spawn("the agent", move |shutdown| {
             node::rt::agent::run_agent(cfg, shutdown)
         }));
         Ok(())
@@ -434,11 +331,10 @@ impl Bench {
             }
             if let Some(agent) = self.agent.as_mut() {
                 if let Err(e) = agent.check_running().await {
-                    let text = e.to_string();
-                    if !text.contains("replica is stale") || start.elapsed() > STEP_TIMEOUT {
-                        return Err(e);
+                    if !e.contains("replica is stale") || start.elapsed() > STEP_TIMEOUT {
+                        return Err(e.into());
                     }
-                    refusals.push(format!("{:.2} s: {text}", start.elapsed().as_secs_f64()));
+                    refusals.push(format!("{:.2} s: {e}", start.elapsed().as_secs_f64()));
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     self.restart_agent()?;
                     continue;
@@ -464,16 +360,9 @@ impl Bench {
             .into_iter()
             .flatten()
         {
-            problems.extend(p.stop().await);
+            problems.extend(p.stop(Duration::from_secs(30)).await);
         }
-        if let Some(dir) = self.dir.take() {
-            let path = dir.path().to_path_buf();
-            if let Err(e) = dir.close() {
-                problems.push(format!("removing {}: {e}", path.display()));
-            } else if path.exists() {
-                problems.push(format!("{} still exists", path.display()));
-            }
-        }
+        problems.extend(self.dir.take().and_then(remove_temp_dir));
         problems
     }
 }
