@@ -1,16 +1,16 @@
 //! `loadgen`: issue 5's cluster benchmark, in one run on loopback.
 //!
 //! 1. Baseline: raw ring ECDSA P-256 signatures per second (one thread, then one thread per core).
-//! 2. A real N-node sigil cluster in this process (`node::rt::serve::run_server`, sled in temp
-//!    dirs, admin sockets, QUIC on free loopback ports): node 1 bootstraps, the others join with
-//!    server join tokens, each created only once the previous node's CA is in the bundle (the
-//!    pinned bundle hash covers every CA).
+//! 2. A real N-node sigil cluster in this process (`benches::cluster`: `run_server`, sled in
+//!    temp dirs, admin sockets, QUIC on free loopback ports): node 1 bootstraps, the others join
+//!    with server join tokens, each created only once the previous node's CA is in the bundle
+//!    (the pinned bundle hash covers every CA).
 //! 3. X.509-SVIDs signed per second by one node over QUIC for an agent attested with a join
 //!    token (`--concurrency` tasks over `--connections` connections, `--batch` SVIDs per call).
 //! 4. Registration writes per second (`CreateEntries`) through the leader's and a follower's
 //!    admin socket.
 //! 5. Raft entries appended during the signing phase (the applied index before and after).
-//! 6. Clean shutdown, temp dirs removed, a results table.
+//! 6. Clean shutdown, temp dirs removed, a results table (`benches::report`).
 //!
 //! ```sh
 //! cargo run -p benches --release --bin loadgen -- [--nodes 3] [--seconds 10] [--concurrency 32] [--batch 1]
@@ -22,35 +22,24 @@
 
 #![forbid(unsafe_code)]
 
-use std::error::Error as StdError;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use benches::cluster::{agent_join_token, create_one, entry, status, Admin, Cluster};
+use benches::report::{self, ms, print_table, Samples};
+use benches::{Res, CALL_TIMEOUT, STEP_TIMEOUT, TRUST_DOMAIN};
 use clap::Parser;
 use node::rt::api::{ApiClient, CONNECT_TIMEOUT};
-use node::rt::config::ServerFileConfig;
 use node::rt::tls::ServerTrust;
 use node::rt::{NodeIdentity, SystemEnv, TlsKey, TrustStore};
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
-use testkit::{free_udp_addr, now, remove_temp_dir, spawn, Join, ServerToml, ServiceTask};
-use tonic::transport::Channel;
-use wire::admin::admin_client::AdminClient;
-use wire::admin::{self as pb, JoinTokenPurpose};
+use testkit::{now, spawn};
+use wire::admin as pb;
 use wire::api::{ApiRequest, ApiResponse, SignX509};
 use wire::{Bundle, EntryId, Env, TrustDomain};
 
-type BoxError = Box<dyn StdError + Send + Sync>;
-type Res<T> = Result<T, BoxError>;
-type Admin = AdminClient<Channel>;
-
-const TRUST_DOMAIN: &str = "bench.test";
-/// How long cluster start-up steps (a CA commit, a join, a promotion) may take.
-const STEP_TIMEOUT: Duration = Duration::from_secs(90);
-/// One node API call's limit.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes signed per raw baseline signature: about an X.509-SVID's TBSCertificate.
 const BASELINE_MESSAGE_BYTES: usize = 420;
 
@@ -117,61 +106,6 @@ impl Args {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Latency statistics
-
-#[derive(Debug, Default)]
-struct Samples {
-    /// Per call, in microseconds.
-    micros: Vec<u64>,
-    /// Calls that failed (transport or API error).
-    failed_calls: u64,
-    /// Items that succeeded (SVIDs or entries).
-    ok_items: u64,
-    /// Items that failed inside a successful call.
-    failed_items: u64,
-    /// The first error seen, for the report.
-    first_error: Option<String>,
-}
-
-impl Samples {
-    fn merge(&mut self, other: Samples) {
-        self.micros.extend(other.micros);
-        self.failed_calls += other.failed_calls;
-        self.ok_items += other.ok_items;
-        self.failed_items += other.failed_items;
-        if self.first_error.is_none() {
-            self.first_error = other.first_error;
-        }
-    }
-
-    fn error(&mut self, e: impl std::fmt::Display) {
-        if self.first_error.is_none() {
-            self.first_error = Some(e.to_string());
-        }
-    }
-
-    fn percentile_ms(sorted: &[u64], q: f64) -> f64 {
-        if sorted.is_empty() {
-            return f64::NAN;
-        }
-        let rank = (q * sorted.len() as f64).ceil() as usize;
-        let i = rank.clamp(1, sorted.len()) - 1;
-        sorted[i] as f64 / 1000.0
-    }
-
-    /// (p50, p99, max) in milliseconds.
-    fn latency_ms(&self) -> (f64, f64, f64) {
-        let mut sorted = self.micros.clone();
-        sorted.sort_unstable();
-        (
-            Samples::percentile_ms(&sorted, 0.50),
-            Samples::percentile_ms(&sorted, 0.99),
-            Samples::percentile_ms(&sorted, 1.0),
-        )
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // 1. Baseline: raw ring signing
 
 fn ring_signer() -> Res<EcdsaKeyPair> {
@@ -231,211 +165,7 @@ fn ring_baseline(threads: usize, length: Duration) -> Res<f64> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 2. The in-process cluster
-
-#[derive(Debug)]
-struct NodeHandle {
-    id: u64,
-    addr: SocketAddr,
-    admin_socket: PathBuf,
-    service: ServiceTask<node::Error>,
-}
-
-#[derive(Debug)]
-struct Cluster {
-    td: TrustDomain,
-    dir: Option<tempfile::TempDir>,
-    nodes: Vec<NodeHandle>,
-}
-
-impl Cluster {
-    fn new() -> Res<Cluster> {
-        let dir = tempfile::Builder::new()
-            .prefix("sigil-loadgen-")
-            .tempdir()?;
-        Ok(Cluster {
-            td: TRUST_DOMAIN.parse()?,
-            dir: Some(dir),
-            nodes: Vec::new(),
-        })
-    }
-
-    fn root(&self) -> Res<&Path> {
-        Ok(self.dir.as_ref().ok_or("the cluster is shut down")?.path())
-    }
-
-    fn node(&self, id: u64) -> Res<&NodeHandle> {
-        self.nodes
-            .iter()
-            .find(|n| n.id == id)
-            .ok_or_else(|| format!("no node {id}").into())
-    }
-
-    /// Starts node `id` (bootstrapping without `join`).
-    fn start_node(&mut self, id: u64, join: Option<Join>) -> Res<()> {
-        let home = self.root()?.join(format!("node-{id}"));
-        std::fs::create_dir_all(&home)?;
-        let addr = free_udp_addr()?;
-        let admin_socket = home.join("admin.sock");
-        let toml = ServerToml::new(TRUST_DOMAIN, id, home.join("data"), addr, &admin_socket);
-        let text = match join {
-            None => toml.bootstrap(),
-            Some(j) => toml.join(j),
-        }
-        .render();
-        let cfg = ServerFileConfig::parse(Path::new("loadgen server.toml"), &text)?;
-        let service = ServiceTask::spawn(format!("node {id}"), move |shutdown| {
-            node::rt::serve::run_server(cfg, shutdown)
-        });
-        self.nodes.push(NodeHandle {
-            id,
-            addr,
-            admin_socket,
-            service,
-        });
-        Ok(())
-    }
-
-    /// Fails if node `id`'s server task has ended (it reports why).
-    async fn check_running(&mut self, id: u64) -> Res<()> {
-        let Some(n) = self.nodes.iter_mut().find(|n| n.id == id) else {
-            return Err(format!("no node {id}").into());
-        };
-        Ok(n.service.check_running().await?)
-    }
-
-    /// An admin client of node `id`, once its socket accepts.
-    async fn admin(&mut self, id: u64) -> Res<Admin> {
-        let start = now();
-        let path = self.node(id)?.admin_socket.clone();
-        loop {
-            self.check_running(id).await?;
-            if path.exists() {
-                if let Ok(client) = node::rt::admin::connect(&path).await {
-                    return Ok(client);
-                }
-            }
-            if start.elapsed() > STEP_TIMEOUT {
-                return Err(format!("node {id}'s admin socket did not come up").into());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Polls until `done(cluster status of node id)` or fails after [`STEP_TIMEOUT`].
-    async fn wait_status(
-        &mut self,
-        id: u64,
-        admin: &mut Admin,
-        what: &str,
-        done: impl Fn(&pb::ClusterStatusResponse, &pb::GetBundleResponse) -> bool,
-    ) -> Res<()> {
-        let start = now();
-        loop {
-            self.check_running(id).await?;
-            let status = admin.cluster_status(pb::ClusterStatusRequest {}).await;
-            let bundle = admin.get_bundle(pb::GetBundleRequest {}).await;
-            if let (Ok(s), Ok(b)) = (status, bundle) {
-                if done(s.get_ref(), b.get_ref()) {
-                    return Ok(());
-                }
-            }
-            if start.elapsed() > STEP_TIMEOUT {
-                return Err(format!("timed out waiting for {what}").into());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Starts and joins `n` nodes; returns their admin clients (index = node ID − 1).
-    async fn start(&mut self, n: u64) -> Res<Vec<Admin>> {
-        self.start_node(1, None)?;
-        let mut first = self.admin(1).await?;
-        self.wait_status(1, &mut first, "node 1's CA to commit", |s, b| {
-            !b.bundle_sha256.is_empty() && s.leader_id == Some(1)
-        })
-        .await?;
-        let mut admins = vec![first.clone()];
-        for id in 2..=n {
-            // Taken only now: node id-1's CA is in the bundle, so this hash is the one the
-            // joining node will see.
-            let token = first
-                .create_join_token(pb::CreateJoinTokenRequest {
-                    ttl_secs: 600,
-                    spiffe_id: String::new(),
-                    purpose: JoinTokenPurpose::Server.into(),
-                    node_id: id,
-                    rejoin: false,
-                })
-                .await?
-                .into_inner();
-            let seed = self.node(1)?.addr;
-            self.start_node(
-                id,
-                Some(Join {
-                    token: token.token,
-                    seeds: vec![seed.to_string()],
-                    bundle_sha256: token.bundle_sha256,
-                }),
-            )?;
-            let admin = self.admin(id).await?;
-            let want = usize::try_from(id)?;
-            self.wait_status(
-                1,
-                &mut first,
-                &format!("node {id} to publish its CA and become a voter"),
-                |s, b| {
-                    b.x509_authorities.len() >= want
-                        && s.members
-                            .iter()
-                            .any(|m| m.node_id == id && m.voter && m.x509_authority.is_some())
-                },
-            )
-            .await?;
-            admins.push(admin);
-        }
-        // Every node sees the whole cluster: n voters, n CAs, a leader.
-        let want = usize::try_from(n)?;
-        for id in 1..=n {
-            let mut admin = admins[usize::try_from(id - 1)?].clone();
-            self.wait_status(
-                id,
-                &mut admin,
-                &format!("node {id} to see {n} voters with CAs"),
-                |s, b| {
-                    s.leader_id.is_some()
-                        && b.x509_authorities.len() >= want
-                        && s.members.len() == want
-                        && s.members
-                            .iter()
-                            .all(|m| m.voter && m.x509_authority.is_some())
-                },
-            )
-            .await?;
-        }
-        Ok(admins)
-    }
-
-    /// Stops every node, waits for each, removes the temp dir. Returns one line per problem.
-    async fn shutdown(&mut self) -> Vec<String> {
-        let mut problems = Vec::new();
-        for n in &mut self.nodes {
-            n.service.signal_stop();
-        }
-        for n in &mut self.nodes {
-            problems.extend(n.service.stop(Duration::from_secs(30)).await);
-        }
-        problems.extend(self.dir.take().and_then(remove_temp_dir));
-        problems
-    }
-}
-
-async fn status(admin: &mut Admin) -> Res<pb::ClusterStatusResponse> {
-    Ok(admin
-        .cluster_status(pb::ClusterStatusRequest {})
-        .await?
-        .into_inner())
-}
+// 2. The cluster (`benches::cluster`): settling
 
 /// Every node's applied index, once they agree and have not moved for `quiet`.
 async fn settled_applied(admins: &mut [Admin], quiet: Duration) -> Res<u64> {
@@ -479,15 +209,7 @@ async fn attest_agent(
     addr: SocketAddr,
     env: Arc<dyn Env>,
 ) -> Res<Agent> {
-    let token = admin
-        .create_join_token(pb::CreateJoinTokenRequest {
-            ttl_secs: 600,
-            spiffe_id: String::new(),
-            purpose: JoinTokenPurpose::Agent.into(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
+    let token = agent_join_token(admin).await?;
     let pinned = admin
         .get_bundle(pb::GetBundleRequest {})
         .await?
@@ -545,31 +267,6 @@ async fn attest_agent(
     .await;
     client.close().await;
     result
-}
-
-fn entry(spiffe_id: String, parent_id: String, selector: String) -> pb::Entry {
-    pb::Entry {
-        spiffe_id,
-        parent_id,
-        selectors: vec![selector],
-        ..pb::Entry::default()
-    }
-}
-
-/// Creates one entry; returns its ID.
-async fn create_one(admin: &mut Admin, e: pb::Entry) -> Res<EntryId> {
-    let results = admin
-        .create_entries(pb::CreateEntriesRequest { entries: vec![e] })
-        .await?
-        .into_inner()
-        .results;
-    match results.into_iter().next().and_then(|r| r.result) {
-        Some(pb::entry_result::Result::Entry(e)) => Ok(e.id.parse()?),
-        Some(pb::entry_result::Result::Error(e)) => {
-            Err(format!("creating an entry: {} ({})", e.message, e.code).into())
-        }
-        None => Err("creating an entry: no result".into()),
-    }
 }
 
 /// Connects as the agent and makes one call. A node may refuse the agent SVID it just issued
@@ -649,8 +346,7 @@ async fn sign_caller(
         let took = start.elapsed();
         match answer {
             Ok(ApiResponse::X509(results)) => {
-                s.micros
-                    .push(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+                s.push(took);
                 for r in results {
                     match r {
                         Ok(_) => s.ok_items += 1,
@@ -661,14 +357,8 @@ async fn sign_caller(
                     }
                 }
             }
-            Ok(other) => {
-                s.failed_calls += 1;
-                s.error(format!("unexpected answer {other:?}"));
-            }
-            Err(e) => {
-                s.failed_calls += 1;
-                s.error(e);
-            }
+            Ok(other) => s.fail(format!("unexpected answer {other:?}")),
+            Err(e) => s.fail(e),
         }
     }
     Ok(s)
@@ -705,8 +395,7 @@ async fn write_caller(
         let took = start.elapsed();
         match answer {
             Ok(r) => {
-                s.micros
-                    .push(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+                s.push(took);
                 for r in r.into_inner().results {
                     match r.result {
                         Some(pb::entry_result::Result::Entry(_)) => s.ok_items += 1,
@@ -718,10 +407,7 @@ async fn write_caller(
                     }
                 }
             }
-            Err(e) => {
-                s.failed_calls += 1;
-                s.error(e);
-            }
+            Err(e) => s.fail(e),
         }
     }
     s
@@ -765,46 +451,11 @@ struct Row {
     note: String,
 }
 
-fn ms(v: f64) -> String {
-    if v.is_nan() {
-        "-".into()
-    } else {
-        format!("{v:.2} ms")
-    }
-}
+impl report::Row<5> for Row {
+    const HEADERS: [&'static str; 5] = ["measurement", "rate", "p50/call", "p99/call", "notes"];
 
-fn print_table(rows: &[Row]) {
-    let headers = ["measurement", "rate", "p50/call", "p99/call", "notes"];
-    let cols: Vec<Vec<&str>> = rows
-        .iter()
-        .map(|r| vec![&*r.what, &*r.rate, &*r.p50, &*r.p99, &*r.note])
-        .collect();
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for c in &cols {
-        for (w, cell) in widths.iter_mut().zip(c) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: &[&str]| {
-        let parts: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .enumerate()
-            .map(|(i, (c, w))| {
-                if i == 1 || i == 2 || i == 3 {
-                    format!("{c:>w$}")
-                } else {
-                    format!("{c:<w$}")
-                }
-            })
-            .collect();
-        println!("| {} |", parts.join(" | "));
-    };
-    line(&headers);
-    let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-    println!("|-{}-|", rule.join("-|-"));
-    for c in &cols {
-        line(c);
+    fn cells(&self) -> [&str; 5] {
+        [&self.what, &self.rate, &self.p50, &self.p99, &self.note]
     }
 }
 
@@ -938,8 +589,8 @@ async fn run_cluster_phases(
         c.close().await;
     }
 
-    let svids_per_sec = signing.ok_items as f64 / sign_elapsed.as_secs_f64();
-    let calls_per_sec = signing.micros.len() as f64 / sign_elapsed.as_secs_f64();
+    let svids_per_sec = signing.items_per_sec(sign_elapsed);
+    let calls_per_sec = signing.calls_per_sec(sign_elapsed);
     let (p50, p99, max) = signing.latency_ms();
     let raft_delta = after_settled.saturating_sub(before);
     println!(
@@ -949,11 +600,7 @@ async fn run_cluster_phases(
         signing.micros.len(),
         signing.failed_calls,
         signing.failed_items,
-        signing
-            .first_error
-            .as_ref()
-            .map(|e| format!("; first error: {e}"))
-            .unwrap_or_default()
+        signing.first_error_note()
     );
     println!(
         "raft entries appended during signing: {raft_delta} for {} SVIDs (applied index {before} -> {after_settled}; right after the phase: {}; term {term_before} -> {term_after})",
@@ -1024,18 +671,15 @@ async fn run_cluster_phases(
         );
         let admin = admins[usize::try_from(id - 1)?].clone();
         let (s, took) = write_phase(&admin, role, args, &parent, length).await?;
-        let writes = s.micros.len() as f64 / took.as_secs_f64();
-        let entries = s.ok_items as f64 / took.as_secs_f64();
+        let writes = s.calls_per_sec(took);
+        let entries = s.items_per_sec(took);
         let (p50, p99, max) = s.latency_ms();
         println!(
             "registration via node {id}: {} entries, {} calls ok, {} failed{}",
             s.ok_items,
             s.micros.len(),
             s.failed_calls + s.failed_items,
-            s.first_error
-                .as_ref()
-                .map(|e| format!("; first error: {e}"))
-                .unwrap_or_default()
+            s.first_error_note()
         );
         rows.push(Row {
             what: format!("registration writes via node {id} ({role})"),
@@ -1062,9 +706,7 @@ async fn run_cluster_phases(
 }
 
 fn run(args: Args) -> Res<()> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let threads = benches::cores();
     println!(
         "loadgen: {} node(s), {} s phases, concurrency {}, batch {}, {} core(s)",
         args.nodes, args.seconds, args.concurrency, args.batch, threads
@@ -1095,53 +737,15 @@ fn run(args: Args) -> Res<()> {
         },
     ];
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let outcome = runtime.block_on(async {
-        let mut cluster = Cluster::new()?;
-        let result = run_cluster_phases(&args, &mut cluster, &baseline, &mut rows).await;
-        let t = now();
-        let problems = cluster.shutdown().await;
-        println!(
-            "shutdown: {} node(s) stopped in {:.1} s, temp dir removed{}",
-            cluster.nodes.len(),
-            t.elapsed().as_secs_f64(),
-            if problems.is_empty() {
-                String::new()
-            } else {
-                format!(" — PROBLEMS: {}", problems.join("; "))
-            }
-        );
-        match (result, problems.is_empty()) {
-            (Err(e), _) => Err(e),
-            (Ok(()), true) => Ok(()),
-            (Ok(()), false) => Err(BoxError::from(problems.join("; "))),
-        }
-    });
-    runtime.shutdown_timeout(Duration::from_secs(5));
-    println!();
+    let outcome = benches::run_on_cluster(
+        "loadgen",
+        |cluster| format!("{} node(s)", cluster.len()),
+        async |cluster| run_cluster_phases(&args, cluster, &baseline, &mut rows).await,
+    );
     print_table(&rows);
     outcome
 }
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,openraft=error"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-    if let Err(e) = args.check() {
-        eprintln!("loadgen: {e}");
-        return std::process::ExitCode::from(2);
-    }
-    match run(args) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("loadgen: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    benches::main("loadgen", Args::parse(), Args::check, run)
 }

@@ -1,7 +1,7 @@
 //! `wlbench`: issue 6's Workload API latency benchmark, in one run on this machine.
 //!
-//! 1. A real `sigil server` (bootstrap) and `sigil agent` in this process
-//!    (`node::rt::serve::run_server`, `node::rt::agent::run_agent`; temp dirs, a free loopback
+//! 1. A real `sigil server` (bootstrap) and `sigil agent` in this process (`benches::cluster`:
+//!    `node::rt::serve::run_server`, `node::rt::agent::run_agent`; temp dirs, a free loopback
 //!    UDP port). The agent attests with a join token from the admin API; one entry
 //!    `spiffe://bench.test/bench`, parented by the agent, selects `unix:uid:<this process's uid>`.
 //! 2. Waits until the agent serves that SVID on its Workload API socket.
@@ -12,7 +12,7 @@
 //! 5. Baselines in the same run: one unix attestation (`node::rt::unix_attest::attest` of this
 //!    process, hash cache warm), and a raw gRPC round trip to the agent (ValidateJWTSVID with an
 //!    invalid token: header check, attestation, a parse failure).
-//! 6. Clean shutdown, temp dirs removed, a results table.
+//! 6. Clean shutdown, temp dirs removed, a results table (`benches::report`).
 //!
 //! Every caller is this one process: one uid, one executable, so each call's attestation does
 //! the same work (the executable's hash is cached by file identity after the first call).
@@ -26,37 +26,26 @@
 
 #![forbid(unsafe_code)]
 
-use std::error::Error as StdError;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use benches::cluster::{agent_join_token, create_one, entry, Admin, Cluster};
+use benches::report::{self, ms_or_micros, print_table, Samples};
+use benches::{BoxError, Res, CALL_TIMEOUT, STEP_TIMEOUT, TRUST_DOMAIN};
 use clap::Parser;
-use node::rt::config::{AgentFileConfig, ServerFileConfig};
 use node::rt::unix_attest::{PeerCred, UnixAttestConfig};
-use testkit::{
-    free_udp_addr, now, remove_temp_dir, spawn, status_id, AgentToml, ServerToml, ServiceTask,
-};
+use testkit::{now, spawn, status_id};
 use tonic::transport::Channel;
-use wire::admin::admin_client::AdminClient;
-use wire::admin::{self as pb, JoinTokenPurpose};
+use wire::admin as pb;
 use wire::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use wire::workload::{
     JwtsvidRequest, ValidateJwtsvidRequest, X509svidRequest, X509svidResponse, SECURITY_HEADER,
     SECURITY_HEADER_VALUE,
 };
 
-type BoxError = Box<dyn StdError + Send + Sync>;
-type Res<T> = Result<T, BoxError>;
-type Admin = AdminClient<Channel>;
 type Workload = SpiffeWorkloadApiClient<Channel>;
 
-const TRUST_DOMAIN: &str = "bench.test";
 const AUDIENCE: &str = "bench";
-/// How long start-up steps (the CA commit, the agent's first SVID) may take.
-const STEP_TIMEOUT: Duration = Duration::from_secs(90);
-/// One Workload API call's limit (connect included).
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Unix attestations timed for the baseline.
 const ATTEST_SAMPLES: usize = 2000;
 /// ValidateJWTSVID round trips timed for the baseline.
@@ -95,68 +84,6 @@ impl Args {
     }
 }
 
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Latency statistics
-
-#[derive(Debug, Default)]
-struct Samples {
-    /// Per successful call, in microseconds.
-    micros: Vec<u64>,
-    /// Calls that failed.
-    failed: u64,
-    /// The first error seen, for the report.
-    first_error: Option<String>,
-}
-
-impl Samples {
-    fn merge(&mut self, other: Samples) {
-        self.micros.extend(other.micros);
-        self.failed += other.failed;
-        if self.first_error.is_none() {
-            self.first_error = other.first_error;
-        }
-    }
-
-    fn fail(&mut self, e: impl std::fmt::Display) {
-        self.failed += 1;
-        if self.first_error.is_none() {
-            self.first_error = Some(e.to_string());
-        }
-    }
-
-    fn percentile_ms(sorted: &[u64], q: f64) -> f64 {
-        if sorted.is_empty() {
-            return f64::NAN;
-        }
-        let rank = (q * sorted.len() as f64).ceil() as usize;
-        let i = rank.clamp(1, sorted.len()) - 1;
-        sorted[i] as f64 / 1000.0
-    }
-
-    /// (p50, p99, max) in milliseconds.
-    fn latency_ms(&self) -> (f64, f64, f64) {
-        let mut sorted = self.micros.clone();
-        sorted.sort_unstable();
-        (
-            Samples::percentile_ms(&sorted, 0.50),
-            Samples::percentile_ms(&sorted, 0.99),
-            Samples::percentile_ms(&sorted, 1.0),
-        )
-    }
-
-    fn errors_note(&self) -> String {
-        match &self.first_error {
-            Some(e) => format!("; {} failed, first error: {e}", self.failed),
-            None if self.failed > 0 => format!("; {} failed", self.failed),
-            None => String::new(),
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Baseline: one unix attestation of this process
 
@@ -190,7 +117,7 @@ fn attest_baseline(cred: PeerCred) -> Res<AttestBaseline> {
         let got = node::rt::unix_attest::attest(cred, &cfg);
         let took = start.elapsed();
         match got {
-            Ok(s) if s.len() == selectors.len() => warm.micros.push(micros(took)),
+            Ok(s) if s.len() == selectors.len() => warm.push(took),
             Ok(s) => warm.fail(format!(
                 "{} selectors, the cold call had {}",
                 s.len(),
@@ -207,163 +134,36 @@ fn attest_baseline(cred: PeerCred) -> Res<AttestBaseline> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The in-process server and agent
+// The agent's first SVID
 
-/// One in-process `sigil server` or `sigil agent`.
-type Proc = ServiceTask<node::Error>;
-
-struct Bench {
-    dir: Option<tempfile::TempDir>,
-    server: Option<Proc>,
-    agent: Option<Proc>,
-    agent_cfg: Option<AgentFileConfig>,
-    admin_socket: PathBuf,
-    agent_socket: PathBuf,
-}
-
-impl Bench {
-    fn new() -> Res<Bench> {
-        let dir = tempfile::Builder::new()
-            .prefix("sigil-wlbench-")
-            .tempdir()?;
-        let admin_socket = dir.path().join("server").join("admin.sock");
-        let agent_socket = dir.path().join("agent").join("agent.sock");
-        Ok(Bench {
-            dir: Some(dir),
-            server: None,
-            agent: None,
-            agent_cfg: None,
-            admin_socket,
-            agent_socket,
-        })
-    }
-
-    fn root(&self) -> Res<&Path> {
-        Ok(self.dir.as_ref().ok_or("already shut down")?.path())
-    }
-
-    /// Starts the bootstrap server; returns its QUIC address.
-    fn start_server(&mut self) -> Res<SocketAddr> {
-        let home = self.root()?.join("server");
-        std::fs::create_dir_all(&home)?;
-        let addr = free_udp_addr()?;
-        let text = ServerToml::new(TRUST_DOMAIN, 1, home.join("data"), addr, &self.admin_socket)
-            .bootstrap()
-            .render();
-        let cfg = ServerFileConfig::parse(Path::new("wlbench server.toml"), &text)?;
-        self.server = Some(Proc::spawn("the server", move |shutdown| {
-            node::rt::serve::run_server(cfg, shutdown)
-        }));
-        Ok(addr)
-    }
-
-    /// Starts the agent with a join token.
-    fn start_agent(&mut self, server: SocketAddr, token: &str, bundle_sha256: &str) -> Res<()> {
-        let home = self.root()?.join("agent");
-        std::fs::create_dir_all(&home)?;
-        let text = AgentToml::new(
-            TRUST_DOMAIN,
-            &[server],
-            home.join("data"),
-            &self.agent_socket,
-        )
-        .join_token(token)
-        .bundle_sha256(bundle_sha256)
-        .render();
-        let cfg = AgentFileConfig::parse(Path::new("wlbench agent.toml"), &text)?;
-        self.agent_cfg = Some(cfg);
-        self.restart_agent()
-    }
-
-    /// (Re)starts the agent from its config (a retry with the same join token is idempotent).
-    fn restart_agent(&mut self) -> Res<()> {
-        let cfg = self.agent_cfg.clone().ok_or("no agent config")?;
-        self.agent = Some(Proc::spawn("the agent", move |shutdown| {
-            node::rt::agent::run_agent(cfg, shutdown)
-        }));
-        Ok(())
-    }
-
-    async fn check_running(&mut self) -> Res<()> {
-        for p in [self.server.as_mut(), self.agent.as_mut()]
-            .into_iter()
-            .flatten()
-        {
-            p.check_running().await?;
+/// Polls the Workload API on `socket` (a new connection each time) until it serves `want`. An
+/// agent that exits because the fresh server refused to issue while its replica counted as
+/// stale (see the report) is started again, as a supervisor would; returns those refusals.
+async fn wait_svid(cluster: &mut Cluster, socket: &Path, want: &str) -> Res<Vec<String>> {
+    let start = now();
+    let mut last = String::from("the socket does not exist yet");
+    let mut refusals = Vec::new();
+    loop {
+        cluster.check_running(1).await?;
+        if let Err(e) = cluster.check_agent().await {
+            if !e.contains("replica is stale") || start.elapsed() > STEP_TIMEOUT {
+                return Err(e.into());
+            }
+            refusals.push(format!("{:.2} s: {e}", start.elapsed().as_secs_f64()));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            cluster.restart_agent()?;
+            continue;
         }
-        Ok(())
-    }
-
-    /// An admin client, once the server's socket accepts and its CA is committed.
-    async fn admin(&mut self) -> Res<Admin> {
-        let start = now();
-        loop {
-            self.check_running().await?;
-            if self.admin_socket.exists() {
-                if let Ok(mut admin) = node::rt::admin::connect(&self.admin_socket).await {
-                    let status = admin.cluster_status(pb::ClusterStatusRequest {}).await;
-                    let bundle = admin.get_bundle(pb::GetBundleRequest {}).await;
-                    if let (Ok(s), Ok(b)) = (status, bundle) {
-                        if s.get_ref().leader_id == Some(1) && !b.get_ref().bundle_sha256.is_empty()
-                        {
-                            return Ok(admin);
-                        }
-                    }
-                }
+        if socket.exists() {
+            match first_x509(socket, want).await {
+                Ok(_) => return Ok(refusals),
+                Err(e) => last = e.to_string(),
             }
-            if start.elapsed() > STEP_TIMEOUT {
-                return Err("the server's admin API and CA did not come up".into());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }
-
-    /// Polls the Workload API (a new connection each time) until it serves `want`. An agent
-    /// that exits because the fresh server refused to issue while its replica counted as stale
-    /// (see the report) is started again, as a supervisor would; returns those refusals.
-    async fn wait_svid(&mut self, want: &str) -> Res<Vec<String>> {
-        let start = now();
-        let mut last = String::from("the socket does not exist yet");
-        let mut refusals = Vec::new();
-        loop {
-            if let Some(server) = self.server.as_mut() {
-                server.check_running().await?;
-            }
-            if let Some(agent) = self.agent.as_mut() {
-                if let Err(e) = agent.check_running().await {
-                    if !e.contains("replica is stale") || start.elapsed() > STEP_TIMEOUT {
-                        return Err(e.into());
-                    }
-                    refusals.push(format!("{:.2} s: {e}", start.elapsed().as_secs_f64()));
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    self.restart_agent()?;
-                    continue;
-                }
-            }
-            if self.agent_socket.exists() {
-                match first_x509(&self.agent_socket, want).await {
-                    Ok(_) => return Ok(refusals),
-                    Err(e) => last = e.to_string(),
-                }
-            }
-            if start.elapsed() > STEP_TIMEOUT {
-                return Err(format!("the agent never served {want}: {last}").into());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        if start.elapsed() > STEP_TIMEOUT {
+            return Err(format!("the agent never served {want}: {last}").into());
         }
-    }
-
-    /// Stops the agent, then the server, and removes the temp dir. One line per problem.
-    async fn shutdown(&mut self) -> Vec<String> {
-        let mut problems = Vec::new();
-        for p in [self.agent.as_mut(), self.server.as_mut()]
-            .into_iter()
-            .flatten()
-        {
-            problems.extend(p.stop(Duration::from_secs(30)).await);
-        }
-        problems.extend(self.dir.take().and_then(remove_temp_dir));
-        problems
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -473,43 +273,30 @@ async fn propagation_phase(
     for i in 0..n {
         let id = format!("spiffe://{TRUST_DOMAIN}/propagation/{i}");
         let start = now();
-        let created = admin
-            .create_entries(pb::CreateEntriesRequest {
-                entries: vec![pb::Entry {
-                    spiffe_id: id.clone(),
-                    parent_id: parent.to_owned(),
-                    selectors: vec![selector.to_owned()],
-                    ..pb::Entry::default()
-                }],
-            })
-            .await?
-            .into_inner();
+        let created = entry(id.clone(), parent.to_owned(), selector.to_owned());
+        let entry_id = create_one(admin, created)
+            .await
+            .map_err(|e| format!("creating {id}: {e}"))?;
         let committed = start.elapsed();
-        let entry_id = match created.results.into_iter().next().and_then(|r| r.result) {
-            Some(pb::entry_result::Result::Entry(e)) => e.id,
-            other => return Err(format!("creating {id}: {other:?}").into()),
-        };
         loop {
             let msg = next_message(&mut stream).await?;
             if msg.svids.iter().any(|s| s.spiffe_id == id) {
                 let took = start.elapsed();
-                out.create_to_svid.micros.push(micros(took));
-                out.commit_to_svid
-                    .micros
-                    .push(micros(took.saturating_sub(committed)));
+                out.create_to_svid.push(took);
+                out.commit_to_svid.push(took.saturating_sub(committed));
                 break;
             }
         }
         let start = now();
         admin
             .delete_entries(pb::DeleteEntriesRequest {
-                ids: vec![entry_id],
+                ids: vec![entry_id.to_string()],
             })
             .await?;
         loop {
             let msg = next_message(&mut stream).await?;
             if !msg.svids.iter().any(|s| s.spiffe_id == id) {
-                out.delete_to_gone.micros.push(micros(start.elapsed()));
+                out.delete_to_gone.push(start.elapsed());
                 break;
             }
         }
@@ -541,8 +328,8 @@ async fn x509_phase(socket: &Path, want: &str, n: usize, length: Duration) -> Re
         for t in tasks {
             match t.await? {
                 Ok((c, f)) => {
-                    connect.micros.push(micros(c));
-                    first.micros.push(micros(f));
+                    connect.push(c);
+                    first.push(f);
                 }
                 Err(e) => first.fail(e),
             }
@@ -572,7 +359,7 @@ async fn jwt_caller(
         let took = start.elapsed();
         match got {
             Ok(token) => {
-                s.micros.push(micros(took));
+                s.push(took);
                 if token != expected {
                     other_tokens += 1;
                 }
@@ -643,7 +430,7 @@ async fn validate_baseline(socket: &Path) -> Res<(Samples, Duration)> {
         }
         match got {
             Ok(Err(status)) if status.code() == tonic::Code::InvalidArgument => {
-                s.micros.push(micros(took));
+                s.push(took);
             }
             Ok(Err(status)) => s.fail(format!("{:?}: {}", status.code(), status.message())),
             Ok(Ok(_)) => s.fail("an invalid token validated"),
@@ -667,7 +454,6 @@ fn threads_now() -> String {
 
 // ---------------------------------------------------------------------------------------------
 // Report
-
 struct Row {
     what: String,
     count: String,
@@ -678,13 +464,20 @@ struct Row {
     note: String,
 }
 
-fn ms(v: f64) -> String {
-    if v.is_nan() {
-        "-".into()
-    } else if v < 1.0 {
-        format!("{:.0} µs", v * 1000.0)
-    } else {
-        format!("{v:.2} ms")
+impl report::Row<7> for Row {
+    const HEADERS: [&'static str; 7] =
+        ["measurement", "count", "rate", "p50", "p99", "max", "notes"];
+
+    fn cells(&self) -> [&str; 7] {
+        [
+            &self.what,
+            &self.count,
+            &self.rate,
+            &self.p50,
+            &self.p99,
+            &self.max,
+            &self.note,
+        ]
     }
 }
 
@@ -694,50 +487,10 @@ fn row(what: String, s: &Samples, rate: String, note: String) -> Row {
         what,
         count: s.micros.len().to_string(),
         rate,
-        p50: ms(p50),
-        p99: ms(p99),
-        max: ms(max),
+        p50: ms_or_micros(p50),
+        p99: ms_or_micros(p99),
+        max: ms_or_micros(max),
         note: format!("{note}{}", s.errors_note()),
-    }
-}
-
-fn print_table(rows: &[Row]) {
-    let headers = ["measurement", "count", "rate", "p50", "p99", "max", "notes"];
-    let cols: Vec<Vec<&str>> = rows
-        .iter()
-        .map(|r| {
-            vec![
-                &*r.what, &*r.count, &*r.rate, &*r.p50, &*r.p99, &*r.max, &*r.note,
-            ]
-        })
-        .collect();
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for c in &cols {
-        for (w, cell) in widths.iter_mut().zip(c) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: &[&str]| {
-        let parts: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .enumerate()
-            .map(|(i, (c, w))| {
-                let pad = w.saturating_sub(c.chars().count());
-                if (1..=5).contains(&i) {
-                    format!("{}{c}", " ".repeat(pad))
-                } else {
-                    format!("{c}{}", " ".repeat(pad))
-                }
-            })
-            .collect();
-        println!("| {} |", parts.join(" | "));
-    };
-    line(&headers);
-    let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-    println!("|-{}-|", rule.join("-|-"));
-    for c in &cols {
-        line(c);
     }
 }
 
@@ -746,57 +499,33 @@ fn print_table(rows: &[Row]) {
 
 async fn run_phases(
     args: &Args,
-    bench: &mut Bench,
+    cluster: &mut Cluster,
     cred: PeerCred,
     rows: &mut Vec<Row>,
 ) -> Res<()> {
     let want = format!("spiffe://{TRUST_DOMAIN}/bench");
     let t0 = now();
-    let server = bench.start_server()?;
-    let mut admin = bench.admin().await?;
+    let mut admin = cluster.start(1).await?.remove(0);
+    let server = cluster.node(1)?.addr;
     println!(
         "server: up with its CA in {:.1} s on {server}, data under {}",
         t0.elapsed().as_secs_f64(),
-        bench.root()?.display()
+        cluster.root()?.display()
     );
-    let token = admin
-        .create_join_token(pb::CreateJoinTokenRequest {
-            ttl_secs: 600,
-            spiffe_id: String::new(),
-            purpose: JoinTokenPurpose::Agent.into(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
+    let token = agent_join_token(&mut admin).await?;
     if token.agent_spiffe_id.is_empty() || token.bundle_sha256.is_empty() {
         return Err("CreateJoinToken answered no agent ID or no bundle hash".into());
     }
     let selector = format!("unix:uid:{}", cred.uid);
-    let created = admin
-        .create_entries(pb::CreateEntriesRequest {
-            entries: vec![pb::Entry {
-                spiffe_id: want.clone(),
-                parent_id: token.agent_spiffe_id.clone(),
-                selectors: vec![selector.clone()],
-                ..pb::Entry::default()
-            }],
-        })
-        .await?
-        .into_inner();
-    match created.results.into_iter().next().and_then(|r| r.result) {
-        Some(pb::entry_result::Result::Entry(_)) => {}
-        Some(pb::entry_result::Result::Error(e)) => {
-            return Err(format!("creating the entry: {} ({})", e.message, e.code).into())
-        }
-        None => return Err("creating the entry: no result".into()),
-    }
+    let parent = token.agent_spiffe_id.clone();
+    create_one(&mut admin, entry(want.clone(), parent, selector.clone())).await?;
     let t1 = now();
-    bench.start_agent(server, &token.token, &token.bundle_sha256)?;
-    let refusals = bench.wait_svid(&want).await?;
+    let socket = cluster.start_agent(server, &token.token, &token.bundle_sha256)?;
+    let refusals = wait_svid(cluster, &socket, &want).await?;
     println!(
         "agent: {} serves {want} (selector {selector}) on {} after {:.2} s",
         token.agent_spiffe_id,
-        bench.agent_socket.display(),
+        socket.display(),
         t1.elapsed().as_secs_f64()
     );
     if let Some(first) = refusals.first() {
@@ -805,7 +534,6 @@ async fn run_phases(
             refusals.len()
         );
     }
-    let socket = bench.agent_socket.clone();
     println!("threads in this process: {}", threads_now());
 
     // --- 5b. baseline: a raw round trip
@@ -883,8 +611,8 @@ async fn run_phases(
         format!(
             "{n} at once per round, {} rounds; incl. connect (p50 {}, p99 {})",
             x.rounds,
-            ms(c50),
-            ms(c99)
+            ms_or_micros(c50),
+            ms_or_micros(c99)
         ),
     ));
 
@@ -896,7 +624,7 @@ async fn run_phases(
     let j = jwt_phase(&socket, &want, n, length).await?;
     println!(
         "jwt: warm-up (mint) {}; {} calls in {:.2} s, {} answered another token than the warm-up's; {} threads in this process now{}",
-        ms(j.warmup.as_secs_f64() * 1000.0),
+        ms_or_micros(j.warmup.as_secs_f64() * 1000.0),
         j.calls.micros.len(),
         j.elapsed.as_secs_f64(),
         j.other_tokens,
@@ -912,7 +640,7 @@ async fn run_phases(
         ),
         format!(
             "{n} callers, 1 connection each; warm-up mint {}; {} other tokens",
-            ms(j.warmup.as_secs_f64() * 1000.0),
+            ms_or_micros(j.warmup.as_secs_f64() * 1000.0),
             j.other_tokens
         ),
     ));
@@ -920,9 +648,7 @@ async fn run_phases(
 }
 
 fn run(args: Args) -> Res<()> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let threads = benches::cores();
     let cred = own_cred()?;
     let exe_bytes = std::env::current_exe()
         .and_then(std::fs::metadata)
@@ -947,56 +673,19 @@ fn run(args: Args) -> Res<()> {
         format!(
             "direct call, hash cache warm, {} selectors; cold first call {} (hashes the executable)",
             a.selectors,
-            ms(a.cold.as_secs_f64() * 1000.0)
+            ms_or_micros(a.cold.as_secs_f64() * 1000.0)
         ),
     )];
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let outcome = runtime.block_on(async {
-        let mut bench = Bench::new()?;
-        let result = run_phases(&args, &mut bench, cred, &mut rows).await;
-        let t = now();
-        let problems = bench.shutdown().await;
-        println!(
-            "shutdown: agent and server stopped in {:.1} s, temp dir removed{}",
-            t.elapsed().as_secs_f64(),
-            if problems.is_empty() {
-                String::new()
-            } else {
-                format!(" — PROBLEMS: {}", problems.join("; "))
-            }
-        );
-        match (result, problems.is_empty()) {
-            (Err(e), _) => Err(e),
-            (Ok(()), true) => Ok(()),
-            (Ok(()), false) => Err(BoxError::from(problems.join("; "))),
-        }
-    });
-    runtime.shutdown_timeout(Duration::from_secs(5));
-    println!();
+    let outcome = benches::run_on_cluster(
+        "wlbench",
+        |_| "agent and server".into(),
+        async |cluster| run_phases(&args, cluster, cred, &mut rows).await,
+    );
     print_table(&rows);
     outcome
 }
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,openraft=error"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-    if let Err(e) = args.check() {
-        eprintln!("wlbench: {e}");
-        return std::process::ExitCode::from(2);
-    }
-    match run(args) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("wlbench: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    benches::main("wlbench", Args::parse(), Args::check, run)
 }
