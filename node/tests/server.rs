@@ -108,6 +108,35 @@ fn bootstrap_serve_stop_and_restart() {
         "the first server still serves its socket"
     );
 
+    // A second server on the same data_dir (its own admin socket) refuses to start, naming
+    // the server that uses it.
+    let other_sock = dir.path().join("other.sock");
+    let third = bootstrap_config(
+        dir.path(),
+        "third.toml",
+        "data",
+        other_sock.to_str().expect("utf8 path"),
+    );
+    let out = Command::new(SIGIL)
+        .args(["server", "--config"])
+        .arg(&third)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run a server on the same data_dir");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let pid = server.pid().expect("pid");
+    assert!(
+        err.contains(&format!("another sigil server (pid {pid}) is using")),
+        "{err}"
+    );
+    assert!(
+        sigil(&["healthcheck", "--admin-socket", sock])
+            .status
+            .success(),
+        "the first server keeps serving"
+    );
+
     let code = stop(&mut server);
     assert!(code.success(), "clean exit on SIGTERM: {code:?}");
     assert!(!socket.exists(), "admin socket removed on shutdown");

@@ -252,10 +252,17 @@ pub async fn run_server(
     };
     let raft_dir = cfg.data_dir.join("raft");
     std::fs::create_dir_all(&raft_dir).map_err(os("creating the data directory"))?;
-    let kv = SledKv::open(&raft_dir).map_err(|e| Error::Os {
-        what: "opening the Raft store",
-        detail: e.to_string(),
+    let kv = SledKv::open(&raft_dir).map_err(|e| {
+        let detail = e.to_string();
+        data_dir_in_use(&cfg.data_dir, &detail).unwrap_or(Error::Os {
+            what: "opening the Raft store",
+            detail,
+        })
     })?;
+    let pid_file = cfg.data_dir.join(PID_FILE);
+    if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
+        tracing::warn!(path = %pid_file.display(), error = %e, "could not record this server's pid; a second server on this data_dir will not be told which process holds it");
+    }
     // A store without a single key was never written: no vote, no log, no snapshot. Such a
     // node is brand new and has no log to wait for below.
     let fresh = kv
@@ -570,6 +577,33 @@ fn sync_peers(transport: &QuicTransport, addrs: &BTreeMap<u64, String>, known: &
         transport.remove_peer(*gone);
     }
     *known = now;
+}
+
+/// `DATA_DIR/server.pid`: the pid of the server using the data dir, so that a second server
+/// started on it is told which process holds it.
+pub const PID_FILE: &str = "server.pid";
+
+/// When opening the Raft store failed on its lock (`detail`), the error an operator can act
+/// on: which live sigil server holds `data_dir`, from its pid file (or, without a live one,
+/// that some process holds the lock).
+fn data_dir_in_use(data_dir: &Path, detail: &str) -> Option<Error> {
+    if !detail.contains("lock") {
+        return None;
+    }
+    let holder = std::fs::read_to_string(data_dir.join(PID_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|pid| *pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists());
+    Some(Error::Config(match holder {
+        Some(pid) => format!(
+            "another sigil server (pid {pid}) is using {}: stop it, or give this server a data_dir of its own",
+            data_dir.display()
+        ),
+        None => format!(
+            "another process holds the lock on {} (another sigil server?): stop it, or give this server a data_dir of its own",
+            data_dir.join("raft").display()
+        ),
+    }))
 }
 
 /// What Raft says about the membership, and whether this node leads.
