@@ -32,6 +32,16 @@ fn agent_serves_the_workload_api_to_a_standard_client() {
     let uid = my_uid();
     let first = create_entry(&sock, &format!("spiffe://{TD}/me"), &agent_id, uid);
     plane.start_agent(WAIT);
+    // Everything the agent keeps on disk is for its eyes only (README: files mode 0600).
+    let identity = dir.path().join("agent").join("identity");
+    for file in ["key.pk8", "svid.bin", "bundle.json"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(identity.join(file))
+            .unwrap_or_else(|e| panic!("{file}: {e}"))
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file} has mode {:o}", mode & 0o777);
+    }
     let Plane {
         agent, mut server, ..
     } = plane;

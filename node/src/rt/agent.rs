@@ -521,7 +521,7 @@ impl Agent {
 
     fn store_bundle(&self, bundle: &Bundle) {
         let path = bundle_path(&self.inner.cfg.data_dir);
-        if let Err(e) = std::fs::write(&path, bundle.to_json()) {
+        if let Err(e) = IdentityFiles::write_private(&path, bundle.to_json().as_bytes()) {
             tracing::warn!(error = %e, path = %path.display(), "could not store the bundle; a restart needs a join token again");
         }
     }

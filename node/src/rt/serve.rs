@@ -143,7 +143,8 @@ impl IdentityFiles {
         }
     }
 
-    fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    /// Writes `bytes` to `path` through a temporary file, mode 0600, synced, then renamed.
+    pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
         use std::io::Write;
         #[cfg(unix)]
         use std::os::unix::fs::OpenOptionsExt;
