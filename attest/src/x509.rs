@@ -956,6 +956,12 @@ fn usable_intermediate(cert: &X509Certificate<'_>, td: &TrustDomain, wall: UnixT
         && check_validity(cert, wall).is_ok()
 }
 
+/// The SPIFFE ID a leaf certificate claims (its one URI SAN), *not validated*: for error
+/// messages only, e.g. to name a peer's trust domain when it is not ours.
+pub fn claimed_spiffe_id(leaf_der: &[u8]) -> Result<SpiffeId, Error> {
+    Ok(leaf_spiffe_id(&parse_cert(leaf_der)?)?)
+}
+
 /// Validates an X.509-SVID chain (`chain[0]` the leaf, then intermediates) at `wall` against the
 /// bundle of the leaf's trust domain, and returns the SPIFFE ID.
 pub fn validate_x509_svid<C: AsRef<[u8]>>(

@@ -426,3 +426,31 @@ fn agent_fails_over_and_serves_from_cache_without_servers() {
     });
     assert!(agent.terminate(), "agent exits cleanly: {}", agent.log());
 }
+
+/// An agent configured with another trust domain than the servers' is told both, once, and
+/// does not attest (its token stays unused).
+#[test]
+fn an_agent_of_another_trust_domain_is_told_both() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plane = Plane::bootstrap(SIGIL, dir.path(), TD, WAIT);
+    let config = dir.path().join("wrong-td.toml");
+    AgentToml::new(
+        "other.test",
+        &[plane.server.addr],
+        dir.path().join("wrong-agent"),
+        dir.path().join("wrong.sock"),
+    )
+    .join_token(&plane.token)
+    .bundle_sha256(&plane.hash)
+    .write(&config)
+    .expect("agent config");
+    let mut cmd = std::process::Command::new(SIGIL);
+    cmd.args(["agent", "--config"]).arg(&config);
+    let out = common::run_bounded(&mut cmd, WAIT);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("is in trust domain {TD}, not other.test")),
+        "{err}"
+    );
+}

@@ -447,6 +447,7 @@ impl ApiClient {
         wall: wire::UnixTime,
         timeout: Duration,
     ) -> Result<wire::Bundle, ApiClientError> {
+        self.same_trust_domain(td)?;
         let bundle = match self.call(&ApiRequest::Bundle, timeout).await? {
             ApiResponse::Bundle(b) => b,
             other => {
@@ -471,6 +472,23 @@ impl ApiClient {
         Ok(bundle)
     }
 
+    /// Refuses a server whose certificate names another trust domain than `td`, naming both
+    /// (before any bundle check, whose failure would not say why).
+    fn same_trust_domain(&self, td: &wire::TrustDomain) -> Result<(), ApiClientError> {
+        let claimed = self
+            .server_chain()
+            .first()
+            .and_then(|leaf| attest::x509::claimed_spiffe_id(leaf).ok());
+        match claimed {
+            Some(id) if id.trust_domain() != *td => Err(ApiClientError::Pin(format!(
+                "the server at {} is in trust domain {}, not {td}: set trust_domain to the servers' trust domain",
+                self.addr(),
+                id.trust_domain()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// The trust domain's bundle as this server serves it, once the server passed the check of
     /// a newcomer's `anchors` (connected with [`ServerTrust::Pinned`]): its certificate verifies
     /// against the stored bundle, or — failing that — the bundle it serves has the pinned hash
@@ -483,6 +501,7 @@ impl ApiClient {
         wall: wire::UnixTime,
         timeout: Duration,
     ) -> Result<wire::Bundle, ApiClientError> {
+        self.same_trust_domain(td)?;
         let mut why = Vec::new();
         if let Some(stored) = &anchors.stored {
             match super::tls::TrustStore::new(td.clone(), stored.clone())
