@@ -141,13 +141,24 @@ impl<K> AgentCache<K> {
             .unwrap_or_default()
     }
 
-    /// A bundle from a (re-)attestation: replaces ours, and the view's until the next view.
-    pub fn set_bundle(&mut self, bundle: Bundle) {
+    /// A bundle from a (re-)attestation: replaces ours, and the view's until the next view —
+    /// unless it is older than ours (a lower sequence number: the attesting server is behind).
+    /// An older bundle may lack the authority that signed SVIDs we serve; the simulator found
+    /// an x509pop agent that re-attested through a lagging node serving SVIDs its new bundle
+    /// could not verify (seed 905306, 5 nodes). Returns whether it was taken.
+    pub fn set_bundle(&mut self, bundle: Bundle) -> bool {
+        let ours = self.bundle();
+        if let (Some(new), Some(held)) = (bundle.sequence, ours.sequence) {
+            if new < held {
+                return false;
+            }
+        }
         if let Some(view) = self.view.as_mut() {
             view.bundle = bundle.clone();
         }
         self.bundle = bundle;
         self.promote();
+        true
     }
 
     /// Applies a new view received at `wall`: SVIDs and JWT-SVIDs of entries that left it are
@@ -443,6 +454,27 @@ pub(crate) mod tests {
             vec![vec![2]],
             "the new bundle verifies it"
         );
+    }
+
+    #[test]
+    fn an_attestation_bundle_older_than_ours_is_ignored() {
+        let a = entry(1, &["unix:uid:1"], 1);
+        let mut cache = trusting();
+        let mut v = view(vec![a]);
+        v.bundle.sequence = Some(7);
+        cache.apply_view(v, UnixTime::EPOCH);
+        let older = Bundle {
+            sequence: Some(6),
+            ..Bundle::default()
+        };
+        assert!(!cache.set_bundle(older), "a lagging server's bundle");
+        assert_eq!(cache.bundle().sequence, Some(7));
+        let newer = Bundle {
+            sequence: Some(9),
+            ..Bundle::default()
+        };
+        assert!(cache.set_bundle(newer));
+        assert_eq!(cache.bundle().sequence, Some(9));
     }
 
     #[test]

@@ -667,8 +667,9 @@ impl<S: Copy + Ord + fmt::Display + fmt::Debug> AgentCore<S> {
                 tracing::info!(agent = %a.spiffe_id, "re-attested with {method}");
                 self.svid.spiffe_id = a.spiffe_id;
                 self.take_svid(a.chain, a.not_after, wall, out);
-                self.cache.set_bundle(a.bundle.clone());
-                out.push(Output::StoreBundle(a.bundle));
+                if self.cache.set_bundle(a.bundle.clone()) {
+                    out.push(Output::StoreBundle(a.bundle));
+                }
                 out.push(Output::Changed);
                 self.backoff = RECONNECT_MIN;
                 if !matches!(self.link, Link::Up { .. }) {
